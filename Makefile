@@ -1,0 +1,59 @@
+# ghum-pipe: `make demo` and `make test` do all set-up on a fresh machine.
+# GPU users: make TORCH_SPEC="torch==2.5.1" (any build their pip can find), then `pip install .[gpu]`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.ghum-pipe-installed
+DEMO ?= demo
+# Tests and benchmarks use this many workers/threads unless told otherwise.
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: install demo test test-fast bench train-demo clean sysdeps
+
+install: $(STAMP)
+
+# open3d needs the system library libusb-1.0-0.
+sysdeps:
+	@if ! ldconfig -p 2>/dev/null | grep -q libusb-1.0.so.0; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing libusb-1.0-0 (needed by open3d)"; \
+	    (apt-get install -y -qq libusb-1.0-0 >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null)); \
+	  else \
+	    echo "open3d needs libusb-1.0-0; run: sudo apt-get install -y libusb-1.0-0"; exit 1; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml | sysdeps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, so the range in pyproject.toml is already satisfied (no CUDA download).
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[test,cluster]"
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m ghum_pipe.cli synth $(DEMO)/synth --count 2 --seed 0
+	$(PY) -m ghum_pipe.cli run $(DEMO)/synth/scans --work $(DEMO)/work --workers 2
+	@echo "Outputs: $(DEMO)/work/scans/<id>/ (landmarks.json, registration.ply, residuals.png), report: $(DEMO)/work/report/index.html"
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: install
+	$(PY) bench/landmarks.py
+	$(PY) bench/register.py
+	$(PY) bench/scaling.py
+	$(PY) bench/model.py
+
+train-demo: install
+	$(PY) -m ghum_pipe.cli synth $(DEMO)/regs --registrations --count 40 --seed 0
+	$(PY) -m ghum_pipe.cli train --work $(DEMO)/regs --out $(DEMO)/model
+	$(PY) -m ghum_pipe.cli evaluate --model $(DEMO)/model --work $(DEMO)/regs
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache
