@@ -1,0 +1,250 @@
+"""Where the Dask work runs: a LocalCluster on this machine, an existing scheduler, or a batch
+system (SLURM, PBS, SGE) through dask-jobqueue.
+
+Every batch command and the model trainer get their client the same way::
+
+    from ghum_pipe.pipelines.cluster import ClusterOptions, open_client
+
+    with open_client(ClusterOptions(workers=2)) as client:
+        futures = client.map(run_one, paths)
+
+- default: ``distributed.LocalCluster`` with one single-threaded *process* per core (the stages
+  are Python/torch heavy, so processes, not threads, give the speed-up), bound to 127.0.0.1,
+  no dashboard unless asked (then on a free port).
+- ``scheduler="tcp://HOST:PORT"``: connect to a running ``dask scheduler`` whose ``dask worker``
+  processes the user started (any machines that see the same file system).
+- ``cluster="slurm"|"pbs"|"sge"`` with ``cluster_config=FILE``: dask-jobqueue (the ``cluster``
+  extra, ``pip install ghum-pipe[cluster]``) submits ``workers`` jobs; the YAML/JSON file holds the
+  keyword arguments of ``SLURMCluster``/``PBSCluster``/``SGECluster`` (``cores``, ``memory``,
+  ``queue``, ``account``, ``walltime``, ``job_extra_directives``, ...), see docs/cluster.md.
+
+Click users add the same options to their command with :func:`cluster_click_options`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ghum_pipe.errors import GhumPipeError
+
+log = logging.getLogger(__name__)
+
+CLUSTER_KINDS = ("slurm", "pbs", "sge")
+
+
+class ClusterError(GhumPipeError):
+    """The Dask cluster cannot be set up: bad cluster config file, scheduler unreachable,
+    dask-jobqueue missing."""
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How to get Dask workers.
+
+    workers: LocalCluster worker processes (None: one per core), or the number of batch jobs
+        with ``cluster`` (None: 1). Ignored with ``scheduler``.
+    threads_per_worker: threads per worker process (1 by default: the stages run torch/numpy
+        code that does not release the GIL enough for threads to pay off).
+    scheduler: address of a running scheduler, ``tcp://HOST:PORT``.
+    cluster: ``slurm``, ``pbs`` or ``sge`` (dask-jobqueue).
+    cluster_config: YAML or JSON file of keyword arguments for the dask-jobqueue cluster class.
+    memory: memory limit per worker, e.g. ``"4GB"`` (LocalCluster: None = the machine's memory
+        split evenly; jobqueue: overrides the file's ``memory``).
+    dashboard: start the Dask dashboard (on a free port; its address is logged).
+    """
+
+    workers: int | None = None
+    threads_per_worker: int = 1
+    scheduler: str | None = None
+    cluster: str | None = None
+    cluster_config: str | None = None
+    memory: str | None = None
+    dashboard: bool = False
+
+    def __post_init__(self):
+        if self.workers is not None and self.workers < 1:
+            raise ClusterError(f"--workers {self.workers}: need at least 1 worker", hint="Pass --workers 1 or more")
+        if self.threads_per_worker < 1:
+            raise ClusterError(
+                f"--threads-per-worker {self.threads_per_worker}: need at least 1", hint="Pass 1 or more"
+            )
+        if self.cluster is not None and self.cluster not in CLUSTER_KINDS:
+            raise ClusterError(
+                f"--cluster {self.cluster}: unknown batch system", hint=f"Use one of {', '.join(CLUSTER_KINDS)}"
+            )
+        if self.scheduler is not None and self.cluster is not None:
+            raise ClusterError(
+                "--scheduler and --cluster both given", hint="Use --scheduler for a running scheduler, "
+                "or --cluster to submit jobs, not both"
+            )
+        if self.cluster_config is not None and self.cluster is None:
+            raise ClusterError(
+                "--cluster-config without --cluster", path=self.cluster_config,
+                hint="Add --cluster slurm|pbs|sge",
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for logs: where the work runs."""
+        if self.scheduler:
+            return f"scheduler {self.scheduler}"
+        if self.cluster:
+            return f"{self.cluster} via dask-jobqueue, {self.workers or 1} job(s), config {self.cluster_config}"
+        return f"local: {self.local_workers()} worker process(es) x {self.threads_per_worker} thread(s)"
+
+    def local_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+def load_cluster_config(path: str | Path, kind: str) -> dict[str, Any]:
+    """Read the keyword arguments for a dask-jobqueue cluster from a YAML or JSON file.
+
+    Accepts a flat mapping (``cores: 8``, ``memory: 32GB``, ``queue: short``, ...) or Dask's own
+    config layout (``jobqueue: {slurm: {...}}``), from which the ``kind`` section is taken.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ClusterError("cluster config file not found", path, "Pass an existing YAML/JSON file to --cluster-config")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml  # a dependency of dask
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - any parse failure is the same user error
+        raise ClusterError(f"cannot parse cluster config ({type(e).__name__}: {str(e).splitlines()[0]})", path,
+                           "Write a YAML or JSON mapping, see docs/cluster.md") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ClusterError("cluster config is not a mapping", path, "Write keys like cores: 8, memory: 32GB")
+    if "jobqueue" in data:
+        section = data["jobqueue"]
+        if not isinstance(section, dict) or kind not in section:
+            raise ClusterError(f"no jobqueue.{kind} section", path, f"Add a 'jobqueue: {kind}:' mapping or use a flat one")
+        data = section[kind] or {}
+    return dict(data)
+
+
+def build_jobqueue_cluster(options: ClusterOptions, scale: bool = True):
+    """The dask-jobqueue cluster object for ``options.cluster`` (not scaled if ``scale`` is False).
+
+    ``cluster.job_script()`` shows the batch script each job will run, a useful check before
+    submitting (``ghum-pipe ... --cluster slurm --cluster-config c.yaml -v`` logs it).
+    """
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise ClusterError(
+            f"--cluster {options.cluster} needs dask-jobqueue, which is not installed",
+            hint="pip install 'ghum-pipe[cluster]'",
+        ) from None
+    cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster,
+           "sge": dask_jobqueue.SGECluster}[options.cluster]
+    kwargs = load_cluster_config(options.cluster_config, options.cluster) if options.cluster_config else {}
+    if options.memory:
+        kwargs["memory"] = options.memory
+    kwargs.setdefault("processes", 1)  # one worker process per job unless the file says otherwise
+    kwargs.setdefault("dashboard_address", ":0" if options.dashboard else None)
+    missing = [k for k in ("cores", "memory") if k not in kwargs]
+    if missing:
+        raise ClusterError(
+            f"{options.cluster} cluster config lacks {' and '.join(missing)}",
+            options.cluster_config, "Set e.g. cores: 4 and memory: 16GB (per job) in the config file",
+        )
+    try:
+        cluster = cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ClusterError(f"invalid {options.cluster} cluster config: {e}", options.cluster_config,
+                           "Use the keyword arguments of dask_jobqueue." + cls.__name__) from None
+    if scale:
+        cluster.scale(jobs=options.workers or 1)
+    return cluster
+
+
+@contextlib.contextmanager
+def open_client(options: ClusterOptions | None = None) -> Iterator["distributed.Client"]:  # noqa: F821
+    """Yield a ``distributed.Client`` for ``options``; close it (and any cluster it started)
+    on exit, also on Ctrl-C or an exception."""
+    import distributed
+
+    options = options or ClusterOptions()
+    log.info("dask: %s", options.describe())
+    if options.scheduler:
+        try:
+            client = distributed.Client(options.scheduler, timeout="20s")
+        except (OSError, TimeoutError) as e:
+            raise ClusterError(
+                f"cannot reach the Dask scheduler {options.scheduler} ({type(e).__name__})",
+                hint="Start one with 'dask scheduler' and pass its tcp://HOST:PORT",
+            ) from None
+        with client:
+            yield client
+        return
+    if options.cluster:
+        cluster = build_jobqueue_cluster(options, scale=False)
+        log.info("job script:\n%s", cluster.job_script())
+        cluster.scale(jobs=options.workers or 1)
+    else:
+        cluster = distributed.LocalCluster(
+            n_workers=options.local_workers(),
+            threads_per_worker=options.threads_per_worker,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0" if options.dashboard else None,
+            memory_limit=options.memory or "auto",
+            silence_logs=logging.ERROR,
+        )
+    with cluster, distributed.Client(cluster) as client:
+        if options.dashboard:
+            log.warning("dask dashboard: %s", client.dashboard_link)
+        yield client
+
+
+def cluster_click_options(command: Callable) -> Callable:
+    """Decorator adding ``--workers``, ``--threads-per-worker``, ``--scheduler``, ``--cluster``,
+    ``--cluster-config``, ``--memory`` and ``--dashboard`` to a click command; the command
+    receives them as one ``cluster: ClusterOptions`` keyword argument."""
+    import functools
+
+    import click
+
+    opts = [
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Worker processes (default: one per core), or jobs with --cluster."),
+        click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Threads per worker process."),
+        click.option("--scheduler", metavar="tcp://HOST:PORT", default=None,
+                     help="Use a running 'dask scheduler' (and its 'dask worker's) instead of a local cluster."),
+        click.option("--cluster", "cluster_kind", type=click.Choice(CLUSTER_KINDS), default=None,
+                     help="Submit workers as batch jobs with dask-jobqueue (see docs/cluster.md)."),
+        click.option("--cluster-config", type=click.Path(dir_okay=False), default=None,
+                     help="YAML/JSON keyword arguments for the dask-jobqueue cluster (cores, memory, queue, ...)."),
+        click.option("--memory", default=None, metavar="SIZE", help="Memory limit per worker, e.g. 4GB."),
+        click.option("--dashboard/--no-dashboard", default=False, help="Start the Dask dashboard on a free port."),
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args, workers, threads_per_worker, scheduler, cluster_kind, cluster_config, memory, dashboard,
+                **kwargs):
+        try:
+            options = ClusterOptions(workers=workers, threads_per_worker=threads_per_worker, scheduler=scheduler,
+                                     cluster=cluster_kind, cluster_config=cluster_config, memory=memory,
+                                     dashboard=dashboard)
+        except ClusterError as e:
+            raise click.UsageError(str(e)) from None
+        return command(*args, cluster=options, **kwargs)
+
+    for opt in reversed(opts):
+        wrapper = opt(wrapper)
+    return wrapper
