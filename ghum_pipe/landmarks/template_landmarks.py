@@ -1,0 +1,170 @@
+"""The template's own landmarks, defined the way scan landmarks are found, so registration
+compares like with like.
+
+GHUM (Xu et al. 2020, Sec. 3.1) fits the template to the scan's triangulated keypoints. A
+keypoint detector does not fire on anatomical points: MediaPipe's "hip" is where it believes the
+hip joint is, its "nose" where it puts the nose tip. So the template's landmarks are not taken
+from a hand-made vertex list; we run this same stage (render -> detect -> triangulate) once on
+the rest-pose template, rendered with skin shading, and store each landmark as
+
+- ``surface`` (face, fingertips, ears, heels...): barycentric weights on one template triangle
+  (K=3 non-zero weights), so it moves with the surface;
+- ``interior`` (shoulders, hips, knees, wrists... joint centres): affine weights over the k
+  nearest surface vertices (a ring around the limb), solved with a small ridge towards uniform
+  weights, so it moves with the limb like a joint regressor.
+
+``TemplateLandmarks.points(verts)`` evaluates them on any posed/shaped template (numpy or torch,
+batched, differentiable). The result is cached in ``ghum_pipe.template.cache_dir()`` per
+template hash, written atomically; building it takes ~10 s once.
+
+>>> tl = load_template_landmarks(load_template())
+>>> tl.names[:3], tl.kinds[:3]                   # ('nose', ...), ('surface', ...)
+>>> pts = tl.points(verts)                       # (B, L, 3) for verts (B, V, 3)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ghum_pipe.io.atomic import write_npz
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+INTERIOR_K = 16  # ring vertices per interior landmark
+RIDGE = 1e-3  # m^2: pulls the interior weights towards uniform so the regressor stays smooth
+
+
+@dataclass(frozen=True, eq=False)
+class TemplateLandmarks:
+    """Landmarks on the template as sparse vertex weights. L landmarks, K weights each.
+
+    names: (L,) landmark names as in landmarks.json; vertex_ids: (L, K) int64 template vertex
+    indices; weights: (L, K) float64, each row sums to 1 (unused slots have weight 0);
+    kinds: (L,) ``"surface"`` or ``"interior"``; template_hash: the template they belong to.
+    """
+
+    names: tuple[str, ...]
+    vertex_ids: np.ndarray
+    weights: np.ndarray
+    kinds: tuple[str, ...]
+    template_hash: str = ""
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def index(self, names) -> np.ndarray:
+        """(N,) row indices of ``names`` (a KeyError names the first unknown one)."""
+        lookup = {n: i for i, n in enumerate(self.names)}
+        return np.array([lookup[n] for n in names], dtype=np.int64)
+
+    def subset(self, names) -> "TemplateLandmarks":
+        """The landmarks named ``names``, in that order."""
+        idx = self.index(names)
+        return TemplateLandmarks(tuple(self.names[i] for i in idx), self.vertex_ids[idx],
+                                 self.weights[idx], tuple(self.kinds[i] for i in idx), self.template_hash)
+
+    def points(self, verts):
+        """Landmark positions on template vertices.
+
+        verts: (B, V, 3) torch tensor or numpy array, or (V, 3). Returns (B, L, 3), or (L, 3)
+        for unbatched input, same type/device/dtype as ``verts`` (differentiable in torch).
+        """
+        if isinstance(verts, np.ndarray):
+            return np.einsum("...lkc,lk->...lc", verts[..., self.vertex_ids, :], self.weights)
+        import torch
+
+        ids = torch.as_tensor(self.vertex_ids, device=verts.device)
+        w = torch.as_tensor(self.weights, dtype=verts.dtype, device=verts.device)
+        return torch.einsum("...lkc,lk->...lc", verts[..., ids, :], w)
+
+    def save(self, path: str | Path) -> None:
+        write_npz(path, names=np.array(self.names), vertex_ids=self.vertex_ids, weights=self.weights,
+                  kinds=np.array(self.kinds), template_hash=np.array(self.template_hash))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TemplateLandmarks":
+        with np.load(path) as z:
+            return cls(tuple(str(n) for n in z["names"]), z["vertex_ids"].astype(np.int64),
+                       z["weights"].astype(np.float64), tuple(str(k) for k in z["kinds"]),
+                       str(z["template_hash"]))
+
+
+def surface_row(face: np.ndarray, bary: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One landmark row from a triangle (3,) and its barycentric weights (3,), padded to k."""
+    ids = np.zeros(k, dtype=np.int64)
+    w = np.zeros(k)
+    ids[:3], w[:3] = face, bary / bary.sum()
+    return ids, w
+
+
+def interior_row(point: np.ndarray, verts: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Affine weights over the k candidate vertices nearest to ``point`` (3,) reproducing it.
+
+    Solves ``min ||V^T w - p||^2 + RIDGE ||w - 1/k||^2  s.t.  sum(w) = 1`` (KKT system); the
+    ridge keeps weights spread over the ring instead of a few extreme ones. verts: (V, 3);
+    candidates: (C,) vertex ids allowed (the visible surface).
+    """
+    d = np.linalg.norm(verts[candidates] - point, axis=1)
+    ids = candidates[np.argsort(d)[:k]]
+    A = verts[ids].T  # (3, k)
+    kkt = np.zeros((k + 1, k + 1))
+    kkt[:k, :k] = A.T @ A + RIDGE * np.eye(k)
+    kkt[:k, k] = kkt[k, :k] = 1.0
+    rhs = np.concatenate([A.T @ point + RIDGE / k, [1.0]])
+    w = np.linalg.solve(kkt, rhs)[:k]
+    return ids, w
+
+
+def from_found(found, template, k: int = INTERIOR_K) -> TemplateLandmarks:
+    """Convert landmarks found on the rest-pose template into vertex weights.
+
+    found: a ``find.FoundLandmarks`` for ``template.rest_verts`` / ``template.faces``.
+    """
+    verts, faces = template.rest_verts, template.faces
+    surface_vids = np.flatnonzero(template.masks["surface"])
+    rows_ids, rows_w = [], []
+    for i, name in enumerate(found.names):
+        if found.kinds[i] == "surface" and found.tri_ids[i] >= 0:
+            ids, w = surface_row(faces[found.tri_ids[i]], found.bary[i], k)
+        else:
+            ids, w = interior_row(found.points[i], verts, surface_vids, k)
+        rows_ids.append(ids)
+        rows_w.append(w)
+    return TemplateLandmarks(tuple(found.names), np.stack(rows_ids), np.stack(rows_w),
+                             tuple(found.kinds), template.hash)
+
+
+def cache_path(template) -> Path:
+    from ghum_pipe.template import cache_dir
+
+    return cache_dir() / f"template-landmarks-v{CACHE_VERSION}-{template.hash}.npz"
+
+
+def build_template_landmarks(template, config=None) -> TemplateLandmarks:
+    """Run the landmark stage on the rest-pose template and convert to vertex weights."""
+    from ghum_pipe.landmarks.find import find_landmarks
+    from ghum_pipe.landmarks.stage import LandmarkConfig
+
+    config = config or LandmarkConfig()
+    found = find_landmarks(template.rest_verts, template.faces, None, config, source="template")
+    return from_found(found, template)
+
+
+def load_template_landmarks(template=None) -> TemplateLandmarks:
+    """The template's landmarks, from the cache or built once (~10 s) and cached atomically."""
+    if template is None:
+        from ghum_pipe.template import load_template
+
+        template = load_template()
+    path = cache_path(template)
+    if path.exists():
+        return TemplateLandmarks.load(path)
+    log.info("building template landmarks into %s (once)", path)
+    tl = build_template_landmarks(template)
+    tl.save(path)
+    return tl
