@@ -10,6 +10,7 @@ writes has exactly ``Template.n_verts`` (13,718) vertices in this order.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -43,10 +44,24 @@ def atomic_save_npz(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
-def template_cache_path() -> Path:
-    import anny
+@contextlib.contextmanager
+def _build_lock(path: Path):
+    """Serialise cache builds across processes (Dask workers starting together)."""
+    import fcntl
 
-    return cache_dir() / f"template-v{CACHE_VERSION}-anny{anny.__version__}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def template_cache_path() -> Path:
+    from importlib.metadata import version  # not `import anny`: that takes > 1 s
+
+    return cache_dir() / f"template-v{CACHE_VERSION}-anny{version('anny')}.npz"
 
 
 @dataclass(frozen=True, eq=False)
@@ -247,10 +262,12 @@ def load_template(top_k: int = 4) -> Template:
         raise ValueError(f"top_k must be in 1..9 (Anny has at most 9 influences), got {top_k}")
     path = template_cache_path()
     if not path.exists():
-        from ghum_pipe.template.build import build_template_arrays
+        with _build_lock(path):
+            if not path.exists():  # another process may have built it while we waited
+                from ghum_pipe.template.build import build_template_arrays
 
-        log.info("building the template cache from Anny at %s (once, ~1-2 min)", path)
-        atomic_save_npz(path, **build_template_arrays())
+                log.info("building the template cache from Anny at %s (once, ~1-2 min)", path)
+                atomic_save_npz(path, **build_template_arrays())
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
     return _from_arrays(arrays, top_k, str(path))
