@@ -1,0 +1,238 @@
+"""The work dir's memory: ``W/manifest.json`` records, per scan and stage, what ran on which
+input with which config, how it ended and where its log is, so a rerun does only what is new.
+
+Layout (``format`` = 1)::
+
+    {"format": 1,
+     "scans": {"<id>": {"path": "/abs/scan.ply", "size": 123, "mtime_ns": 456, "input_hash": "blake2b…",
+                        "stages": {"landmark": {"status": "done" | "failed",
+                                                 "key": "…", "config_hash": "…", "config": {...},
+                                                 "started": iso, "finished": iso, "seconds": 1.2,
+                                                 "error": None | "one line", "error_type": "LandmarkError",
+                                                 "log": "scans/<id>/logs/landmark.log", "metrics": {...},
+                                                 "worker": "tcp://…", "peak_rss_mb": 812.0, "run": "…"}}}}}
+
+A stage's ``key`` hashes its scan's content hash, its config and the keys of the stages it depends
+on, so a changed config of ``landmark`` also redoes ``register``. A stage is skipped when its
+record is ``done`` with the same key and its outputs still exist.
+
+Only the client process writes the manifest (``ManifestLock`` enforces one run per work dir), always
+atomically. Tasks also leave a small done marker (``scans/<id>/logs/<stage>.done.json``) next to
+their outputs, so a run killed before the manifest was flushed loses nothing: the next run adopts the
+markers whose key matches.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from ghum_pipe.errors import GhumPipeError
+from ghum_pipe.io.atomic import write_json
+
+FORMAT = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class WorkDirError(GhumPipeError):
+    """The work dir cannot be used: a corrupt manifest, another run holding it, unknown scan ids."""
+
+
+def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Content hash of a file (BLAKE2b-128, hex). Streams: memory use is one chunk."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_hash(config_dict: dict) -> str:
+    """Hash of a stage config's ``to_dict()`` (key order does not matter)."""
+    text = json.dumps(config_dict, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def stage_key(stage: str, input_hash: str, cfg_hash: str, upstream_keys: Iterable[str] = ()) -> str:
+    """What a stage's result depends on: its name, the scan content, its config, its upstream."""
+    text = "|".join([stage, input_hash, cfg_hash, *upstream_keys])
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def scan_dir(work: Path, scan_id: str) -> Path:
+    return Path(work) / "scans" / scan_id
+
+
+def log_path(work: Path, scan_id: str, stage: str) -> Path:
+    return scan_dir(work, scan_id) / "logs" / f"{stage}.log"
+
+
+def marker_path(work: Path, scan_id: str, stage: str) -> Path:
+    return scan_dir(work, scan_id) / "logs" / f"{stage}.done.json"
+
+
+@dataclass
+class Manifest:
+    """In-memory manifest of work dir ``work``; ``save()`` writes it atomically."""
+
+    work: Path
+    scans: dict
+
+    @classmethod
+    def load(cls, work: str | Path) -> "Manifest":
+        work = Path(work)
+        path = work / MANIFEST_NAME
+        if not path.exists():
+            return cls(work, {})
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise WorkDirError(f"manifest is unreadable ({type(e).__name__})", path,
+                               "Move it away; the next run rebuilds it from the done markers in scans/*/logs") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise WorkDirError(f"manifest format {data.get('format') if isinstance(data, dict) else '?'} "
+                               f"is not {FORMAT}", path, "Use a new work dir or move the manifest away")
+        return cls(work, data.get("scans", {}))
+
+    def save(self) -> None:
+        write_json(self.work / MANIFEST_NAME, {"format": FORMAT, "scans": self.scans})
+
+    # --- scans -------------------------------------------------------------------------------
+    def ids(self) -> list[str]:
+        return sorted(self.scans)
+
+    def stage(self, scan_id: str, stage: str) -> dict | None:
+        return self.scans.get(scan_id, {}).get("stages", {}).get(stage)
+
+    def add_scans(self, paths: dict[str, Path], hash_threads: int = 8) -> None:
+        """Record ``{id: path}``, (re)hashing only files whose size or mtime changed.
+
+        Hashing runs in threads (hashlib releases the GIL) since it is disk bound.
+        """
+        todo = {}
+        for scan_id, path in paths.items():
+            path = Path(path).resolve()
+            rec = self.scans.setdefault(scan_id, {"stages": {}})
+            try:
+                st = path.stat()
+            except OSError:
+                # the ingest stage reports a missing/unreadable file with a proper ScanError
+                rec.update(path=str(path), size=None, mtime_ns=None, input_hash=f"missing:{path}")
+                continue
+            if rec.get("path") == str(path) and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+                continue
+            rec.update(path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
+            todo[scan_id] = path
+        with ThreadPoolExecutor(hash_threads) as pool:
+            hashes = dict(zip(todo, pool.map(_safe_hash, todo.values())))
+        for scan_id, h in hashes.items():
+            self.scans[scan_id]["input_hash"] = h
+
+    # --- stage records -----------------------------------------------------------------------
+    def is_current(self, scan_id: str, stage: str, key: str, outputs: Iterable[str]) -> bool:
+        """True when ``stage`` of ``scan_id`` is done with ``key`` and its outputs exist.
+
+        Adopts a matching done marker left by a task whose result the manifest never got.
+        """
+        folder = scan_dir(self.work, scan_id)
+        if not all((folder / name).exists() for name in outputs):
+            return False
+        rec = self.stage(scan_id, stage)
+        if rec and rec.get("status") == "done" and rec.get("key") == key:
+            return True
+        marker = marker_path(self.work, scan_id, stage)
+        try:
+            rec = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            return False
+        if rec.get("status") == "done" and rec.get("key") == key:
+            self.set_stage(scan_id, stage, rec)
+            return True
+        return False
+
+    def set_stage(self, scan_id: str, stage: str, record: dict) -> None:
+        self.scans.setdefault(scan_id, {"stages": {}}).setdefault("stages", {})[stage] = record
+
+    def clear_stage(self, scan_id: str, stage: str) -> None:
+        self.scans.get(scan_id, {}).get("stages", {}).pop(stage, None)
+
+
+def _safe_hash(path: Path) -> str:
+    try:
+        return file_hash(path)
+    except OSError:
+        return f"unreadable:{path}"
+
+
+class ManifestLock:
+    """One run per work dir: an exclusive ``flock`` on ``W/.lock`` (released by the OS if the
+    process dies, so a killed run never blocks the next one)."""
+
+    def __init__(self, work: str | Path):
+        self.path = Path(work) / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "ManifestLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise WorkDirError("another ghum-pipe run is using this work dir", self.path.parent,
+                               "Wait for it to finish or use another --work") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class ThrottledSaver:
+    """Saves the manifest after each result, unless saving takes a noticeable share of the time
+    (tens of thousands of scans): then at most every ``20 x`` the last save's duration.
+    Call ``flush()`` at the end and on interruption."""
+
+    def __init__(self, manifest: Manifest, min_interval_s: float = 0.0):
+        self.manifest = manifest
+        self.min_interval_s = min_interval_s
+        self._last = 0.0
+        self._cost = 0.0
+        self._dirty = False
+
+    def touch(self) -> None:
+        self._dirty = True
+        if time.monotonic() - self._last >= max(self.min_interval_s, 20 * self._cost):
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._dirty:
+            return
+        start = time.monotonic()
+        self.manifest.save()
+        self._last = time.monotonic()
+        self._cost = self._last - start
+        self._dirty = False
+
+
+def sweep_temp_files(work: str | Path) -> list[Path]:
+    """Remove temp files that a killed worker left behind (``ghum_pipe.io.atomic`` names them
+    ``.<stem>.<random>.tmp<suffix>``). Only safe while holding the work dir's lock."""
+    removed = []
+    for path in Path(work).rglob(".*.tmp*"):
+        if path.is_file() and ".tmp" in path.name:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -1,0 +1,218 @@
+"""Run stages over many scans as one Dask graph, resumably.
+
+``run_batch(work, scans, stages, ...)``:
+
+1. takes the work dir's lock, removes temp files a killed run left, loads ``W/manifest.json``;
+2. records the scans (content hash, re-hashed only when size/mtime changed);
+3. plans, per scan and stage (upstream first), ``skip`` when the manifest (or a done marker) holds
+   a ``done`` record with the same key and the outputs exist, else ``run``; a stage whose upstream
+   runs also runs;
+4. submits one task per (scan, stage) with its upstream tasks as Dask dependencies, so scans flow
+   through the stages without a barrier between stages (downstream tasks have priority, so scans
+   finish end to end early);
+5. streams results back with ``as_completed``, updating the manifest (atomically) and a progress
+   bar per stage; a failing scan is recorded and the batch goes on;
+6. returns a :class:`BatchResult`; Ctrl-C/SIGTERM cancels the rest and saves what finished.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ghum_pipe.pipelines.cluster import ClusterOptions, open_client
+from ghum_pipe.pipelines.manifest import (
+    Manifest, ManifestLock, ThrottledSaver, WorkDirError, config_hash, log_path, stage_key, sweep_temp_files,
+)
+from ghum_pipe.pipelines.stages import STAGES, closure
+from ghum_pipe.pipelines.task import now_iso, run_stage_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One scan that did not pass a stage. reason: the stage's one-line error."""
+
+    scan_id: str
+    stage: str
+    reason: str
+    log: Path | None
+
+    def line(self) -> str:
+        where = f"  (log: {self.log})" if self.log else ""
+        return f"FAILED {self.scan_id} [{self.stage}]: {self.reason}{where}"
+
+
+@dataclass
+class BatchResult:
+    """counts[stage] = {"done": n run and passed, "cached": n skipped as up to date,
+    "failed": n, "blocked": n not run because an upstream stage failed}."""
+
+    stages: tuple[str, ...]
+    scan_ids: list[str]
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and all(
+            c["done"] + c["cached"] == len(self.scan_ids) for s, c in self.counts.items() if s in self.stages
+        )
+
+    def summary(self) -> str:
+        parts = []
+        for stage in self.stages:
+            c = self.counts[stage]
+            text = f"{stage}: {c['done']} done, {c['cached']} up to date, {c['failed']} failed"
+            if c["blocked"]:
+                text += f", {c['blocked']} blocked"
+            parts.append(text)
+        head = "INTERRUPTED" if self.interrupted else ("OK" if self.ok else "FAILED")
+        return f"{head}: {len(self.scan_ids)} scan(s); " + "; ".join(parts)
+
+
+def run_batch(
+    work: str | Path,
+    scans: Mapping[str, Path] | None,
+    stages: tuple[str, ...],
+    configs: Mapping[str, Any] | None = None,
+    cluster: ClusterOptions | None = None,
+    retries: int = 1,
+    force: bool = False,
+    only: tuple[str, ...] | None = None,
+    progress: bool = True,
+) -> BatchResult:
+    """Run ``stages`` (and the upstream stages they need) on ``scans`` in work dir ``work``.
+
+    scans: ``{id: path}`` to add to the work dir, or None for the scans it already has.
+    configs: ``{stage: config}``; missing ones get the stage's default config.
+    retries: extra attempts for a task that crashed or whose worker died (bad input is not retried).
+    force: redo the requested stages even when up to date (upstream stages are kept if current).
+    only: restrict to these scan ids.
+    """
+    work = Path(work).resolve()
+    configs = dict(configs or {})
+    plan_stages = closure(stages)
+    for name in plan_stages:
+        if name not in configs:
+            configs[name] = STAGES[name].default_config()
+    with ManifestLock(work):
+        for tmp in sweep_temp_files(work):
+            log.info("removed a temp file left by an interrupted run: %s", tmp)
+        manifest = Manifest.load(work)
+        if scans:
+            manifest.add_scans(dict(scans))
+        ids = sorted(scans) if scans else manifest.ids()
+        if only:
+            unknown = sorted(set(only) - set(ids))
+            if unknown:
+                raise WorkDirError(f"unknown scan id(s) {', '.join(unknown[:5])}", work,
+                                   "See 'ghum-pipe status --work W' for the ids")
+            ids = [i for i in ids if i in set(only)]
+        if not ids:
+            raise WorkDirError("no scans to process", work, "Pass scan files or folders, e.g. "
+                               "'ghum-pipe run scans/ --work W'")
+        manifest.save()
+        result = BatchResult(stages=tuple(stages), scan_ids=ids,
+                             counts={s: dict(done=0, cached=0, failed=0, blocked=0) for s in plan_stages})
+        saver = ThrottledSaver(manifest)
+        plan = _plan(manifest, ids, plan_stages, configs, set(stages) if force else set())
+        for stage in plan_stages:
+            result.counts[stage]["cached"] = sum(1 for (i, s), p in plan.items() if s == stage and p is None)
+        todo = {k: v for k, v in plan.items() if v is not None}
+        log.info("%d task(s) to run, %d up to date", len(todo), len(plan) - len(todo))
+        if todo:
+            try:
+                _execute(work, manifest, saver, todo, plan_stages, configs, cluster, retries, progress, result)
+            except KeyboardInterrupt:
+                result.interrupted = True
+            finally:
+                saver.flush()
+                sweep_temp_files(work)
+        manifest.save()
+    return result
+
+
+def _plan(manifest: Manifest, ids, plan_stages, configs, forced: set) -> dict:
+    """``{(scan_id, stage): None (up to date) | (key, cfg_hash)}``."""
+    plan: dict = {}
+    cfg_hashes = {s: config_hash(configs[s].to_dict()) for s in plan_stages}
+    for scan_id in ids:
+        keys: dict[str, str] = {}
+        input_hash = manifest.scans[scan_id].get("input_hash", "")
+        for stage in plan_stages:
+            spec = STAGES[stage]
+            key = stage_key(stage, input_hash, cfg_hashes[stage], [keys[d] for d in spec.depends])
+            keys[stage] = key
+            upstream_runs = any(plan.get((scan_id, d)) is not None for d in spec.depends)
+            current = stage not in forced and not upstream_runs and manifest.is_current(
+                scan_id, stage, key, spec.outputs)
+            plan[(scan_id, stage)] = None if current else (key, cfg_hashes[stage])
+    return plan
+
+
+def _execute(work, manifest, saver, todo, plan_stages, configs, cluster, retries, show_progress, result):
+    from distributed import as_completed
+
+    from ghum_pipe.pipelines.progress import StageProgress
+
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    totals = {s: sum(1 for (_, st) in todo if st == s) for s in plan_stages}
+    with open_client(cluster) as client, StageProgress(totals, enabled=show_progress) as bars:
+        futures: dict = {}
+        meta: dict = {}
+        for stage_index, stage in enumerate(plan_stages):
+            for (scan_id, st), (key, cfg_hash) in todo.items():
+                if st != stage:
+                    continue
+                upstream = [futures[(scan_id, d)] for d in STAGES[stage].depends if (scan_id, d) in futures]
+                fut = client.submit(
+                    run_stage_task, stage, scan_id, manifest.scans[scan_id]["path"], str(work), configs[stage],
+                    key, cfg_hash, run_id, upstream or None,
+                    key=f"{stage}-{scan_id}-{run_id}", retries=retries, priority=stage_index, pure=False,
+                )
+                futures[(scan_id, stage)] = fut
+                meta[fut.key] = (scan_id, stage, key, cfg_hash)
+        try:
+            for fut in as_completed(list(futures.values())):
+                scan_id, stage, key, cfg_hash = meta[fut.key]
+                record = _collect(fut, work, scan_id, stage, key, cfg_hash, configs[stage], run_id)
+                _apply(manifest, result, work, scan_id, stage, record)
+                bars.advance(stage, record["status"])
+                saver.touch()
+                futures.pop((scan_id, stage), None)
+        except KeyboardInterrupt:
+            log.warning("interrupted: cancelling %d task(s); finished results are saved", len(futures))
+            client.cancel(list(futures.values()), force=True)
+            raise
+
+
+def _collect(fut, work, scan_id, stage, key, cfg_hash, config, run_id) -> dict:
+    """The task's record, or a ``failed`` one when it crashed on every attempt or its workers died."""
+    try:
+        return fut.result()
+    except Exception as e:  # noqa: BLE001 - whatever killed the task is reported per scan
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        kind = type(e).__name__
+        reason = (f"worker died running it ({kind}: {first}); out of memory? try fewer --workers or more --memory"
+                  if kind == "KilledWorker" else f"internal error {kind}: {first}")
+        return {"stage": stage, "status": "failed", "key": key, "config_hash": cfg_hash, "config": config.to_dict(),
+                "run": run_id, "error": reason, "error_type": kind, "finished": now_iso(),
+                "log": str(log_path(work, scan_id, stage).relative_to(work)), "metrics": None}
+
+
+def _apply(manifest, result, work, scan_id, stage, record) -> None:
+    status = record["status"]
+    result.counts[stage][status] += 1
+    if status == "blocked":
+        manifest.set_stage(scan_id, stage, {"status": "blocked", "key": record["key"], "error": record["error"]})
+        return
+    manifest.set_stage(scan_id, stage, record)
+    if status == "failed":
+        result.failures.append(Failure(scan_id, stage, record["error"], work / record["log"]))

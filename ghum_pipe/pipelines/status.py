@@ -1,0 +1,58 @@
+"""``ghum-pipe status``: per scan and stage, done / failed (with the reason) / pending, and totals."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.table import Table
+
+from ghum_pipe.pipelines.manifest import Manifest
+from ghum_pipe.pipelines.stages import ORDER
+
+STATUS_STYLE = {"done": "green", "failed": "red", "blocked": "yellow", "pending": "dim"}
+
+
+def stage_status(manifest: Manifest, scan_id: str, stage: str) -> tuple[str, str]:
+    """(status, detail): status in done|failed|blocked|pending; detail = seconds or the reason."""
+    rec = manifest.stage(scan_id, stage)
+    if not rec:
+        return "pending", ""
+    status = rec.get("status", "pending")
+    if status == "done":
+        secs = rec.get("seconds")
+        return "done", "" if secs is None else f"{secs:.1f} s"
+    return status, rec.get("error") or ""
+
+
+def status_counts(manifest: Manifest, stages=ORDER) -> dict[str, Counter]:
+    """``{stage: Counter(done=.., failed=.., blocked=.., pending=..)}`` over all scans."""
+    return {s: Counter(stage_status(manifest, i, s)[0] for i in manifest.ids()) for s in stages}
+
+
+def print_status(manifest: Manifest, console: Console | None = None, show_all: bool = False,
+                 max_rows: int = 60) -> dict[str, Counter]:
+    """Print the table (every scan when ``show_all`` or at most ``max_rows`` scans, else only the
+    scans that are not done everywhere) and the totals; return the counts."""
+    console = console or Console()
+    stages = [s for s in ORDER if any(manifest.stage(i, s) for i in manifest.ids())] or list(ORDER)
+    ids = manifest.ids()
+    if not show_all and len(ids) > max_rows:
+        ids = [i for i in ids if any(stage_status(manifest, i, s)[0] != "done" for s in stages)]
+    table = Table(title=f"{manifest.work}  ({len(manifest.ids())} scans)")
+    table.add_column("scan", no_wrap=True)
+    for s in stages:
+        table.add_column(s, overflow="fold")
+    for scan_id in ids:
+        cells = []
+        for s in stages:
+            status, detail = stage_status(manifest, scan_id, s)
+            text = f"[{STATUS_STYLE[status]}]{status}[/]"
+            cells.append(f"{text} {detail}".rstrip())
+        table.add_row(scan_id, *cells)
+    counts = status_counts(manifest, stages)
+    table.add_section()
+    table.add_row("[b]total[/b]", *[", ".join(f"{counts[s][k]} {k}" for k in STATUS_STYLE if counts[s][k])
+                                    for s in stages])
+    console.print(table)
+    return counts
