@@ -251,6 +251,19 @@ class MeshRenderer:
         rgb = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         return RenderResult(rgb=rgb, depth=depth, tri_id=tri_id, bary=bary, camera=camera)
 
+    def closest_points(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Closest surface points to (N, 3) query points: (N, 3) points (float64, metres), (N,)
+        triangle ids and (N, 3) barycentric weights over those triangles' vertices."""
+        import open3d as o3d
+
+        q = o3d.core.Tensor(np.asarray(points, dtype=np.float32).reshape(-1, 3))
+        res = self._scene.compute_closest_points(q)
+        tri = res["primitive_ids"].numpy().astype(np.int64)
+        uv = res["primitive_uvs"].numpy().astype(np.float64)
+        bary = np.stack([1.0 - uv[:, 0] - uv[:, 1], uv[:, 0], uv[:, 1]], axis=-1)
+        pts = (self.verts[self.faces[tri]] * bary[..., None]).sum(1)  # float64, on the mesh
+        return pts, tri, bary
+
     def surface_points(self, result: RenderResult, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """3D surface points under (N, 2) pixel coordinates of a view: (N, 3) metres (nan where
         the pixel is background) and (N,) triangle ids (-1 there)."""
