@@ -1,0 +1,196 @@
+"""``load_scan``: one body scan file -> :class:`Scan` in metres, +Z up, with its file :class:`Frame`.
+
+Steps (each failure is a one-line ScanError naming the file, what is wrong and what to try):
+read the file (formats.py); drop non-finite points when they are < 1 %; split into bodies and
+pick the unit in which the largest body has a person's size (bodies.py, detect.py); keep the
+largest body; check it is person-shaped; detect the up axis; convert to metres, +Z up.
+The input file is only ever read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ghum_pipe.errors import ScanError
+from ghum_pipe.io.bodies import split_bodies, cell_size_m
+from ghum_pipe.io.detect import (PERSON_EXTENT_M, detect_up, plausible_units, principal_axes,
+                                 shape_problem, vertex_weights)
+from ghum_pipe.io.formats import RawGeometry, read_geometry
+from ghum_pipe.io.frame import METRES_PER_UNIT, Frame, parse_units, parse_up
+
+MAX_NONFINITE_SHARE = 0.01
+MIN_BODY_SHARE = 0.5
+
+
+@dataclass(eq=False)
+class Scan:
+    """One body scan, in ghum-pipe's frame.
+
+    Attributes:
+        id: the file stem ("subject_012" for subject_012.ply).
+        path: the file read.
+        verts: (N, 3) float64, metres, +Z up; the largest body only.
+        faces: (F, 3) int64 into verts, or None for a point cloud.
+        normals: (N, 3) float64 unit vectors in internal axes, when the file had them.
+        colors: (N, 3) uint8 per vertex (texture sampled at the vertices when textured).
+        uv: (N, 2) float64 and texture (H, W, 3) uint8, when the file had a texture.
+        frame: the file's units and axes; ``frame.to_file`` takes results back.
+        notes: what was changed or guessed, for the report.
+    """
+
+    id: str
+    path: Path
+    verts: np.ndarray
+    faces: np.ndarray | None
+    normals: np.ndarray | None
+    colors: np.ndarray | None
+    frame: Frame
+    uv: np.ndarray | None = None
+    texture: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_point_cloud(self) -> bool:
+        return self.faces is None
+
+    @property
+    def n_points(self) -> int:
+        return len(self.verts)
+
+    def to_trimesh(self):
+        """A trimesh.Trimesh (or PointCloud) of the internal-frame geometry."""
+        import trimesh
+
+        if self.faces is None:
+            return trimesh.PointCloud(self.verts, colors=self.colors)
+        return trimesh.Trimesh(self.verts, self.faces, vertex_colors=self.colors, process=False)
+
+
+def load_scan(path: str | Path, units: str | None = None, up: str | None = None,
+              min_points: int = 2000) -> Scan:
+    """Read a body scan and bring it to metres, +Z up.
+
+    Args:
+        path: a .ply .obj .stl .off .glb .gltf mesh or .ply .pcd .xyz (.pts .txt) point cloud.
+        units: "m" | "cm" | "mm" to force the file's unit; None = detect from the body's size.
+        up: "+x" ... "-z" (or "y" = "+y") to force the file's up axis; None = detect.
+        min_points: fewer points than this (in the kept body) is an error.
+    Returns:
+        :class:`Scan`. Raises :class:`ScanError` on anything a user must fix.
+    """
+    path = Path(path)
+    try:
+        units = None if units is None else parse_units(units)
+        up = None if up is None else parse_up(up)
+    except ValueError as e:
+        raise ScanError(str(e), path, "fix the --units/--up option") from None
+    raw = read_geometry(path)
+    notes = list(raw.notes)
+    if len(raw.verts) == 0:
+        raise ScanError("the file holds no vertices", path, "check the export wrote the geometry")
+    raw = _drop_nonfinite(raw, path, notes)
+    if len(raw.verts) < min_points:
+        raise ScanError(f"{len(raw.verts)} points, a body scan needs at least {min_points}", path,
+                        "check the file is a whole-body scan, not a preview or a part")
+    units, keep = _units_and_body(raw, path, units, notes)
+    raw = _subset(raw, keep)
+    if len(raw.verts) < min_points:
+        raise ScanError(f"the kept body has {len(raw.verts)} points, at least {min_points} are needed",
+                        path, "check the file is a whole-body scan")
+    weights = vertex_weights(raw.verts, raw.faces)
+    problem = shape_problem(principal_axes(raw.verts, weights))
+    if problem:
+        raise ScanError(f"does not look like a person: {problem}", path,
+                        "check the file is a standing body scan (a sitting or lying body is not supported)")
+    if up is None:
+        guess = detect_up(raw.verts, weights)
+        notes.append(guess.describe())
+        frame = Frame.make(units, guess.axis or guess.up)
+    else:
+        frame = Frame.make(units, up)
+    normals = None
+    if raw.normals is not None:
+        normals = frame.to_internal_normals(raw.normals)
+        length = np.linalg.norm(normals, axis=1, keepdims=True)
+        normals = np.divide(normals, length, out=np.zeros_like(normals), where=length > 0)
+    return Scan(id=path.stem, path=path, verts=frame.to_internal(raw.verts), faces=raw.faces,
+                normals=normals, colors=raw.colors, frame=frame, uv=raw.uv, texture=raw.texture,
+                notes=notes)
+
+
+def _drop_nonfinite(raw: RawGeometry, path: Path, notes: list[str]) -> RawGeometry:
+    ok = np.all(np.isfinite(raw.verts), axis=1)
+    n_bad = int((~ok).sum())
+    if n_bad == 0:
+        return raw
+    share = n_bad / len(ok)
+    if share >= MAX_NONFINITE_SHARE:
+        raise ScanError(f"{n_bad} of {len(ok)} points ({100 * share:.1f}%) have NaN/inf coordinates",
+                        path, "re-export the scan; up to 1% of bad points are dropped automatically")
+    notes.append(f"dropped {n_bad} points with NaN/inf coordinates ({100 * share:.2f}%)")
+    return _subset(raw, ok)
+
+
+def _units_and_body(raw: RawGeometry, path: Path, forced: str | None,
+                    notes: list[str]) -> tuple[str, np.ndarray]:
+    """The file unit and a (N,) mask of the largest body's points.
+
+    Tries the units in which the whole file could hold a person (finest first) and takes the
+    first whose largest body has a person's longest extent; body grouping depends on the unit
+    because its gap threshold is in metres.
+    """
+    verts = raw.verts
+    whole = float(np.linalg.norm(verts.max(0) - verts.min(0)))
+    lo, hi = PERSON_EXTENT_M
+    candidates = [forced] if forced else [u for u in ("mm", "cm", "m") if whole * METRES_PER_UNIT[u] >= lo]
+    if not candidates:
+        raise ScanError(f"the whole scan is {whole:.3g} units across: {_as_sizes(whole)}; "
+                        f"a person is {lo}-{hi} m", path, "check this is a body scan (or its unit)")
+    cell_m = cell_size_m(len(verts))
+    largest_extent = None
+    for unit in candidates:
+        bodies = split_bodies(verts, raw.faces, cell_m / METRES_PER_UNIT[unit])
+        if bodies is None:
+            continue
+        keep = bodies.labels == 0
+        extent = float(principal_axes(verts[keep], np.ones(int(keep.sum()))).extent[0])
+        largest_extent = extent if largest_extent is None else largest_extent
+        if not (forced or unit in plausible_units(extent)):
+            continue
+        if forced and unit not in plausible_units(extent):
+            raise ScanError(f"the body is {extent * METRES_PER_UNIT[unit]:.3g} m long read as {unit}, "
+                            f"a person is {lo}-{hi} m", path, "check --units, or leave it out to detect")
+        if bodies.largest_share < MIN_BODY_SHARE:
+            raise ScanError(f"no single body: {bodies.n_bodies} separate parts, the largest holds "
+                            f"{100 * bodies.largest_share:.0f}% of the points", path,
+                            "crop the scan to one person")
+        if not forced:
+            notes.append(f"units detected: {unit} (body {extent:.4g} {unit} long)")
+        note = bodies.describe()
+        if note:
+            notes.append(note)
+        return unit, keep
+    size = largest_extent if largest_extent is not None else whole
+    raise ScanError(f"the body is {size:.3g} units long: {_as_sizes(size)}, none is a person's "
+                    f"{lo}-{hi} m", path, "check this is a body scan, or force --units")
+
+
+def _as_sizes(extent: float) -> str:
+    return ", ".join(f"{extent * mpu:.3g} m if in {u}" for u, mpu in METRES_PER_UNIT.items())
+
+
+def _subset(raw: RawGeometry, keep: np.ndarray) -> RawGeometry:
+    """The points where ``keep`` (N,) bool, faces whose three corners are kept, reindexed."""
+    if keep.all():
+        return raw
+    faces = None
+    if raw.faces is not None:
+        new_index = np.cumsum(keep) - 1
+        faces = new_index[raw.faces[np.all(keep[raw.faces], axis=1)]]
+    take = lambda a: None if a is None else a[keep]  # noqa: E731
+    return RawGeometry(verts=raw.verts[keep], faces=faces, normals=take(raw.normals),
+                       colors=take(raw.colors), uv=take(raw.uv), texture=raw.texture,
+                       notes=raw.notes)
