@@ -36,7 +36,12 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(show_path=False, console=_stderr_console())], force=True)
-    logging.getLogger("distributed").setLevel(max(level, logging.WARNING))
+    # distributed configures its own loggers at INFO on import; its chatter is not ours to show
+    import distributed  # noqa: F401
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in ("distributed", "dask_jobqueue", "bokeh", "tornado"):
+            logging.getLogger(name).setLevel(max(level, logging.WARNING) if verbose < 2 else logging.DEBUG)
 
 
 def _stderr_console():

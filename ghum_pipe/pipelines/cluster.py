@@ -201,7 +201,8 @@ def open_client(options: ClusterOptions | None = None) -> Iterator["distributed.
             threads_per_worker=options.threads_per_worker,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=":0" if options.dashboard else None,
+            dashboard_address=":0",
+            scheduler_kwargs={"dashboard": options.dashboard},
             memory_limit=options.memory or "auto",
             silence_logs=logging.ERROR,
         )

@@ -1,0 +1,215 @@
+"""``ghum-pipe report --work W``: ``W/report/index.html``, one static page that opens offline.
+
+- a sortable table of all scans (click a column header): status per stage and the numeric
+  metrics each stage returned (``W/manifest.json``) or wrote (``W/scans/<id>/metrics.json``);
+- per scan: the landmark contact sheet and the residual heat map (linked in place from
+  ``W/scans/<id>/``, so keep ``report/`` and ``scans/`` side by side) and a multi-view image of the
+  registration over the scan (``W/report/scans/<id>/overlay.png``, re-rendered only when the
+  registration changed);
+- histograms of the error metrics and of the time per stage (``W/report/plots/``).
+
+CSS and JS are inline; nothing is fetched from the network.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+from pathlib import Path
+
+from ghum_pipe.io.atomic import atomic_path
+from ghum_pipe.pipelines.manifest import Manifest, scan_dir
+from ghum_pipe.pipelines.report_plots import histogram_png, overlay_png
+from ghum_pipe.pipelines.stages import ORDER
+from ghum_pipe.pipelines.status import stage_status, status_counts
+
+log = logging.getLogger(__name__)
+
+MAX_METRIC_COLUMNS = 24
+STYLE = """
+body{font:14px system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
+h1{font-size:1.4em} h2{font-size:1.15em;margin-top:2em} table{border-collapse:collapse;background:#fff}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
+th{background:#eef;cursor:pointer;position:sticky;top:0} th:hover{background:#dde}
+td.id,td.s{text-align:left} .done{color:#18794e} .failed{color:#c62828;white-space:normal;max-width:28em}
+.blocked{color:#a36b00} .pending{color:#888} .plots img{margin:4px;border:1px solid #ddd;background:#fff}
+.scan{background:#fff;border:1px solid #ddd;padding:8px 12px;margin:12px 0} .scan img{max-width:100%;margin:4px 0}
+.imgs{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start} .imgs figure{margin:0}
+figcaption{font-size:12px;color:#555}
+"""
+SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach(function(th, col){
+  th.addEventListener('click', function(){
+    var tbody = th.closest('table').tBodies[0], rows = Array.from(tbody.rows);
+    var asc = th.dataset.dir !== 'asc'; th.dataset.dir = asc ? 'asc' : 'desc';
+    rows.sort(function(a, b){
+      var x = a.cells[col].dataset.v, y = b.cells[col].dataset.v;
+      var nx = parseFloat(x), ny = parseFloat(y);
+      var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : String(x).localeCompare(String(y));
+      return asc ? c : -c;
+    });
+    rows.forEach(function(r){ tbody.appendChild(r); });
+  });
+});
+"""
+
+
+def flatten_numeric(obj, prefix: str = "") -> dict[str, float]:
+    """Finite numeric leaves of a nested dict as ``{"a.b": value}`` (lists and strings skipped)."""
+    out: dict[str, float] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten_numeric(v, f"{prefix}{k}."))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and math.isfinite(obj):
+        out[prefix.rstrip(".")] = float(obj)
+    return out
+
+
+def scan_rows(manifest: Manifest) -> list[dict]:
+    """Per scan: id, status per stage, seconds per stage and numeric metrics (``stage.name``)."""
+    rows = []
+    for scan_id in manifest.ids():
+        row = {"id": scan_id, "status": {}, "reason": {}, "seconds": {}, "metrics": {}}
+        for stage in ORDER:
+            status, detail = stage_status(manifest, scan_id, stage)
+            row["status"][stage] = status
+            rec = manifest.stage(scan_id, stage) or {}
+            if status in ("failed", "blocked"):
+                row["reason"][stage] = detail
+            if status == "done" and rec.get("seconds") is not None:
+                row["seconds"][stage] = rec["seconds"]
+            for k, v in flatten_numeric(rec.get("metrics") or {}).items():
+                row["metrics"][f"{stage}.{k}"] = v
+        metrics_file = scan_dir(manifest.work, scan_id) / "metrics.json"
+        if metrics_file.exists():
+            try:
+                for k, v in flatten_numeric(json.loads(metrics_file.read_text())).items():
+                    row["metrics"].setdefault(f"register.{k}", v)
+            except ValueError:
+                log.warning("%s: unreadable metrics.json, left out of the report", metrics_file)
+        rows.append(row)
+    return rows
+
+
+def _metric_columns(rows: list[dict]) -> list[str]:
+    """The metric columns to show: error/distance metrics first, then the rest, at most
+    ``MAX_METRIC_COLUMNS`` (the most frequently present)."""
+    seen: dict[str, int] = {}
+    for r in rows:
+        for k in r["metrics"]:
+            seen[k] = seen.get(k, 0) + 1
+    def rank(k):
+        errorish = any(w in k.lower() for w in ("mm", "err", "dist", "resid"))
+        return (ORDER.index(k.split(".")[0]) if k.split(".")[0] in ORDER else 9, not errorish, -seen[k], k)
+    return sorted(seen, key=rank)[:MAX_METRIC_COLUMNS]
+
+
+def _overlay(manifest: Manifest, scan_id: str, out: Path) -> bool:
+    """(Re)render the registration-over-scan image when missing or older than the registration."""
+    folder = scan_dir(manifest.work, scan_id)
+    reg_file, scan_json = folder / "registration.ply", folder / "scan.json"
+    if not reg_file.exists() or not scan_json.exists():
+        return out.exists()
+    if out.exists() and out.stat().st_mtime >= reg_file.stat().st_mtime:
+        return True
+    try:
+        import trimesh
+
+        from ghum_pipe.pipelines.ingest import _load_scan
+
+        # the ingest config that made scan.json gives the same frame again (detection is deterministic)
+        cfg = (manifest.stage(scan_id, "ingest") or {}).get("config") or {}
+        info = json.loads(scan_json.read_text())
+        scan = _load_scan()(info["path"], units=cfg.get("units"), up=cfg.get("up"))
+        reg = trimesh.load(reg_file, process=False, force="mesh")
+        overlay_png(out, scan, scan.frame.to_internal(reg.vertices), reg.faces)
+        return True
+    except Exception as e:  # noqa: BLE001 - a picture that cannot be made must not stop the report
+        log.warning("%s: no overlay image (%s: %s)", scan_id, type(e).__name__, e)
+        return False
+
+
+def _rel(path: Path, start: Path) -> str:
+    import os
+
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def write_report(work: str | Path, overlays: bool = True) -> Path:
+    """Write ``W/report/index.html`` (+ plots and overlay images); return its path."""
+    work = Path(work).resolve()
+    manifest = Manifest.load(work)
+    out_dir = work / "report"
+    rows = scan_rows(manifest)
+    columns = _metric_columns(rows)
+    stages = [s for s in ORDER if any(r["status"][s] != "pending" for r in rows)] or list(ORDER)
+
+    plots = []
+    timing = {s: [r["seconds"][s] for r in rows if s in r["seconds"]] for s in stages}
+    if any(timing.values()):
+        histogram_png(out_dir / "plots" / "timing.png", timing, "time per scan and stage", "seconds")
+        plots.append(("timing.png", "time per stage"))
+    for col in [c for c in columns if any(w in c.lower() for w in ("mm", "err", "dist", "resid"))][:8]:
+        vals = [r["metrics"][col] for r in rows if col in r["metrics"]]
+        if len(vals) >= 1:
+            name = col.replace("/", "_") + ".png"
+            histogram_png(out_dir / "plots" / name, {col: vals}, col, col)
+            plots.append((name, col))
+
+    counts = status_counts(manifest, stages)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ghum-pipe report: {html.escape(str(work))}"
+             f"</title><style>{STYLE}</style></head><body>",
+             f"<h1>ghum-pipe report</h1><p>Work dir <code>{html.escape(str(work))}</code>: {len(rows)} scans. ",
+             "; ".join(f"<b>{s}</b>: " + ", ".join(f"<span class='{k}'>{n} {k}</span>" for k, n in counts[s].items())
+                       for s in stages), "</p>"]
+    if plots:
+        parts.append("<h2>Distributions</h2><div class='plots'>")
+        parts += [f"<img src='plots/{html.escape(n)}' alt='{html.escape(t)}' title='{html.escape(t)}'>" for n, t in plots]
+        parts.append("</div>")
+    parts.append("<h2>Scans</h2><p>Click a column header to sort.</p><table class='sortable' id='scans'><thead><tr>"
+                 "<th>scan</th>" + "".join(f"<th>{s}</th>" for s in stages)
+                 + "".join(f"<th>{s} s</th>" for s in stages)
+                 + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr></thead><tbody>")
+    for r in rows:
+        cells = [f"<td class='id' data-v='{html.escape(r['id'])}'><a href='#scan-{html.escape(r['id'])}'>"
+                 f"{html.escape(r['id'])}</a></td>"]
+        for s in stages:
+            st = r["status"][s]
+            reason = r["reason"].get(s, "")
+            cells.append(f"<td class='s {st}' data-v='{st}' title='{html.escape(reason)}'>{st}"
+                         + (f": {html.escape(reason[:120])}" if reason else "") + "</td>")
+        for s in stages:
+            v = r["seconds"].get(s)
+            cells.append(f"<td data-v='{'' if v is None else v}'>{'' if v is None else f'{v:.1f}'}</td>")
+        for c in columns:
+            v = r["metrics"].get(c)
+            cells.append(f"<td data-v='{'' if v is None else v}'>{'' if v is None else _fmt(v)}</td>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</tbody></table><h2>Per scan</h2>")
+    for r in rows:
+        folder = scan_dir(work, r["id"])
+        figs = []
+        for label, path in (("landmarks (contact sheet)", folder / "views" / "contact_sheet.png"),
+                            ("scan to registration distance", folder / "residuals.png")):
+            if path.exists():
+                figs.append((label, path))
+        overlay = out_dir / "scans" / r["id"] / "overlay.png"
+        if overlays and _overlay(manifest, r["id"], overlay):
+            figs.append(("scan (top) and registration over it (bottom)", overlay))
+        status = ", ".join(f"{s} <span class='{r['status'][s]}'>{r['status'][s]}</span>"
+                           + (f" ({html.escape(r['reason'][s])})" if s in r["reason"] else "") for s in stages)
+        parts.append(f"<div class='scan' id='scan-{html.escape(r['id'])}'><b>{html.escape(r['id'])}</b>: {status}"
+                     "<div class='imgs'>" + "".join(
+                         f"<figure><img loading='lazy' src='{html.escape(_rel(p, out_dir))}' alt='{html.escape(t)}'>"
+                         f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, p in figs) + "</div></div>")
+    parts.append(f"<script>{SORT_JS}</script></body></html>")
+    index = out_dir / "index.html"
+    with atomic_path(index) as tmp:
+        tmp.write_text("\n".join(parts), encoding="utf-8")
+    return index
