@@ -9,9 +9,9 @@ the rest-pose template, rendered with skin shading, and store each landmark as
 
 - ``surface`` (face, fingertips, ears, heels...): barycentric weights on one template triangle
   (K=3 non-zero weights), so it moves with the surface;
-- ``interior`` (shoulders, hips, knees, wrists... joint centres): affine weights over the k
-  nearest surface vertices (a ring around the limb), solved with a small ridge towards uniform
-  weights, so it moves with the limb like a joint regressor.
+- ``interior`` (shoulders, hips, knees, wrists... joint centres): affine weights over a shell of
+  surface vertices around the point (the ring of skin around a limb joint), as close to uniform
+  as reproduces the point exactly, so it moves with the limb like a joint regressor.
 
 ``TemplateLandmarks.points(verts)`` evaluates them on any posed/shaped template (numpy or torch,
 batched, differentiable). The result is cached in ``ghum_pipe.template.cache_dir()`` per
@@ -35,8 +35,8 @@ from ghum_pipe.io.atomic import write_npz
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-INTERIOR_K = 16  # ring vertices per interior landmark
-RIDGE = 1e-3  # m^2: pulls the interior weights towards uniform so the regressor stays smooth
+INTERIOR_K = 32  # shell vertices per interior landmark
+SHELL = 1.6  # shell radius as a multiple of the distance to the nearest surface vertex
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,20 +103,23 @@ def surface_row(face: np.ndarray, bary: np.ndarray, k: int) -> tuple[np.ndarray,
 
 
 def interior_row(point: np.ndarray, verts: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Affine weights over the k candidate vertices nearest to ``point`` (3,) reproducing it.
+    """Affine weights over a shell of surface vertices around ``point`` (3,) that reproduce it.
 
-    Solves ``min ||V^T w - p||^2 + RIDGE ||w - 1/k||^2  s.t.  sum(w) = 1`` (KKT system); the
-    ridge keeps weights spread over the ring instead of a few extreme ones. verts: (V, 3);
-    candidates: (C,) vertex ids allowed (the visible surface).
+    The shell is the candidate vertices within ``SHELL * d_min`` of the point (d_min: distance to
+    the nearest one): for a limb joint that is the ring of skin around the joint, for the hip
+    the skin around it. ``k`` of them, spread evenly by distance, get the minimum-norm deviation
+    from uniform weights that reproduces the point exactly:
+    ``min ||w - 1/k||^2  s.t.  V^T w = p, sum(w) = 1``  (closed form, A = [V^T; 1]).
+    verts: (V, 3); candidates: (C,) vertex ids allowed (the visible surface).
     """
     d = np.linalg.norm(verts[candidates] - point, axis=1)
-    ids = candidates[np.argsort(d)[:k]]
-    A = verts[ids].T  # (3, k)
-    kkt = np.zeros((k + 1, k + 1))
-    kkt[:k, :k] = A.T @ A + RIDGE * np.eye(k)
-    kkt[:k, k] = kkt[k, :k] = 1.0
-    rhs = np.concatenate([A.T @ point + RIDGE / k, [1.0]])
-    w = np.linalg.solve(kkt, rhs)[:k]
+    order = np.argsort(d)
+    n_shell = max(int((d < SHELL * d[order[0]]).sum()), k)
+    ids = candidates[order[np.linspace(0, n_shell - 1, k).round().astype(np.int64)]]
+    A = np.concatenate([verts[ids].T, np.ones((1, k))])  # (4, k)
+    b = np.concatenate([point, [1.0]])
+    u = np.full(k, 1.0 / k)
+    w = u + A.T @ np.linalg.lstsq(A @ A.T, b - A @ u, rcond=None)[0]
     return ids, w
 
 
