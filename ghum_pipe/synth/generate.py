@@ -1,0 +1,234 @@
+"""Synthetic scans with exact ground truth: the pure core of ``ghum-pipe synth``.
+
+Scan ``index`` of a batch with seed ``seed`` depends only on (seed, index): every random draw
+comes from ``np.random.default_rng([seed, index, stream])``, one stream per purpose, so a scan
+is the same whatever the batch size, order or options that do not concern it.
+
+A subject (``make_subject``) is a random adult phenotype from the template's phenotype bank
+with its shape coefficients, a skin/hair/shorts colouring and an id. ``body_scan`` poses it
+(A-pose, or a random natural pose with ``posed``), optionally with a facial expression, scans it
+with the ring scanner of ``scanner.py``, places it by a random rigid transform and writes it in
+the scan's units and up axis. ``closeup_scans`` scans the head and each hand of the same subject
+with a finer, less noisy hand-held scanner, cropped to the region (issue 8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from pykdtree.kdtree import KDTree
+
+from ghum_pipe.synth import frames
+from ghum_pipe.synth.poses import PoseSampler, random_expression
+from ghum_pipe.synth.scanner import (
+    BODY_SCANNER, CLOSEUP_SCANNER, ScannerConfig, merge_samples, reconstruct, ring_cameras, scan_samples,
+    sphere_cameras,
+)
+from ghum_pipe.synth.skin import SkinRegions, subject_colors
+
+# One random stream per purpose (the third entry of the seed sequence).
+STREAM_SUBJECT, STREAM_POSE, STREAM_SCANNER, STREAM_PLACE = 0, 1, 2, 3
+STREAM_CLOSEUP = {"head": 10, "hand_left": 20, "hand_right": 30}
+OBSERVED_M = 0.005  # a template vertex counts as observed if a scan sample lies this close
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What a batch of synthetic scans looks like."""
+
+    posed: bool = False  # random natural poses instead of the A-pose
+    expressions: bool = False  # random facial expressions
+    units: str = "m"  # m | cm | mm | mixed (alternates m, mm)
+    up: str = "z"  # z | y | mixed
+    point_cloud: bool = False  # keep the merged raw samples instead of the Poisson mesh
+    n_betas: int = 32  # leading shape coefficients of the phenotype used (16..32)
+    max_tilt_deg: float = 5.0
+    max_translation_m: float = 1.0
+    scanner: ScannerConfig = BODY_SCANNER
+    closeup_scanner: ScannerConfig = CLOSEUP_SCANNER
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Subject:
+    subject_id: str
+    phenotype: np.ndarray  # (P,) in [0, 1], names in t.phenotype_names
+    betas: np.ndarray  # (S,) shape coefficients (zeros beyond n_betas)
+    colors: np.ndarray  # (V, 3) float 0-255 per template vertex
+    tones: dict
+
+
+@dataclass(frozen=True)
+class SynthScan:
+    """One synthetic scan in its file frame, with its truth.
+
+    verts (N, 3) in ``truth['units']`` and ``truth['up']``; faces (F, 3) int64 or None for a
+    point cloud; colors (N, 3) uint8 or None; normals (N, 3) or None (point clouds);
+    truth: arrays and scalars for OUT/truth/<scan_id>.npz; info: JSON-able scalars.
+    """
+
+    scan_id: str
+    verts: np.ndarray
+    faces: np.ndarray | None
+    colors: np.ndarray | None
+    normals: np.ndarray | None
+    truth: dict
+    info: dict = field(default_factory=dict)
+
+
+def subject_id(seed: int, index: int) -> str:
+    return f"syn{seed}-{index:05d}"
+
+
+def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, index, stream])
+
+
+_REGIONS: dict[str, SkinRegions] = {}
+_POSERS: dict[str, PoseSampler] = {}
+
+
+def _regions(t) -> SkinRegions:
+    if t.hash not in _REGIONS:
+        _REGIONS[t.hash] = SkinRegions.from_template(t)
+    return _REGIONS[t.hash]
+
+
+def _poser(t) -> PoseSampler:
+    if t.hash not in _POSERS:
+        _POSERS[t.hash] = PoseSampler(t.joint_names, t.rest_joints)
+    return _POSERS[t.hash]
+
+
+def make_subject(t, seed: int, index: int, config: SynthConfig = SynthConfig()) -> Subject:
+    """Subject ``index`` of the batch: a phenotype from ``t.phenotype_bank`` and its colouring."""
+    rng = _rng(seed, index, STREAM_SUBJECT)
+    k = int(rng.integers(len(t.phenotype_bank)))
+    betas = np.array(t.phenotype_bank_betas[k], dtype=np.float64)
+    betas[config.n_betas:] = 0.0
+    colors, tones = subject_colors(_regions(t), rng)
+    return Subject(subject_id(seed, index), np.asarray(t.phenotype_bank[k], np.float64), betas, colors, tones)
+
+
+def pose_template(t, betas: np.ndarray, pose: np.ndarray, expression: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(V, 3), (J, 3) float64 metres: the template posed by ``t.pose`` in double precision."""
+    with torch.no_grad():
+        v, j = t.pose(torch.as_tensor(betas[None], dtype=torch.float64),
+                      torch.as_tensor(pose[None], dtype=torch.float64),
+                      torch.as_tensor(expression[None], dtype=torch.float64))
+    return v[0].numpy(), j[0].numpy()
+
+
+def _scan_surface(verts, faces, colors, cameras, scanner: ScannerConfig, rng, point_cloud: bool, keep_faces=None):
+    """Scan one posed mesh: (verts, faces|None, colors, normals|None, observed (V,) bool, info)."""
+    samples = scan_samples(verts, faces, colors, cameras, scanner, rng, keep_faces)
+    pcd = merge_samples(samples, scanner)
+    pts = np.asarray(pcd.points)
+    dist, _ = KDTree(samples.points).query(verts, k=1)
+    observed = dist < OBSERVED_M
+    info = {"n_rays": samples.n_rays, "n_samples": samples.n_hits, "n_points_merged": len(pts)}
+    if point_cloud:
+        cols = (np.asarray(pcd.colors) * 255).round().astype(np.uint8)
+        return pts, None, cols, np.asarray(pcd.normals).copy(), observed, info
+    v, f, c = reconstruct(pcd, scanner)
+    info.update(n_scan_verts=len(v), n_scan_faces=len(f))
+    return v, f, c, None, observed, info
+
+
+def _finish(t, scan_id, subject, kind, index, seed, config, pose, expression, verts_t, joints_t, scanned,
+            rng_place) -> SynthScan:
+    """Place the scan and its truth by a random rigid transform and write them in the file frame."""
+    sv, sf, sc, sn, observed, info = scanned
+    units, up = frames.resolve_frame(config.units, config.up, index)
+    rigid = frames.random_rigid(rng_place, config.max_tilt_deg, config.max_translation_m)
+    T = frames.file_transform(units, up) @ rigid
+    truth = dict(
+        verts=frames.apply(T, verts_t), verts_m=frames.apply(rigid, verts_t),
+        joints=frames.apply(T, joints_t), joints_m=frames.apply(rigid, joints_t),
+        joint_names=np.array(t.joint_names), betas=subject.betas, phenotype=subject.phenotype,
+        phenotype_names=np.array(t.phenotype_names), pose=pose, expression=expression, transform=T,
+        units=np.array(units), up=np.array(up), subject=np.array(subject.subject_id), kind=np.array(kind),
+        observed=observed,
+    )
+    active = {n: round(float(a), 3) for n, a in zip(t.expression_names, expression) if a > 0}
+    info = dict(
+        scan_id=scan_id, subject=subject.subject_id, kind=kind, seed=seed, index=index, units=units, up=up,
+        posed=bool(np.any(pose)), expression=active, n_betas=config.n_betas,
+        phenotype=dict(zip(t.phenotype_names, np.round(subject.phenotype, 4).tolist())),
+        transform=T.tolist(), n_observed_verts=int(observed.sum()), point_cloud=sf is None, **subject.tones, **info,
+    )
+    normals = None if sn is None else frames.apply_to_normals(T, sn)
+    return SynthScan(scan_id, frames.apply(T, sv), sf, sc, normals, truth, info)
+
+
+def body_scan(t, seed: int, index: int, config: SynthConfig = SynthConfig()) -> SynthScan:
+    """Whole-body scan ``index`` of the batch (kind 'body')."""
+    subject = make_subject(t, seed, index, config)
+    rng = _rng(seed, index, STREAM_POSE)
+    pose = _poser(t).sample(rng) if config.posed else np.zeros((t.n_joints, 3))
+    expression = random_expression(t.expression_names, rng) if config.expressions else np.zeros(t.n_expression)
+    verts, joints = pose_template(t, subject.betas, pose, expression)
+    rng_scan = _rng(seed, index, STREAM_SCANNER)
+    surface = t.masks["surface"]
+    lo, hi = verts[surface].min(0), verts[surface].max(0)
+    cams = ring_cameras(lo, hi, azimuth0=rng_scan.uniform(0, 2 * np.pi))
+    scanned = _scan_surface(verts, t.faces, subject.colors, cams, config.scanner, rng_scan, config.point_cloud)
+    return _finish(t, subject.subject_id, subject, "body", index, seed, config, pose, expression, verts, joints,
+                   scanned, _rng(seed, index, STREAM_PLACE))
+
+
+def closeup_scans(t, seed: int, index: int, config: SynthConfig = SynthConfig(), kinds=("head", "hand_left", "hand_right")) -> list[SynthScan]:
+    """Close-up scans of subject ``index``: the head (with an expression when ``expressions``)
+    and each hand (fingers in a random curl), each cropped to its template region
+    (``t.masks[kind]``, recorded as the truth's ``region_mask``) and scanned from a sphere of
+    hand-held viewpoints with ``config.closeup_scanner``. The region is scanned on its own, as
+    when a subject holds a hand out to a hand-held scanner, so the rest of the body does not
+    occlude it."""
+    subject = make_subject(t, seed, index, config)
+    out = []
+    for kind in kinds:
+        stream = STREAM_CLOSEUP[kind]
+        rng = _rng(seed, index, stream)
+        pose = np.zeros((t.n_joints, 3))
+        full = _poser(t).sample(rng)
+        # only the joints that shape the region move: head/neck or the fingers of that hand
+        side = {"hand_left": ".L", "hand_right": ".R"}.get(kind)
+        for j, name in enumerate(t.joint_names):
+            if (side is None and name in ("neck01", "neck02", "neck03", "head")) or (
+                    side is not None and name.startswith("finger") and name.endswith(side)):
+                pose[j] = full[j]
+        expression = (random_expression(t.expression_names, rng) if (config.expressions and kind == "head")
+                      else np.zeros(t.n_expression))
+        verts, joints = pose_template(t, subject.betas, pose, expression)
+        region = t.masks[kind]
+        scan_faces = _grow_faces(t.faces, region, rings=3)
+        keep = region[t.faces[scan_faces]].all(1)
+        centre = verts[region].mean(0)
+        radius = np.linalg.norm(verts[region] - centre, axis=1).max()
+        distance = 3.0 * radius
+        scanner = replace(config.closeup_scanner, fov_deg=float(2 * np.degrees(np.arctan(1.15 * radius / distance))))
+        rng_scan = _rng(seed, index, stream + 1)
+        cams = sphere_cameras(centre, distance, n=24)
+        scanned = _scan_surface(verts, t.faces[scan_faces], subject.colors, cams, scanner, rng_scan,
+                                config.point_cloud, keep_faces=keep)
+        sv, sf, sc, sn, observed, info = scanned
+        scan = _finish(t, f"{subject.subject_id}-{kind}", subject, kind, index, seed, config, pose, expression,
+                       verts, joints, (sv, sf, sc, sn, observed & region, info), _rng(seed, index, stream + 2))
+        scan.truth["region_mask"] = region.copy()
+        out.append(scan)
+    return out
+
+
+def _grow_faces(faces: np.ndarray, vmask: np.ndarray, rings: int) -> np.ndarray:
+    """(F,) bool: faces touching the vertex set ``vmask`` grown by ``rings`` face rings."""
+    m = vmask.copy()
+    for _ in range(rings):
+        touch = m[faces].any(1)
+        m[faces[touch].ravel()] = True
+    return m[faces].all(1)

@@ -1,0 +1,113 @@
+"""Per-vertex colours for synthetic subjects: a skin tone, hair, lips, nails, eyes, shorts.
+
+The regions are found once on the template's rest shape (``SkinRegions.from_template``) from
+its part labels and skeleton; a subject's colours are then a few random tones painted on them
+(``subject_colors``). This is what a textured body scan looks like to MediaPipe: skin of one
+tone with darker lips, lighter palms, hair on the scalp and tight shorts, as scanning
+protocols ask subjects to wear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pykdtree.kdtree import KDTree
+
+# Skin tones from light to dark (sRGB 0-255), roughly Fitzpatrick I..VI; a subject's tone is a
+# random point on this polyline.
+SKIN_TONES = np.array([[241, 208, 186], [224, 180, 150], [198, 146, 110], [160, 108, 76], [112, 72, 50], [74, 48, 34]], float)
+HAIR_TONES = np.array([[30, 24, 20], [70, 45, 30], [120, 85, 50], [190, 160, 110], [140, 60, 30], [150, 150, 150]], float)
+SHORTS_TONES = np.array([[30, 30, 35], [40, 50, 110], [120, 30, 40], [60, 60, 60], [200, 200, 205]], float)
+
+
+@dataclass(frozen=True)
+class SkinRegions:
+    """(V,) bool masks of the template regions that get their own colour."""
+
+    hair: np.ndarray
+    lips: np.ndarray
+    nails: np.ndarray
+    palms: np.ndarray
+    soles: np.ndarray
+    sclera: np.ndarray
+    iris: np.ndarray
+    shorts: np.ndarray
+
+    @classmethod
+    def from_template(cls, t) -> "SkinRegions":
+        v = t.rest_verts
+        j = lambda n: t.rest_joints[t.joint_index(n)]  # noqa: E731
+        m = t.masks
+        head = t.part_mask("head")
+        eye_z = (j("eye.L")[2] + j("eye.R")[2]) / 2
+        head_y = j("head")[1]
+        # Hair: the scalp above the brow line, and the back of the head down to the ears' level.
+        hair = head & ((v[:, 2] > eye_z + 0.045) | ((v[:, 2] > eye_z - 0.03) & (v[:, 1] > head_y + 0.045)))
+        # Lips: skin at the mouth opening, i.e. head vertices close to the mouth cavity.
+        mouth = v[m["mouth_cavity"]]
+        d, _ = KDTree(mouth).query(v, k=1)
+        lips = head & (d < 0.008) & (v[:, 1] < mouth[:, 1].min() + 0.012)
+        # Palms and nails (left and right hands mirror each other across X = 0).
+        nails = np.zeros(len(v), bool)
+        palms = np.zeros(len(v), bool)
+        for side, mask in (("L", m["hand_left"]), ("R", m["hand_right"])):
+            palm_n = _palm_normal(t, side)
+            wrist = j(f"wrist.{side}")
+            palms |= mask & ((v - wrist) @ palm_n > 0.004)
+            for f in range(1, 6):
+                tip = j(f"finger{f}-3.{side}")
+                end = tip + 0.6 * (tip - j(f"finger{f}-2.{side}"))
+                near = np.linalg.norm(v - end, axis=1) < 0.011
+                nails |= mask & near & ((v - end) @ palm_n < -0.001)
+        feet = m["feet"]
+        soles = feet & (v[:, 2] < v[feet, 2].min() + 0.012)
+        # Eyes: white sclera with a dark iris around the most forward point of each eyeball.
+        sclera = t.part_mask("eye_front.L", "eye_front.R")
+        iris = np.zeros(len(v), bool)
+        for name in ("eye_front.L", "eye_front.R"):
+            e = t.part_mask(name)
+            front = v[e][np.argmin(v[e, 1])]
+            iris |= e & (np.linalg.norm(v - front, axis=1) < 0.0065)
+        # Shorts: the pelvis band from the hip joints' height down to mid-thigh.
+        hip_z = j("upperleg01.L")[2]
+        knee_z = j("lowerleg01.L")[2]
+        body = t.part_mask("body")
+        shorts = body & (v[:, 2] < hip_z + 0.06) & (v[:, 2] > hip_z - 0.35 * (hip_z - knee_z))
+        return cls(hair, lips, nails, palms, soles, sclera & ~iris, iris, shorts)
+
+
+def _palm_normal(t, side: str) -> np.ndarray:
+    """Unit normal of the palm of one hand, pointing out of the palm (thumb-base side)."""
+    j = lambda n: t.rest_joints[t.joint_index(f"{n}.{side}")]  # noqa: E731
+    span = j("metacarpal4") - j("metacarpal1")
+    axis = j("metacarpal2") - j("wrist")
+    n = np.cross(span, axis)
+    n /= np.linalg.norm(n)
+    thumb = j("finger1-2") - (j("metacarpal1") + j("metacarpal4")) / 2
+    return n if n @ thumb > 0 else -n
+
+
+def _on_polyline(tones: np.ndarray, s: float) -> np.ndarray:
+    x = s * (len(tones) - 1)
+    i = min(int(x), len(tones) - 2)
+    return tones[i] + (x - i) * (tones[i + 1] - tones[i])
+
+
+def subject_colors(regions: SkinRegions, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """(V, 3) float colours 0-255 for one random subject, and the tones used (for the truth)."""
+    skin = _on_polyline(SKIN_TONES, rng.random()) * rng.uniform(0.95, 1.05, 3)
+    hair = HAIR_TONES[rng.integers(len(HAIR_TONES))] * rng.uniform(0.85, 1.15)
+    shorts = SHORTS_TONES[rng.integers(len(SHORTS_TONES))]
+    lips = skin * np.array([0.82, 0.6, 0.62])
+    n = len(regions.hair)
+    colors = np.tile(skin, (n, 1))
+    colors[regions.palms | regions.soles] = 0.6 * skin + 0.4 * np.array([236, 196, 176])
+    colors[regions.nails] = 0.5 * skin + 0.5 * np.array([235, 200, 195])
+    colors[regions.lips] = lips
+    colors[regions.hair] = hair
+    colors[regions.sclera] = [235, 230, 225]
+    colors[regions.iris] = [50, 35, 25]
+    colors[regions.shorts] = shorts
+    tones = {"skin_rgb": skin.round(1).tolist(), "hair_rgb": hair.round(1).tolist(), "shorts_rgb": shorts.tolist()}
+    return np.clip(colors, 0, 255), tones
