@@ -38,26 +38,27 @@ def discover_scans(args: Iterable[str | Path]) -> dict[str, Path]:
 
 
 def _unique_ids(files: list[Path]) -> dict[str, Path]:
+    same_folder: dict[tuple, int] = {}
+    for p in files:
+        same_folder[(p.parent, p.stem)] = same_folder.get((p.parent, p.stem), 0) + 1
+    # scan.ply and scan.obj side by side: scan_ply, scan_obj
+    base = {p: p.stem if same_folder[(p.parent, p.stem)] == 1 else f"{p.stem}_{p.suffix.lstrip('.')}"
+            for p in files}
     depth = {p: 0 for p in files}
     while True:
-        ids = {p: _safe("__".join([*p.parent.parts[len(p.parent.parts) - depth[p]:], p.stem])) for p in files}
-        seen: dict[str, list[Path]] = {}
+        ids = {p: _safe("__".join([*p.parent.parts[len(p.parent.parts) - depth[p]:], base[p]])) for p in files}
+        groups: dict[str, list[Path]] = {}
         for p, i in ids.items():
-            seen.setdefault(i, []).append(p)
-        clashes = [ps for ps in seen.values() if len(ps) > 1]
+            groups.setdefault(i, []).append(p)
+        clashes = [ps for ps in groups.values() if len(ps) > 1]
         if not clashes:
             return {i: p for p, i in ids.items()}
-        grew = False
-        for ps in clashes:
-            for p in ps:
-                if depth[p] < len(p.parent.parts) - 1:
+        for ps in clashes:  # prefix one more parent folder until the ids differ
+            for n, p in enumerate(ps):
+                if depth[p] < len(p.parent.parts):
                     depth[p] += 1
-                    grew = True
-        if not grew:  # same stem, same folder: scan.ply and scan.obj
-            for ps in clashes:
-                for p in ps:
-                    ids[p] = _safe(f"{ids[p]}_{p.suffix.lstrip('.')}")
-            return {i: p for p, i in ids.items()}
+                else:  # names that differ only in characters _safe replaced: number them
+                    base[p] = f"{base[p]}_{n}"
 
 
 def _safe(name: str) -> str:
