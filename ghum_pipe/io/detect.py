@@ -17,7 +17,7 @@ for point clouds), so a densely tessellated face or hand does not outweigh the l
   A-pose). The score log(area_bottom / area_top) - skewness is > 0 when the axis points up.
 * Person or not: the area-weighted principal standard deviations s1 >= s2 >= s3 of a standing
   person are elongated (s1/s2 ~ 1.7 in a squat, 2-3.7 standing) and not flat (s3/s1 ~ 0.17).
-  We reject s1/s2 < 1.35 (spheres, cubes, flat boxes, a lying-down T shape) and s3/s1 < 0.05
+  We reject s1/s2 < 1.5 (spheres, cubes, boxes such as 1.7 x 1.2 x 0.15 m (1.38)) and s3/s1 < 0.05
   (planes, sheets). A column or a mannequin torso with legs passes: this is a sanity check,
   not a person detector; the landmark stage's MediaPipe detection is the real one.
 """
@@ -31,7 +31,7 @@ import numpy as np
 from ghum_pipe.io.frame import METRES_PER_UNIT
 
 PERSON_EXTENT_M = (0.5, 3.0)
-MIN_ELONGATION = 1.35  # s1 / s2
+MIN_ELONGATION = 1.5  # s1 / s2
 MIN_THICKNESS = 0.05  # s3 / s1
 END_SLAB = 0.05  # fraction of the height compared at each end for the head-side cue
 SNAP_DEG = 20.0  # scanners write axis-aligned frames: snap the up axis to a file axis within this

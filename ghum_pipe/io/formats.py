@@ -79,7 +79,23 @@ def _read_trimesh(path: Path) -> RawGeometry:
     loaded = trimesh.load(str(path), process=False)
     if isinstance(loaded, trimesh.Scene):
         return _from_scene(loaded)
-    return _from_trimesh_geometry(loaded, path.suffix.lower() == ".stl")
+    raw = _from_trimesh_geometry(loaded, path.suffix.lower() == ".stl")
+    if path.suffix.lower() == ".ply":
+        _check_ply_counts(path, raw)
+    return raw
+
+
+def _check_ply_counts(path: Path, raw: RawGeometry) -> None:
+    """trimesh reads a truncated ASCII PLY without complaint: compare with the header's counts."""
+    with open(path, "rb") as f:
+        head = f.read(4096).split(b"end_header")[0].decode("ascii", errors="replace")
+    counts = dict((m[0], int(m[1])) for m in re.findall(r"element\s+(\w+)\s+(\d+)", head))
+    n_verts, n_faces = counts.get("vertex", len(raw.verts)), counts.get("face", 0)
+    got_faces = 0 if raw.faces is None else len(raw.faces)
+    if len(raw.verts) != n_verts or got_faces < n_faces:  # polygons may become more triangles
+        raise ScanError(f"the header promises {n_verts} vertices and {n_faces} faces, the file holds "
+                        f"{len(raw.verts)} and {got_faces}; it is truncated or damaged", path,
+                        "re-copy or re-export the scan")
 
 
 def _from_scene(scene) -> RawGeometry:
@@ -94,6 +110,9 @@ def _from_scene(scene) -> RawGeometry:
         return RawGeometry(verts=np.zeros((0, 3)))
     meshes = [p for p in parts if p.faces is not None]
     parts = meshes or parts  # a scene with meshes and stray points: keep the meshes
+    if len(parts) == 1:
+        return parts[0]
+    # Several meshes: their textures cannot share one uv space, so only the sampled colours stay.
     offsets = np.cumsum([0] + [len(p.verts) for p in parts])[:-1]
     out = RawGeometry(
         verts=np.concatenate([p.verts for p in parts]),

@@ -1,0 +1,97 @@
+"""Unit and up-axis detection on the template posed several ways, in every file frame."""
+
+import numpy as np
+import pytest
+import torch
+
+from ghum_pipe.io import Frame, ScanError, load_scan, write_mesh
+from ghum_pipe.io.detect import detect_up, plausible_units, principal_axes, shape_problem, vertex_weights
+from ghum_pipe.io.frame import AXES, rotation_to_z_up
+
+# Axis-angle rotations (radians) per joint; arms and legs in world-aligned joint frames.
+POSES = {
+    "A": {},
+    "T": {"upperarm01.L": [0, -0.8, 0], "upperarm01.R": [0, 0.8, 0],
+          "shoulder01.L": [0, -0.4, 0], "shoulder01.R": [0, 0.4, 0]},
+    "arms_up": {"upperarm01.L": [0, -2.3, 0], "upperarm01.R": [0, 2.3, 0]},
+    "knee_up": {"upperleg01.L": [-0.9, 0, 0], "lowerleg01.L": [1.3, 0, 0]},
+    "twist": {"spine03": [0, 0, 0.6], "neck01": [0, 0, 0.5], "upperarm01.L": [0, -0.8, 0]},
+    "squat": {"upperleg01.L": [-1.2, 0, 0], "lowerleg01.L": [1.8, 0, 0],
+              "upperleg01.R": [-1.2, 0, 0], "lowerleg01.R": [1.8, 0, 0]},
+}
+
+
+@pytest.fixture(scope="module")
+def posed(template):
+    out = {}
+    for name, rots in POSES.items():
+        pose = torch.zeros(1, template.n_joints, 3)
+        for joint, aa in rots.items():
+            pose[0, template.joint_index(joint)] = torch.tensor(aa, dtype=torch.float32)
+        verts, _ = template.pose(pose=pose)
+        out[name] = verts[0].numpy().astype(np.float64)
+    return out
+
+
+def test_rotations_are_proper_and_map_up_to_z():
+    for name, axis in AXES.items():
+        R = Frame.make("m", name).rotation
+        assert np.allclose(R @ R.T, np.eye(3), atol=1e-12)
+        assert np.isclose(np.linalg.det(R), 1.0)
+        assert np.allclose(R @ np.array(axis), [0, 0, 1], atol=1e-12)
+    # A +Y-up file: internal (x, y, z) -> file (x, z, -y), the synth/glTF convention.
+    assert np.allclose(Frame.make("m", "+y").to_file([[1.0, 2.0, 3.0]]), [[1.0, 3.0, -2.0]])
+    tilted = np.array([0.3, 0.2, 0.9])
+    assert np.allclose(rotation_to_z_up(tilted) @ (tilted / np.linalg.norm(tilted)), [0, 0, 1])
+
+
+@pytest.mark.parametrize("pose", list(POSES))
+def test_up_axis_detected_for_every_pose_and_axis(template, posed, pose):
+    verts_m = posed[pose]
+    weights = vertex_weights(verts_m, template.faces)
+    assert shape_problem(principal_axes(verts_m, weights)) is None
+    for up in AXES:
+        frame = Frame.make("mm", up)
+        guess = detect_up(frame.to_file(verts_m), weights)
+        assert guess.axis == up, (pose, up, guess)
+        assert guess.angle_deg < 15.0
+
+
+def test_tilted_body_keeps_exact_axis(template, posed):
+    # 35 deg off every file axis: no snapping, the PCA direction is kept (within a few degrees).
+    true_up = np.array([np.sin(np.radians(35)), 0.0, np.cos(np.radians(35))])
+    frame = Frame.make("m", true_up)
+    guess = detect_up(frame.to_file(posed["A"]), vertex_weights(posed["A"], template.faces))
+    assert guess.axis is None
+    assert np.degrees(np.arccos(guess.up @ true_up)) < 3.0
+
+
+def test_units_ranges_do_not_overlap():
+    assert plausible_units(1.8) == ["m"]
+    assert plausible_units(180.0) == ["cm"]
+    assert plausible_units(1800.0) == ["mm"]
+    assert plausible_units(0.03) == [] and plausible_units(30.0) == []
+
+
+@pytest.mark.parametrize("units,up,pose", [("mm", "+y", "A"), ("m", "-y", "T"), ("cm", "+x", "knee_up"),
+                                           ("mm", "-z", "arms_up"), ("m", "+z", "squat")])
+def test_load_scan_detects_units_and_up(tmp_path, template, posed, units, up, pose):
+    truth = Frame.make(units, up)
+    path = write_mesh(tmp_path / f"{pose}.ply", truth.to_file(posed[pose]), template.faces)
+    scan = load_scan(path)
+    assert (scan.frame.units, scan.frame.up) == (units, up)
+    assert scan.frame == truth
+    # float32 PLY: the round trip is exact to well under a micron.
+    assert np.abs(scan.verts - posed[pose]).max() < 1e-6
+    assert np.allclose(scan.frame.to_file(scan.verts), truth.to_file(posed[pose]), rtol=0, atol=1e-3)
+
+
+def test_forced_units_and_up(tmp_path, template):
+    truth = Frame.make("mm", "+y")
+    path = write_mesh(tmp_path / "body.obj", truth.to_file(template.rest_verts), template.faces)
+    scan = load_scan(path, units="mm", up="y")
+    assert scan.frame == truth and not any("detected" in n for n in scan.notes)
+    with pytest.raises(ScanError, match=r"body\.obj.*1\.8e\+03 m long read as m.*--units"):
+        load_scan(path, units="m")
+    with pytest.raises(ScanError, match=r"body\.obj.*up axis 'w'"):
+        load_scan(path, up="w")
