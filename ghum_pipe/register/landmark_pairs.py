@@ -94,8 +94,7 @@ def match_landmarks(
     keep = [k for k, n in enumerate(names) if n in index and conf[k] >= min_confidence
             and np.isfinite(points[k]).all()]
     rows = [index[names[k]] for k in keep]
-    tl_kinds = getattr(template_landmarks, "kinds", None)
-    kinds = tuple(tl_kinds[r] if tl_kinds is not None else landmark_kind(names[k]) for r, k in zip(rows, keep))
+    kinds = tuple(landmark_kind(names[k]) for k in keep)
     return LandmarkPairs(
         names=tuple(names[k] for k in keep), kinds=kinds,
         vertex_ids=np.asarray(template_landmarks.vertex_ids)[rows].astype(np.int64),

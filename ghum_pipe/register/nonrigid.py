@@ -45,6 +45,7 @@ class NonrigidConfig:
     n_bwd: int = 30000  # scan samples matched per iteration
     anchor: float = 1e-4  # eps above
     conformal: bool = True  # ACAP (per-vertex scale) rather than ARAP
+    w_landmark: float = 2.0  # per landmark (x confidence); keeps the surface from sliding tangentially
     seed: int = 0
 
 
@@ -57,7 +58,7 @@ class NonrigidResult:
 
 def refine_nonrigid(
     posed: np.ndarray, faces: np.ndarray, surface: np.ndarray, target: ScanTarget,
-    config: NonrigidConfig = NonrigidConfig(),
+    config: NonrigidConfig = NonrigidConfig(), landmarks=None,
 ) -> NonrigidResult:
     """ACAP-regularised non-rigid ICP from the posed template towards the scan.
 
@@ -66,6 +67,8 @@ def refine_nonrigid(
         faces: (F, 3) template faces.
         surface: (V,) bool, vertices a scanner can see (``~template.masks["interior"]``).
         target: the scan.
+        landmarks: optional :class:`~ghum_pipe.register.landmark_pairs.LandmarkPairs` kept as
+            soft constraints ``w |sum_k w_lk x_k - target_l|^2``.
     """
     cfg = config
     rng = np.random.default_rng(cfg.seed)
@@ -83,6 +86,14 @@ def refine_nonrigid(
     surf_faces = faces[surface[faces].all(1)]
     surf_idx = np.flatnonzero(surface)
 
+    A_lm = sp.csr_matrix((V, V))
+    rhs_lm = np.zeros((V, 3))
+    if landmarks is not None and len(landmarks) and cfg.w_landmark > 0:
+        L, K = landmarks.vertex_ids.shape
+        C = sp.csr_matrix((landmarks.weights.ravel(), (np.repeat(np.arange(L), K), landmarks.vertex_ids.ravel())),
+                          shape=(L, V))
+        CW = C.T.multiply(cfg.w_landmark * landmarks.confidence[None, :]).tocsr()
+        A_lm, rhs_lm = CW @ C, CW @ landmarks.targets
     X = P.copy()
     total = sum(n for _, n in cfg.schedule)
     it = 0
@@ -101,8 +112,8 @@ def refine_nonrigid(
             # data: scan -> template
             bwd_cols, bwd_vals, bwd_w, bwd_q = _backward_matches(X, surf_faces, target, max_d, cfg, rng)
             # global step: (w_reg D^T D + C^T W C + eps I) X = w_reg D^T b + C^T W y + eps P
-            A = w_reg * DtD + sp.diags(np.full(V, cfg.anchor))
-            rhs = w_reg * (D.T @ b) + cfg.anchor * P
+            A = w_reg * DtD + sp.diags(np.full(V, cfg.anchor)) + A_lm
+            rhs = w_reg * (D.T @ b) + cfg.anchor * P + rhs_lm
             A = A + sp.csc_matrix((fwd_w, (fwd_rows, fwd_rows)), shape=(V, V))
             np.add.at(rhs, fwd_rows, fwd_w[:, None] * fwd_y)
             if len(bwd_w):

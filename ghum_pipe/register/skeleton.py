@@ -229,3 +229,26 @@ def _icp_term(verts, faces_t, target, corr, cfg: SkeletonConfig):
     else:
         loss_b = verts.new_zeros(())
     return loss_f + loss_b
+
+
+def rest_offsets(template, fit: SkeletonFit, verts: np.ndarray) -> np.ndarray:
+    """Free-form offsets in the rest pose that reproduce ``verts`` exactly through the fit:
+    ``verts == scale * t.pose(shape, pose, expression, offsets) + translation``.
+
+    LBS is affine in the rest vertex for fixed joint transforms: x = A_v (r_v + o_v) + a_v, so
+    o_v = A_v^-1 ((verts_v - translation) / scale - a_v) - r_v (A_v is a blend of rotations,
+    invertible for any sensible pose). Returns (V, 3) float64, metres.
+    """
+    from ghum_pipe.template.lbs import as_rotmats, batch_rigid_transform
+
+    dt = torch.float64
+    tt = template.tensors("cpu", dt)
+    shape = torch.as_tensor(fit.shape[None], dtype=dt)
+    expr = torch.as_tensor(fit.expression[None], dtype=dt)
+    rest, joints = template.shaped(shape, expr, 1, "cpu", dt)
+    rot = as_rotmats(torch.as_tensor(fit.pose[None], dtype=dt))
+    _, rel = batch_rigid_transform(rot, joints, tt["parents"], tt["levels"])
+    T = torch.einsum("vi,vimn->vmn", tt["skin_weights"], rel[0][tt["skin_indices"]])  # (V, 4, 4)
+    local = (torch.as_tensor(verts, dtype=dt) - torch.as_tensor(fit.translation, dtype=dt)) / fit.scale
+    o = torch.linalg.solve(T[:, :3, :3], (local - T[:, :3, 3])[..., None])[..., 0] - rest[0]
+    return o.numpy()

@@ -1,0 +1,207 @@
+"""Registration stage: the pure core ``register_scan`` and the per-scan entry ``run_registration``.
+
+    landmarks --Umeyama--> similarity --LBS fit--> skeleton (landmarks, then + ICP)
+              --ACAP local-global--> free-form surface --> outputs in the scan file's frame
+
+``register_scan`` works on arrays in the internal frame (metres, +Z up) and can be called from a
+notebook; ``run_registration`` reads the files, calls it and writes the outputs atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ghum_pipe.errors import RegistrationError
+from ghum_pipe.register.landmark_pairs import LandmarkPairs, load_template_landmark_set, match_landmarks
+from ghum_pipe.register.nonrigid import NonrigidConfig, refine_nonrigid
+from ghum_pipe.register.similarity import umeyama
+from ghum_pipe.register.skeleton import SkeletonConfig, fit_skeleton, rest_offsets
+from ghum_pipe.register.target import build_target
+
+HINT_LANDMARKS = "Re-run `ghum-pipe landmarks` for this scan and check its contact sheet"
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    device: str = "cpu"
+    lowres: bool = False
+    skeleton: SkeletonConfig = field(default_factory=SkeletonConfig)
+    nonrigid: NonrigidConfig = field(default_factory=NonrigidConfig)
+    max_scan_points: int = 60000  # oriented samples of the scan used for matching
+    min_confidence: float = 0.3  # scan landmarks below are ignored
+    min_body_landmarks: int = 8
+    max_init_rms_m: float = 0.12  # landmark RMS after the similarity: above = inconsistent landmarks
+    min_coverage: float = 0.5  # share of the template near scan data after the skeleton fit
+    max_scan_to_reg_mm: float = 10.0  # mean scan->registration above this = diverged
+    threads: int = 0  # torch threads (0 = leave torch's setting)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """A registration in the internal frame (metres, +Z up)."""
+
+    verts: np.ndarray  # (V, 3) template order
+    params: dict  # pose (J,3), shape (S,), expression (E,), scale, translation (3,), offsets (V,3)
+    metrics: dict
+    scan_points: np.ndarray  # (N, 3) scan samples used for the metrics
+    scan_to_reg_m: np.ndarray  # (N,) their distance to the registration
+
+
+def _fail(msg: str, path, hint: str | None = None):
+    raise RegistrationError(msg, path=path, hint=hint)
+
+
+def register_scan(
+    scan_verts: np.ndarray, scan_faces: np.ndarray | None, scan_normals: np.ndarray | None,
+    landmarks: dict, template, config: RegisterConfig = RegisterConfig(), template_landmarks=None,
+    path: str | None = None,
+) -> RegistrationResult:
+    """Register the template to one scan (pure core: arrays in, arrays out).
+
+    Args:
+        scan_verts: (N, 3) metres, +Z up; scan_faces: (F, 3) or None (point cloud);
+        scan_normals: (N, 3) or None.
+        landmarks: ``{"names": [...], "points": (L, 3) metres +Z up, "confidence": (L,)}``.
+        template: :class:`ghum_pipe.template.Template`.
+        template_landmarks: definitions on the template (default: the landmark stage's).
+        path: the file named in errors.
+    Raises:
+        RegistrationError: too few / inconsistent landmarks, partial body, divergence.
+    """
+    cfg = config
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seconds = {}
+    t0 = time.perf_counter()
+    tl = template_landmarks if template_landmarks is not None else load_template_landmark_set(template)
+    pairs = match_landmarks(list(landmarks["names"]), np.asarray(landmarks["points"], dtype=np.float64).reshape(-1, 3),
+                            landmarks.get("confidence"), tl, cfg.min_confidence)
+    body = np.array([k == "pose" for k in pairs.kinds], dtype=bool)
+    if body.sum() < cfg.min_body_landmarks:
+        _fail(f"{int(body.sum())} usable body landmarks, registration needs at least {cfg.min_body_landmarks}",
+              path, HINT_LANDMARKS + " (is the whole person visible?)")
+    rest_lm = pairs.template_points(template.rest_verts)
+    sim = umeyama(rest_lm[body], pairs.targets[body], pairs.confidence[body])
+    init_rms = float(np.sqrt(((sim.apply(rest_lm[body]) - pairs.targets[body]) ** 2).sum(1).mean()))
+    if not 0.5 < sim.scale < 2.0 or init_rms > cfg.max_init_rms_m:
+        _fail(f"inconsistent landmarks (similarity scale {sim.scale:.2f}, RMS {init_rms * 100:.1f} cm)", path,
+              HINT_LANDMARKS + "; left/right may be swapped or the scan may hold more than one person")
+    target = build_target(scan_verts, scan_faces, scan_normals, max_points=cfg.max_scan_points, seed=cfg.nonrigid.seed)
+    seconds["prepare"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    fit = fit_skeleton(template, pairs, sim, target, cfg.skeleton, cfg.device)
+    seconds["skeleton"] = time.perf_counter() - t0
+    surface = template.masks["surface"]
+    near = target.index.query(fit.verts[surface], 1)[0][:, 0] < 0.03
+    coverage = float(near.mean())
+    if coverage < cfg.min_coverage:
+        _fail(f"partial body: only {coverage:.0%} of the template is within 3 cm of the scan after the "
+              "skeleton fit", path, "Registration needs a whole-body scan; check the scan and its landmarks")
+
+    t0 = time.perf_counter()
+    nr = refine_nonrigid(fit.verts, template.faces, surface, target, cfg.nonrigid, landmarks=pairs)
+    seconds["nonrigid"] = time.perf_counter() - t0
+    verts = nr.verts
+    if not np.isfinite(verts).all():
+        _fail("registration diverged (non-finite vertices)", path, "Check the scan's landmarks and normals")
+
+    t0 = time.perf_counter()
+    offsets = rest_offsets(template, fit, verts)
+    metrics, scan_pts, s2r = _metrics(template, verts, target, pairs, fit)
+    seconds["metrics"] = time.perf_counter() - t0
+    metrics.update(
+        similarity_scale=sim.scale, init_landmark_rms_mm=init_rms * 1e3, coverage=coverage,
+        matched_fraction=nr.matched_fraction, iterations={"skeleton": fit.iterations, "nonrigid": nr.iterations},
+        seconds=seconds, seconds_total=float(sum(seconds.values())),
+    )
+    if metrics["scan_to_reg_mean_mm"] > cfg.max_scan_to_reg_mm:
+        _fail(f"registration diverged: mean scan->registration distance {metrics['scan_to_reg_mean_mm']:.1f} mm "
+              f"(limit {cfg.max_scan_to_reg_mm} mm)", path, HINT_LANDMARKS)
+    params = dict(pose=fit.pose, shape=fit.shape, expression=fit.expression, scale=np.float64(fit.scale),
+                  translation=fit.translation, offsets=offsets)
+    return RegistrationResult(verts=verts, params=params, metrics=metrics, scan_points=scan_pts, scan_to_reg_m=s2r)
+
+
+def _metrics(template, verts, target, pairs: LandmarkPairs, fit) -> tuple[dict, np.ndarray, np.ndarray]:
+    from ghum_pipe.register.backend import MeshDistance
+
+    surface = template.masks["surface"]
+    surf_faces = template.faces[surface[template.faces].all(1)]
+    s2r = MeshDistance(verts, surf_faces).closest(target.points)["dist"]
+    r2s = target.distance_to_scan(verts[surface])
+    lm = np.linalg.norm(pairs.template_points(verts) - pairs.targets, axis=1)
+    kinds = np.asarray(pairs.kinds)
+    per_kind = {k: float(np.sqrt((lm[kinds == k] ** 2).mean()) * 1e3) for k in ("pose", "hand", "face") if (kinds == k).any()}
+    m = dict(
+        scan_to_reg_mean_mm=float(s2r.mean() * 1e3), scan_to_reg_p95_mm=float(np.percentile(s2r, 95) * 1e3),
+        reg_to_scan_mean_mm=float(r2s.mean() * 1e3), reg_to_scan_p95_mm=float(np.percentile(r2s, 95) * 1e3),
+        landmark_rms_mm=per_kind, n_landmarks={k: int((kinds == k).sum()) for k in ("pose", "hand", "face")},
+        landmark_residual_mm={n: round(float(d * 1e3), 2) for n, d in zip(pairs.names, lm) if not n.startswith("face_")},
+        skeleton_landmark_rms_mm=fit.landmark_rms_m * 1e3, n_scan_samples=int(len(target.points)),
+    )
+    return m, target.points, s2r
+
+
+def read_landmarks_json(path: Path, frame) -> dict:
+    """landmarks.json (file frame and units) -> names, points (internal metres), confidence."""
+    if not path.exists():
+        _fail("no landmarks.json", path, "Run `ghum-pipe landmarks` on this scan first")
+    try:
+        doc = json.loads(path.read_text())
+        names = [str(n) for n in doc["names"]]
+        pts = np.asarray(doc["points"], dtype=np.float64).reshape(-1, 3)
+        conf = np.asarray(doc.get("confidence", np.ones(len(names))), dtype=np.float64)
+    except (ValueError, KeyError, TypeError) as e:
+        _fail(f"unreadable landmarks ({e})", path, HINT_LANDMARKS)
+    if len(names) != len(pts) or len(conf) != len(names):
+        _fail(f"{len(names)} names, {len(pts)} points, {len(conf)} confidences", path, HINT_LANDMARKS)
+    return {"names": names, "points": frame.to_internal(pts), "confidence": conf}
+
+
+def run_registration(scan_path, scan_dir, config: RegisterConfig = RegisterConfig()) -> dict:
+    """Per-scan entry (the Dask runner calls this): read the scan and ``scan_dir/landmarks.json``,
+    register, write ``registration.ply``, ``params.npz``, ``metrics.json``, ``residuals.png``
+    (and ``registration_lowres.ply`` with ``config.lowres``) in the scan file's frame and units.
+    Returns the metrics. Nothing is written when registration fails."""
+    from ghum_pipe.io import load_scan, write_mesh
+    from ghum_pipe.io.atomic import write_json, write_npz
+    from ghum_pipe.register.residuals import write_residual_map
+    from ghum_pipe.template import load_template
+
+    scan_dir = Path(scan_dir)
+    t_start = time.perf_counter()
+    scan = load_scan(scan_path)
+    lm = read_landmarks_json(scan_dir / "landmarks.json", scan.frame)
+    template = load_template()
+    res = register_scan(scan.verts, scan.faces, scan.normals, lm, template, config, path=str(scan_path))
+    frame = scan.frame
+    metrics = dict(res.metrics, scan_id=scan.id, frame=frame.to_dict(), n_verts=int(len(res.verts)),
+                   template_hash=template.hash)
+    low = None
+    if config.lowres:
+        from ghum_pipe.template.lowres import load_lowres
+
+        low = load_lowres()
+    # all outputs are computed before the first file is written; each write is atomic
+    write_mesh(scan_dir / "registration.ply", frame.to_file(res.verts), template.faces)
+    if low is not None:
+        write_mesh(scan_dir / "registration_lowres.ply", frame.to_file(low.downsample(res.verts)), low.template.faces)
+    write_npz(scan_dir / "params.npz", **res.params, frame_matrix=frame.matrix(),
+              frame=np.array(json.dumps(frame.to_dict())), template_hash=np.array(template.hash),
+              verts_internal=res.verts)
+    write_residual_map(scan_dir / "residuals.png", res.scan_points, res.scan_to_reg_m,
+                       title=f"{scan.id}: scan -> registration, mean {metrics['scan_to_reg_mean_mm']:.2f} mm")
+    metrics["seconds_wall"] = time.perf_counter() - t_start
+    write_json(scan_dir / "metrics.json", metrics)
+    return metrics
