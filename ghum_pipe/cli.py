@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -36,6 +37,11 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(show_path=False, console=_stderr_console())], force=True)
+    if verbose < 2:
+        # MediaPipe/TFLite (glog/absl) write C++ warnings straight to the workers' stderr; the
+        # workers inherit this environment, the per-scan logs keep what matters.
+        for var in ("GLOG_minloglevel", "TF_CPP_MIN_LOG_LEVEL"):
+            os.environ.setdefault(var, "2")
     # distributed configures its own loggers at INFO on import; its chatter is not ours to show
     import distributed  # noqa: F401
 

@@ -59,15 +59,10 @@ def run_ingest(scan_path: str | Path, scan_dir: str | Path, config: IngestConfig
     Raises ``ScanError`` (missing, unreadable, empty, too small, not a person, ...) and then
     writes nothing. Returns the summary's scalar metrics.
     """
-    scan = _load_scan()(scan_path, units=config.units, up=config.up, min_points=config.min_points)
+    from ghum_pipe.io import load_scan
+
+    scan = load_scan(scan_path, units=config.units, up=config.up, min_points=config.min_points)
     summary = scan_summary(scan)
     write_json(Path(scan_dir) / "scan.json", summary)
     return {k: summary[k] for k in ("units", "up", "n_points", "n_faces", "height_m", "is_point_cloud")}
 
-
-def _load_scan():
-    try:
-        from ghum_pipe.io import load_scan
-    except ImportError:  # TODO(pipelines): drop once ghum_pipe/io/__init__.py exports load_scan
-        from ghum_pipe.io.scan import load_scan
-    return load_scan

@@ -35,7 +35,8 @@ th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
 th{background:#eef;cursor:pointer;position:sticky;top:0} th:hover{background:#dde}
 td.id,td.s{text-align:left} .done{color:#18794e} .failed{color:#c62828;white-space:normal;max-width:28em}
 .blocked{color:#a36b00} .pending{color:#888} .plots img{margin:4px;border:1px solid #ddd;background:#fff}
-.scan{background:#fff;border:1px solid #ddd;padding:8px 12px;margin:12px 0} .scan img{max-width:100%;margin:4px 0}
+.scan{background:#fff;border:1px solid #ddd;padding:8px 12px;margin:12px 0}
+.scan img{max-width:560px;max-height:420px;margin:4px 0;border:1px solid #eee} .notes{color:#555;font-size:12px}
 .imgs{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start} .imgs figure{margin:0}
 figcaption{font-size:12px;color:#555}
 """
@@ -117,18 +118,26 @@ def _overlay(manifest: Manifest, scan_id: str, out: Path) -> bool:
     try:
         import trimesh
 
-        from ghum_pipe.pipelines.ingest import _load_scan
+        from ghum_pipe.io import load_scan
 
         # the ingest config that made scan.json gives the same frame again (detection is deterministic)
         cfg = (manifest.stage(scan_id, "ingest") or {}).get("config") or {}
         info = json.loads(scan_json.read_text())
-        scan = _load_scan()(info["path"], units=cfg.get("units"), up=cfg.get("up"))
+        scan = load_scan(info["path"], units=cfg.get("units"), up=cfg.get("up"))
         reg = trimesh.load(reg_file, process=False, force="mesh")
         overlay_png(out, scan, scan.frame.to_internal(reg.vertices), reg.faces)
         return True
     except Exception as e:  # noqa: BLE001 - a picture that cannot be made must not stop the report
         log.warning("%s: no overlay image (%s: %s)", scan_id, type(e).__name__, e)
         return False
+
+
+def _scan_notes(folder: Path) -> list[str]:
+    """What ingest noticed about the scan (units/up detection, dropped points, extra bodies)."""
+    try:
+        return [str(n) for n in json.loads((folder / "scan.json").read_text()).get("notes", [])]
+    except (OSError, ValueError):
+        return []
 
 
 def _rel(path: Path, start: Path) -> str:
@@ -202,11 +211,14 @@ def write_report(work: str | Path, overlays: bool = True) -> Path:
         overlay = out_dir / "scans" / r["id"] / "overlay.png"
         if overlays and _overlay(manifest, r["id"], overlay):
             figs.append(("scan (top) and registration over it (bottom)", overlay))
+        notes = _scan_notes(folder)
         status = ", ".join(f"{s} <span class='{r['status'][s]}'>{r['status'][s]}</span>"
                            + (f" ({html.escape(r['reason'][s])})" if s in r["reason"] else "") for s in stages)
         parts.append(f"<div class='scan' id='scan-{html.escape(r['id'])}'><b>{html.escape(r['id'])}</b>: {status}"
-                     "<div class='imgs'>" + "".join(
-                         f"<figure><img loading='lazy' src='{html.escape(_rel(p, out_dir))}' alt='{html.escape(t)}'>"
+                     + "".join(f"<div class='notes'>{html.escape(n)}</div>" for n in notes)
+                     + "<div class='imgs'>" + "".join(
+                         f"<figure><a href='{html.escape(_rel(p, out_dir))}'><img loading='lazy' "
+                         f"src='{html.escape(_rel(p, out_dir))}' alt='{html.escape(t)}'></a>"
                          f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, p in figs) + "</div></div>")
     parts.append(f"<script>{SORT_JS}</script></body></html>")
     index = out_dir / "index.html"
