@@ -25,34 +25,37 @@ def body_ring(
     upper_elevation_deg: float = 35.0,
     fov_deg: float = 40.0,
     size: int = 512,
-    margin: float = 1.08,
+    margin: float = 1.06,
 ) -> list[Camera]:
     """Cameras on two rings around the +Z axis through the body's bounding-box centre.
 
     verts: (N, 3) scan points, metres. The lower ring (``azimuths`` views, starting at -Y =
     the template's front) looks nearly level; the upper ring (``upper_azimuths`` views, offset by
     half a step) looks down at ``upper_elevation_deg`` so feet, shoulders and hands held in front
-    of the body are seen from above too. Each camera is far enough that the bounding sphere of
-    the body's box fits the frame with ``margin``.
+    of the body are seen from above too. Each camera is placed as close as keeps every point in
+    the frame with ``margin`` (the detector wants the person large).
     """
     lo, hi = np.min(verts, 0), np.max(verts, 0)
     centre = (lo + hi) / 2
-    # Bounding cylinder rather than sphere: a standing body is tall and thin, the sphere
-    # would waste half the pixels. Half-height and horizontal radius, framed by the vertical FoV.
-    half_h = (hi[2] - lo[2]) / 2
-    radius = np.linalg.norm(hi[:2] - lo[:2]) / 2
-    tan = np.tan(np.deg2rad(fov_deg) / 2)
+    sample = verts[:: max(1, len(verts) // 4000)] - centre
+    tan = np.tan(np.deg2rad(fov_deg) / 2) / margin
     cams = []
     for n, elev, offset in ((azimuths, elevation_deg, 0.0), (upper_azimuths, upper_elevation_deg, 0.5)):
         for k in range(n):
             az = 2 * np.pi * (k + offset) / n
             el = np.deg2rad(elev)
             direction = np.array([np.sin(az) * np.cos(el), -np.cos(az) * np.cos(el), np.sin(el)])
-            # Projected half-extent of the box seen from this elevation: height foreshortens,
-            # depth extent adds. Distance from the near side of the cylinder.
-            half_extent = half_h * np.cos(el) + radius * np.sin(el)
-            dist = margin * half_extent / tan + radius
-            cams.append(Camera.look_at(centre + dist * direction, centre, UP, fov_deg, size))
+            # In a camera at centre + d * direction looking at the centre, a point with lateral
+            # offsets (x, y) and depth offset z (towards the camera) is in frame when
+            # |x|, |y| <= tan * (d - z): take the smallest d that frames every point.
+            # Portrait images: the width is cut to the body's projected width (a standing body
+            # is ~1/3 as wide as tall), which saves half the rays; MediaPipe pads to square itself.
+            R = Camera.look_at(direction, np.zeros(3), UP, fov_deg, size).R
+            local = sample @ R.T  # x right, y down, z away from the camera
+            d = np.max(np.abs(local[:, :2]).max(1) / tan - local[:, 2])
+            tan_x = np.max(np.abs(local[:, 0]) / (d + local[:, 2])) * margin * margin
+            width = int(min(size, 16 * np.ceil(size * tan_x / np.tan(np.deg2rad(fov_deg) / 2) / 16)))
+            cams.append(Camera.look_at(centre + d * direction, centre, UP, fov_deg, (width, size)))
     return cams
 
 
@@ -83,27 +86,21 @@ def rotate_about(v: np.ndarray, axis: np.ndarray, angle_rad: float) -> np.ndarra
 
 
 def head_cameras(
-    nose: np.ndarray, left_ear: np.ndarray, right_ear: np.ndarray,
-    yaws_deg=(0.0, -30.0, 30.0), extent_m: float = 0.34, size: int = 384,
+    head_points: np.ndarray, forward: np.ndarray, yaws_deg=(0.0, -30.0, 30.0), extent_m: float = 0.34,
+    size: int = 384,
 ) -> list[Camera]:
-    """Close-ups of the face from first-pass 3D landmarks (each (3,), metres).
+    """Close-ups of the face from first-pass 3D landmarks.
 
-    The face's forward direction is from the mid-ear point to the nose (independent of which
-    ear is labelled left); views are that direction yawed by ``yaws_deg`` about the head's up
-    axis, aimed at the point between the ears and the nose.
+    head_points: (K, 3) metres, the head landmarks found (nose, eyes, ears, mouth; any subset);
+    forward: (3,) the face's direction (mid-ears -> nose, or from the shoulders). Views are that
+    direction yawed by ``yaws_deg`` about +Z, aimed at the head points' centre pushed 3 cm back
+    (the face is at the front of the head).
     """
-    mid_ears = (left_ear + right_ear) / 2
-    forward = nose - mid_ears
-    forward = forward - (forward @ UP) * UP * 0.5  # a head tilted down is still framed from the front
+    forward = np.asarray(forward, dtype=np.float64)
+    forward = forward - 0.5 * (forward @ UP) * UP  # a head tilted down is still framed from the front
     forward /= np.linalg.norm(forward)
-    ear_axis = left_ear - right_ear
-    head_up = np.cross(forward, ear_axis)  # roughly +Z for either labelling sign fixed below
-    if head_up @ UP < 0:
-        head_up = -head_up
-    head_up /= np.linalg.norm(head_up)
-    target = 0.6 * nose + 0.4 * mid_ears
-    return [closeup(target, rotate_about(forward, head_up, np.deg2rad(y)), extent_m, size=size, up=head_up)
-            for y in yaws_deg]
+    target = np.mean(head_points, axis=0) - 0.03 * forward
+    return [closeup(target, rotate_about(forward, UP, np.deg2rad(y)), extent_m, size=size) for y in yaws_deg]
 
 
 def hand_cameras(

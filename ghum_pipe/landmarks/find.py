@@ -28,7 +28,9 @@ from ghum_pipe.landmarks.detect import (
     HAND_TIPS, N_FACE, N_HAND, POSE_MIRROR, POSE_NAMES, FaceDetector, HandDetector, PoseDetector,
 )
 from ghum_pipe.landmarks.render import Camera, MeshRenderer, RenderResult
-from ghum_pipe.landmarks.triangulate import confidence, is_mirrored, ransac_triangulate, resolve_swaps
+from ghum_pipe.landmarks.triangulate import (
+    confidence, is_mirrored, ransac_triangulate, resolve_swaps, surface_consensus,
+)
 
 # Pose landmarks on the skin (snapped to the surface); the rest are joint centres.
 SURFACE_POSE = frozenset({
@@ -36,10 +38,16 @@ SURFACE_POSE = frozenset({
     "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_heel",
     "right_heel", "left_foot_index", "right_foot_index",
 })
-# How far behind the rendered surface a landmark may lie and still count as visible (metres):
-# surface points sit on it; joint centres lie up to a limb radius inside.
-SURFACE_DEPTH_TOL_M = 0.03
+# How far behind the rendered surface a joint centre may lie and still count as visible (metres):
+# up to a limb radius.
 INTERIOR_DEPTH_TOL_M = 0.15
+# Surface hits of one landmark seen in two views agree within this (metres): a few pixels of
+# detector noise at the image scale (body views ~4 mm/px, close-ups ~1 mm/px).
+BODY_SURFACE_TOL_M = 0.04
+CLOSEUP_SURFACE_TOL_M = 0.012
+# A detection on the silhouette often lands a pixel or two off the body: take the nearest body
+# pixel within this radius.
+SEARCH_PX = 3
 
 
 @dataclass
@@ -84,8 +92,9 @@ class FoundLandmarks:
 class _Group:
     """Observations of one landmark group across its views, triangulated together."""
 
-    def __init__(self, names, kinds, thr_px):
+    def __init__(self, names, kinds, thr_px, surface_tol_m, renderer: MeshRenderer):
         self.names, self.kinds, self.thr_px = tuple(names), tuple(kinds), thr_px
+        self.surface_tol_m, self.renderer = surface_tol_m, renderer
         self.cams: list[Camera] = []
         self.renders: list[RenderResult] = []
         self.uv: list[np.ndarray] = []
@@ -103,24 +112,45 @@ class _Group:
         return P, np.stack(self.uv, 1), np.stack(self.score, 1)  # (V,3,4), (L,V,2), (L,V)
 
     def visible(self, X: np.ndarray) -> np.ndarray:
-        """(L, V) bool: X (L, 3) not hidden behind the rendered surface in each view."""
-        tol = np.array([SURFACE_DEPTH_TOL_M if k == "surface" else INTERIOR_DEPTH_TOL_M for k in self.kinds])
+        """(L, V) bool: X (L, 3) not hidden behind the rendered surface by more than a limb
+        radius in each view (for joint centres, which lie inside the body)."""
         out = np.zeros((len(X), len(self.cams)), dtype=bool)
         for v, (cam, r) in enumerate(zip(self.cams, self.renders)):
             uv, z = cam.project(np.nan_to_num(X))
-            out[:, v] = (z > 0) & (z <= r.depth_at(uv) + tol)
+            out[:, v] = (z > 0) & (z <= r.depth_at(uv) + INTERIOR_DEPTH_TOL_M)
         return out & np.isfinite(X).all(1)[:, None]
 
+    def surface_hits(self, uv: np.ndarray) -> np.ndarray:
+        """(L, V, 3) the mesh points under the detections uv (L, V, 2); nan on background."""
+        return np.stack([self.renderer.surface_points(r, np.nan_to_num(uv[:, v], nan=-1.0), SEARCH_PX)[0]
+                         for v, r in enumerate(self.renders)], axis=1)
+
     def triangulate(self, min_score: float):
+        """Robust 3D points: (L, 3) X (nan = not found), (L, V) inliers, (L,) RMS px, (L,)
+        confidence. Surface landmarks: the views whose surface hits agree
+        (``surface_consensus``), then DLT + RANSAC over them. Joint centres: DLT + RANSAC, then
+        again without the views where the point lies deep behind the rendered surface."""
         P, uv, score = self.arrays()
-        h = self.cams[0].height
-        inside = np.isfinite(uv).all(-1) & (uv[..., 0] >= 0) & (uv[..., 1] >= 0)
-        inside &= (uv[..., 0] < self.cams[0].width) & (uv[..., 1] < h)
-        valid = inside & (score >= min_score)
+        size = np.array([[c.width, c.height] for c in self.cams])  # (V, 2)
+        inside = np.isfinite(uv).all(-1) & (uv >= 0).all(-1) & (uv < size).all(-1)
+        valid = valid_all = inside & (score >= min_score)
+        surface = np.array([k == "surface" for k in self.kinds])
+        if surface.any():
+            hits = self.surface_hits(uv)
+            agree = surface_consensus(hits, valid, self.surface_tol_m)
+            valid = np.where(surface[:, None], agree, valid)
         X, inl, rms = ransac_triangulate(P, uv, valid, self.thr_px, score)
-        # Second pass without observations of points the render shows to be hidden.
-        valid2 = valid & (self.visible(X) | ~np.isfinite(X).all(1)[:, None])
-        X, inl, rms = ransac_triangulate(P, uv, valid2, self.thr_px, score)
+        if (~surface).any():
+            hidden = ~self.visible(X) & np.isfinite(X).all(1)[:, None]
+            valid2 = valid & ~(hidden & ~surface[:, None])
+            X, inl, rms = ransac_triangulate(P, uv, valid2, self.thr_px, score)
+        if surface.any():
+            # No two views agree on the surface (a fingertip at the silhouette in every view):
+            # fall back to plain RANSAC over the 2D detections; the caller snaps to the surface.
+            lost = surface & ~np.isfinite(X).all(1)
+            if lost.any():
+                X2, inl2, rms2 = ransac_triangulate(P, uv[lost], valid_all[lost], self.thr_px, score[lost])
+                X[lost], inl[lost], rms[lost] = X2, inl2, rms2
         return X, inl, rms, confidence(inl, rms, self.thr_px, score)
 
 
@@ -137,6 +167,31 @@ def _render_group(renderer, cams, group, detector, views, tag, timings):
         views.append(View(tag, cam, r.rgb, () if det is None else det.names, None if det is None else det.uv))
         out.append((r, det))
     return out
+
+
+# Pose face points and the FaceMesh points that are the same places (subject's left = +X):
+# eye corners 362/263 (left) and 133/33 (right), iris centres 473/468, nose tip 1, mouth
+# corners 291 (left) / 61 (right).
+FACE_FOR_POSE = {
+    "nose": 1, "left_eye_inner": 362, "left_eye": 473, "left_eye_outer": 263, "right_eye_inner": 133,
+    "right_eye": 468, "right_eye_outer": 33, "mouth_left": 291, "mouth_right": 61,
+}
+HEAD_POSE = ("nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
+             "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right")
+
+
+def _face_forward(p: dict) -> np.ndarray | None:
+    """(3,) the way the face looks, from first-pass 3D pose points (None if unknown): mid-ears ->
+    nose when both ears were found, else the shoulders' ``(left - right) x up`` (a person's
+    forward, see ``triangulate.is_mirrored``)."""
+    ok = lambda *names: all(np.isfinite(p[n]).all() for n in names)  # noqa: E731
+    if ok("nose", "left_ear", "right_ear"):
+        f = p["nose"] - (p["left_ear"] + p["right_ear"]) / 2
+        if np.linalg.norm(f) > 0.02:
+            return f
+    if ok("left_shoulder", "right_shoulder"):
+        return np.cross(p["left_shoulder"] - p["right_shoulder"], [0.0, 0.0, 1.0])
+    return None
 
 
 def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmarks:
@@ -156,7 +211,7 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
     ring = camera_rig.body_ring(verts, config.ring_views, config.upper_ring_views, fov_deg=config.fov_deg,
                                 size=config.body_size)
     kinds = ["surface" if n in SURFACE_POSE else "interior" for n in POSE_NAMES]
-    body = _Group(POSE_NAMES, kinds, config.body_thr_frac * config.body_size)
+    body = _Group(POSE_NAMES, kinds, config.body_thr_frac * config.body_size, BODY_SURFACE_TOL_M, renderer)
     for r, det in _render_group(renderer, ring, body, PoseDetector(), views, "body", timings):
         body.add(r, None if det is None else det.uv, None if det is None else det.score)
     person = [v for v in views if v.uv is not None]
@@ -188,14 +243,23 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
     p = {n: X[i] for i, n in enumerate(POSE_NAMES)}
 
     # 4-5a. Head close-ups.
-    if config.face and all(np.isfinite(p[n]).all() for n in ("nose", "left_ear", "right_ear")):
-        cams = camera_rig.head_cameras(p["nose"], p["left_ear"], p["right_ear"], size=config.closeup_size)
+    forward = _face_forward(p)
+    head_pts = np.array([p[n] for n in HEAD_POSE if np.isfinite(p[n]).all()]).reshape(-1, 3)
+    if config.face and forward is not None and len(head_pts):
+        cams = camera_rig.head_cameras(head_pts, forward, size=config.closeup_size)
         face = _Group([f"face_{i}" for i in range(N_FACE)], ["surface"] * N_FACE,
-                      config.closeup_thr_frac * config.closeup_size)
+                      config.closeup_thr_frac * config.closeup_size, CLOSEUP_SURFACE_TOL_M, renderer)
         for r, det in _render_group(renderer, cams, face, FaceDetector(), views, "head", timings):
             face.add(r, None if det is None else det.uv, None if det is None else det.score)
         t0 = time.perf_counter()
         Xf, inl_f, rms_f, conf_f = face.triangulate(config.min_score)
+        # FaceMesh on the close-ups places the eyes, nose and mouth far better than Pose on the
+        # body views: take them from there (the template's definition does the same).
+        for pose_name, face_id in FACE_FOR_POSE.items():
+            if np.isfinite(Xf[face_id]).all():
+                i = POSE_NAMES.index(pose_name)
+                X[i], inl_n, rms[i], conf[i] = Xf[face_id], inl_f[face_id].sum(), rms_f[face_id], conf_f[face_id]
+                used[0][i] = inl_n
         names += face.names
         points.append(Xf), confs.append(conf_f), kinds_out.extend(face.kinds), used.append(inl_f.sum(1)), errs.append(rms_f)
         timings["triangulate"] += time.perf_counter() - t0
@@ -209,7 +273,7 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
                 continue
             cams = camera_rig.hand_cameras(w, ix, pk, e, size=config.closeup_size)
             hand = _Group([f"{side}_hand_{i}" for i in range(N_HAND)], hand_kinds,
-                          config.closeup_thr_frac * config.closeup_size)
+                          config.closeup_thr_frac * config.closeup_size, CLOSEUP_SURFACE_TOL_M, renderer)
             rendered = _render_group(renderer, cams, hand, HandDetector(), views, f"{side}_hand", timings)
             for k, (r, det) in enumerate(rendered):
                 wrist_uv, _ = r.camera.project(w[None])

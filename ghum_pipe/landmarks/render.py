@@ -201,6 +201,8 @@ class MeshRenderer:
             c = np.asarray(colors)
             self.colors = c[:, :3] / 255.0 if c.dtype == np.uint8 else c[:, :3].astype(np.float64)
         self.normals = vertex_normals(self.verts, self.faces)
+        self._colors32 = np.ascontiguousarray(self.colors, dtype=np.float32)
+        self._normals32 = self.normals.astype(np.float32)
         self._scene = o3d.t.geometry.RaycastingScene()
         self._scene.add_triangles(
             o3d.core.Tensor(self.verts.astype(np.float32)), o3d.core.Tensor(self.faces.astype(np.uint32))
@@ -225,29 +227,29 @@ class MeshRenderer:
         """Render one view with ``light``; see ``RenderResult`` for the outputs."""
         depth, tri_id, bary = self.cast(camera)
         hit = tri_id >= 0
-        rgb = np.empty((camera.height, camera.width, 3))
+        rgb = np.empty((camera.height, camera.width, 3), dtype=np.float32)
         rgb[:] = BACKGROUND_RGB
         if hit.any():
+            # Shading in float32 (it is most of a view's cost besides the ray cast).
             corners = self.faces[tri_id[hit]]  # (P, 3)
-            w = bary[hit][..., None]  # (P, 3, 1)
-            albedo = (self.colors[corners] * w).sum(1)
-            normal = (self.normals[corners] * w).sum(1) @ camera.R.T  # camera frame
+            w = bary[hit].astype(np.float32)  # (P, 3)
+            albedo = np.einsum("pkc,pk->pc", self._colors32[corners], w)
+            R = camera.R.astype(np.float32)
+            normal = np.einsum("pkc,pk->pc", self._normals32[corners], w) @ R.T  # camera frame
             normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
-            # Scans are often not consistently oriented: shade both sides (face the camera).
             rows, cols = np.nonzero(hit)
-            cols, rows = cols + 0.5, rows + 0.5
-            view = np.stack([cols, rows, np.ones_like(cols)], 1) @ np.linalg.inv(camera.K).T
-            view = -view / np.linalg.norm(view, axis=1, keepdims=True)  # towards the camera
-            flip = (normal * view).sum(1) < 0
-            normal[flip] *= -1
-            key = np.asarray(light.key_dir_cam, dtype=np.float64)
-            key = key / np.linalg.norm(key)
+            Kinv = np.linalg.inv(camera.K).astype(np.float32)
+            view = -(np.stack([cols + 0.5, rows + 0.5, np.ones(len(cols))], 1).astype(np.float32) @ Kinv.T)
+            view /= np.linalg.norm(view, axis=1, keepdims=True)  # unit, towards the camera
+            # Scans are often not consistently oriented: shade both sides (face the camera).
+            normal *= np.where(np.einsum("pc,pc->p", normal, view) < 0, -1.0, 1.0).astype(np.float32)[:, None]
+            key = np.asarray(light.key_dir_cam, dtype=np.float32)
+            key /= np.linalg.norm(key)
             lam = np.clip(normal @ key, 0.0, None)
             half = key + view
             half /= np.maximum(np.linalg.norm(half, axis=1, keepdims=True), 1e-12)
-            spec = np.clip((normal * half).sum(1), 0.0, None) ** light.shininess
-            shade = light.ambient + light.diffuse * lam
-            rgb[hit] = albedo * shade[:, None] + light.specular * spec[:, None]
+            spec = np.clip(np.einsum("pc,pc->p", normal, half), 0.0, None) ** light.shininess
+            rgb[hit] = albedo * (light.ambient + light.diffuse * lam)[:, None] + (light.specular * spec)[:, None]
         rgb = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         return RenderResult(rgb=rgb, depth=depth, tri_id=tri_id, bary=bary, camera=camera)
 
@@ -264,14 +266,25 @@ class MeshRenderer:
         pts = (self.verts[self.faces[tri]] * bary[..., None]).sum(1)  # float64, on the mesh
         return pts, tri, bary
 
-    def surface_points(self, result: RenderResult, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def surface_points(self, result: RenderResult, uv: np.ndarray, search_px: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """3D surface points under (N, 2) pixel coordinates of a view: (N, 3) metres (nan where
-        the pixel is background) and (N,) triangle ids (-1 there)."""
+        the pixel is background) and (N,) triangle ids (-1 there). With ``search_px`` > 0 a
+        background pixel takes the nearest (then front-most) body pixel within that radius."""
         uv = np.asarray(uv, dtype=np.float64)
         h, w = result.depth.shape
         cols = np.clip(np.floor(uv[:, 0]).astype(np.int64), 0, w - 1)
         rows = np.clip(np.floor(uv[:, 1]).astype(np.int64), 0, h - 1)
         tri = result.tri_id[rows, cols]
+        if search_px > 0 and (tri < 0).any():
+            offsets = [(dr, dc) for dr in range(-search_px, search_px + 1) for dc in range(-search_px, search_px + 1)
+                       if 0 < dr * dr + dc * dc <= search_px * search_px]
+            offsets.sort(key=lambda o: o[0] ** 2 + o[1] ** 2)
+            for i in np.flatnonzero(tri < 0):
+                for dr, dc in offsets:
+                    r, c = rows[i] + dr, cols[i] + dc
+                    if 0 <= r < h and 0 <= c < w and result.tri_id[r, c] >= 0:
+                        rows[i], cols[i], tri[i] = r, c, result.tri_id[r, c]
+                        break
         pts = np.full((len(uv), 3), np.nan)
         ok = tri >= 0
         pts[ok] = (self.verts[self.faces[tri[ok]]] * result.bary[rows[ok], cols[ok]][..., None]).sum(1)

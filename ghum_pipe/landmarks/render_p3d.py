@@ -29,6 +29,8 @@ class _RasterisedMesh(MeshRenderer):
             c = np.asarray(colors)
             self.colors = c[:, :3] / 255.0 if c.dtype == np.uint8 else c[:, :3].astype(np.float64)
         self.normals = vertex_normals(self.verts, self.faces)
+        self._colors32 = np.ascontiguousarray(self.colors, dtype=np.float32)
+        self._normals32 = self.normals.astype(np.float32)
         self._device = torch.device("cuda")
 
     def cast(self, camera: Camera):

@@ -25,7 +25,7 @@ class LandmarkConfig:
     hands: bool = True
     min_score: float = 0.5  # MediaPipe visibility below this: not an observation
     min_person_views: int = 3  # fewer views with a person -> LandmarkError
-    body_thr_frac: float = 0.03  # RANSAC inlier threshold, fraction of the body image size
+    body_thr_frac: float = 0.02  # RANSAC inlier threshold, fraction of the body image size
     closeup_thr_frac: float = 0.025  # same for close-ups
     contact_sheet: bool = True
     units: str | None = None  # override the scan's units (else from the file/heuristics)

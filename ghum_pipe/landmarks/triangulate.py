@@ -189,3 +189,27 @@ def is_mirrored(
     s = sum(np.cross(a - b, up) @ forward for a, b in
             ((left_shoulder, right_shoulder), (left_hip, right_hip), (left_ear, right_ear)))
     return bool(s < 0)
+
+
+def surface_consensus(hits: np.ndarray, valid: np.ndarray, tol_m: float) -> np.ndarray:
+    """Views that agree on where a surface landmark is, from the surface under each detection.
+
+    For a landmark on the skin, the surface point under its 2D detection *is* the landmark in a
+    view that sees it; in a view where it is hidden (the face seen from behind), the detector
+    still guesses a position and the surface under it is elsewhere (the back of the head). Those
+    guesses are roughly consistent with each other in 2D and would pull a DLT into the body, so
+    for surface landmarks we keep the largest group of views whose surface hits lie within
+    ``tol_m`` of one of them.
+
+    hits: (L, V, 3) surface points under the detections (nan on background); valid: (L, V).
+    Returns inliers (L, V) bool (empty rows where no view is valid).
+    """
+    ok = valid & np.isfinite(hits).all(-1)
+    d = np.linalg.norm(hits[:, :, None] - hits[:, None, :], axis=-1)  # (L, V, V)
+    close = (d < tol_m) & ok[:, :, None] & ok[:, None, :]
+    count = close.sum(2)  # (L, V) views agreeing with view c
+    spread = np.where(close, d, 0.0).sum(2)
+    key = count - spread / (tol_m * (valid.shape[1] + 1))  # most agreeing, then tightest
+    key[~ok] = -np.inf
+    best = np.argmax(key, axis=1)
+    return close[np.arange(len(hits)), best] & ok
