@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -36,6 +37,7 @@ from ghum_pipe.errors import GhumPipeError
 log = logging.getLogger(__name__)
 
 CLUSTER_KINDS = ("slurm", "pbs", "sge")
+SUBMIT_COMMANDS = {"slurm": "sbatch", "pbs": "qsub", "sge": "qsub"}
 
 
 class ClusterError(GhumPipeError):
@@ -194,6 +196,11 @@ def open_client(options: ClusterOptions | None = None) -> Iterator["distributed.
     if options.cluster:
         cluster = build_jobqueue_cluster(options, scale=False)
         log.info("job script:\n%s", cluster.job_script())
+        submit = SUBMIT_COMMANDS[options.cluster]
+        if shutil.which(submit) is None:
+            cluster.close()
+            raise ClusterError(f"--cluster {options.cluster}: '{submit}' is not on PATH here",
+                               hint="Run ghum-pipe on the cluster's login node, or use --scheduler")
         cluster.scale(jobs=options.workers or 1)
     else:
         cluster = distributed.LocalCluster(
