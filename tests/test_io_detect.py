@@ -5,32 +5,36 @@ import pytest
 import torch
 
 from ghum_pipe.io import Frame, ScanError, load_scan, write_mesh
-from ghum_pipe.io.detect import detect_up, plausible_units, principal_axes, shape_problem, vertex_weights
+from ghum_pipe.io.detect import plausible_units, principal_axes, shape_problem, vertex_weights
+from ghum_pipe.io.upright import REFERENCE_POSES, detect_up
 from ghum_pipe.io.frame import AXES, rotation_to_z_up
 
-# Axis-angle rotations (radians) per joint; arms and legs in world-aligned joint frames.
+# Held-out poses: none is one of upright.REFERENCE_POSES (the head-side references), and each is
+# posed on a different random body shape.
 POSES = {
-    "A": {},
-    "T": {"upperarm01.L": [0, -0.8, 0], "upperarm01.R": [0, 0.8, 0],
-          "shoulder01.L": [0, -0.4, 0], "shoulder01.R": [0, 0.4, 0]},
-    "arms_up": {"upperarm01.L": [0, -2.3, 0], "upperarm01.R": [0, 2.3, 0]},
-    "knee_up": {"upperleg01.L": [-0.9, 0, 0], "lowerleg01.L": [1.3, 0, 0]},
+    "A_shaped": {},
+    "half_T": {"upperarm01.L": [0, -0.5, 0], "upperarm01.R": [0, 0.5, 0]},
+    "one_arm_up": {"upperarm01.L": [0, -2.4, 0]},
+    "right_knee_up": {"upperleg01.R": [-0.6, 0, 0], "lowerleg01.R": [1.0, 0, 0]},
     "twist": {"spine03": [0, 0, 0.6], "neck01": [0, 0, 0.5], "upperarm01.L": [0, -0.8, 0]},
-    "squat": {"upperleg01.L": [-1.2, 0, 0], "lowerleg01.L": [1.8, 0, 0],
-              "upperleg01.R": [-1.2, 0, 0], "lowerleg01.R": [1.8, 0, 0]},
+    "bend_forward": {"spine03": [0.35, 0, 0], "spine02": [0.2, 0, 0]},
+    "crouch": {"upperleg01.L": [-0.7, 0, 0], "lowerleg01.L": [1.2, 0, 0], "upperleg01.R": [-0.7, 0, 0],
+               "lowerleg01.R": [1.2, 0, 0], "spine03": [0.3, 0, 0]},
+    "stride": {"upperleg01.L": [-0.5, 0, 0], "upperleg01.R": [0.3, 0, 0], "lowerleg01.R": [0.4, 0, 0],
+               "upperarm01.L": [0.4, -0.3, 0], "upperarm01.R": [-0.4, 0.3, 0]},
 }
 
 
 @pytest.fixture(scope="module")
 def posed(template):
-    out = {}
-    for name, rots in POSES.items():
-        pose = torch.zeros(1, template.n_joints, 3)
+    gen = torch.Generator().manual_seed(0)
+    shapes = torch.randn(len(POSES), 10, generator=gen)
+    pose = torch.zeros(len(POSES), template.n_joints, 3)
+    for i, rots in enumerate(POSES.values()):
         for joint, aa in rots.items():
-            pose[0, template.joint_index(joint)] = torch.tensor(aa, dtype=torch.float32)
-        verts, _ = template.pose(pose=pose)
-        out[name] = verts[0].numpy().astype(np.float64)
-    return out
+            pose[i, template.joint_index(joint)] = torch.tensor(aa, dtype=torch.float32)
+    verts, _ = template.pose(shape=shapes, pose=pose)
+    return dict(zip(POSES, verts.numpy().astype(np.float64)))
 
 
 def test_rotations_are_proper_and_map_up_to_z():
@@ -55,13 +59,18 @@ def test_up_axis_detected_for_every_pose_and_axis(template, posed, pose):
         guess = detect_up(frame.to_file(verts_m), weights)
         assert guess.axis == up, (pose, up, guess)
         assert guess.angle_deg < 15.0
+        assert guess.margin > 0.01, guess  # not flagged as a guess
+
+
+def test_held_out_poses_are_not_references():
+    assert not set(POSES) & set(REFERENCE_POSES)
 
 
 def test_tilted_body_keeps_exact_axis(template, posed):
     # 35 deg off every file axis: no snapping, the PCA direction is kept (within a few degrees).
     true_up = np.array([np.sin(np.radians(35)), 0.0, np.cos(np.radians(35))])
     frame = Frame.make("m", true_up)
-    guess = detect_up(frame.to_file(posed["A"]), vertex_weights(posed["A"], template.faces))
+    guess = detect_up(frame.to_file(posed["A_shaped"]), vertex_weights(posed["A_shaped"], template.faces))
     assert guess.axis is None
     assert np.degrees(np.arccos(guess.up @ true_up)) < 3.0
 
@@ -73,8 +82,9 @@ def test_units_ranges_do_not_overlap():
     assert plausible_units(0.03) == [] and plausible_units(30.0) == []
 
 
-@pytest.mark.parametrize("units,up,pose", [("mm", "+y", "A"), ("m", "-y", "T"), ("cm", "+x", "knee_up"),
-                                           ("mm", "-z", "arms_up"), ("m", "+z", "squat")])
+@pytest.mark.parametrize("units,up,pose", [("mm", "+y", "A_shaped"), ("m", "-y", "half_T"),
+                                           ("cm", "+x", "right_knee_up"), ("mm", "-z", "one_arm_up"),
+                                           ("m", "+z", "crouch")])
 def test_load_scan_detects_units_and_up(tmp_path, template, posed, units, up, pose):
     truth = Frame.make(units, up)
     path = write_mesh(tmp_path / f"{pose}.ply", truth.to_file(posed[pose]), template.faces)

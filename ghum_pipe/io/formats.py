@@ -48,15 +48,15 @@ def read_geometry(path: Path) -> RawGeometry:
     """Read ``path`` by its suffix. Raises ScanError (missing, unknown suffix, unreadable)."""
     path = Path(path)
     if not path.exists():
-        raise ScanError("file not found", path, "check the path (scans are read, never moved)")
+        raise ScanError("file not found", path, "Check the path (scans are read, never moved)")
     if not path.is_file():
-        raise ScanError("not a file", path, "pass a scan file, or a folder to the batch commands")
+        raise ScanError("not a file", path, "Pass a scan file, or a folder to the batch commands")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ScanError(f"unknown scan format {suffix or '(no extension)'!r}", path,
-                        "use one of " + " ".join(SUFFIXES))
+                        "Use one of " + " ".join(SUFFIXES))
     if path.stat().st_size == 0:
-        raise ScanError("the file is empty (0 bytes)", path, "re-export the scan")
+        raise ScanError("the file is empty (0 bytes)", path, "Re-export the scan")
     try:
         if suffix == ".pcd":
             return _read_pcd(path)
@@ -68,7 +68,7 @@ def read_geometry(path: Path) -> RawGeometry:
     except Exception as e:  # trimesh/numpy raise many types on damaged files
         what = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise ScanError(f"cannot read the file ({what}); it may be truncated or damaged", path,
-                        "re-export or re-copy the scan") from e
+                        "Re-export or re-copy the scan") from e
 
 
 # --- trimesh formats ---------------------------------------------------------------------------
@@ -95,7 +95,7 @@ def _check_ply_counts(path: Path, raw: RawGeometry) -> None:
     if len(raw.verts) != n_verts or got_faces < n_faces:  # polygons may become more triangles
         raise ScanError(f"the header promises {n_verts} vertices and {n_faces} faces, the file holds "
                         f"{len(raw.verts)} and {got_faces}; it is truncated or damaged", path,
-                        "re-copy or re-export the scan")
+                        "Re-copy or re-export the scan")
 
 
 def _from_scene(scene) -> RawGeometry:
@@ -191,7 +191,7 @@ def _read_pcd(path: Path) -> RawGeometry:
         end = blob.find(b"\n", pos)
         if end < 0:
             raise ScanError("PCD header has no DATA line; the file is truncated or not a PCD", path,
-                            "re-export the point cloud")
+                            "Re-export the point cloud")
         line = blob[pos:end].decode("ascii", errors="replace").strip()
         pos = end + 1
         if not line or line.startswith("#"):
@@ -208,13 +208,13 @@ def _read_pcd(path: Path) -> RawGeometry:
         n = int(header["POINTS"][0])
         mode = header["DATA"][0].lower()
     except (KeyError, ValueError, IndexError) as e:
-        raise ScanError(f"PCD header is missing or has a bad {e} entry", path, "re-export the point cloud")
+        raise ScanError(f"PCD header is missing or has a bad {e} entry", path, "Re-export the point cloud")
     names = [f if c == 1 else f"{f}_{i}" for f, c in zip(fields, counts) for i in range(c)]
     if mode == "ascii":
         rows = [r for r in blob[pos:].decode("ascii", errors="replace").splitlines() if r.strip()]
         if len(rows) < n:
             raise ScanError(f"PCD says {n} points but holds {len(rows)}; the file is truncated", path,
-                            "re-copy or re-export the point cloud")
+                            "Re-copy or re-export the point cloud")
         table = np.array([r.split() for r in rows[:n]], dtype=np.float64)
         cols = {k: table[:, i] for i, k in enumerate(names)}
     elif mode == "binary":
@@ -222,15 +222,15 @@ def _read_pcd(path: Path) -> RawGeometry:
                           for k in ([f] if c == 1 else [f"{f}_{i}" for i in range(c)])])
         if len(blob) - pos < n * dtype.itemsize:
             raise ScanError(f"PCD says {n} points but the data ends early; the file is truncated",
-                            path, "re-copy or re-export the point cloud")
+                            path, "Re-copy or re-export the point cloud")
         rec = np.frombuffer(blob, dtype=dtype, count=n, offset=pos)
         cols = {k: rec[k] for k in dtype.names}
     elif mode == "binary_compressed":
         return _read_pcd_open3d(path)
     else:
-        raise ScanError(f"unknown PCD DATA mode {mode!r}", path, "use ascii or binary PCD")
+        raise ScanError(f"unknown PCD DATA mode {mode!r}", path, "Use ascii or binary PCD")
     if not all(k in cols for k in "xyz"):
-        raise ScanError("PCD has no x y z fields", path, "export the point positions")
+        raise ScanError("PCD has no x y z fields", path, "Export the point positions")
     raw = RawGeometry(verts=np.stack([np.asarray(cols[k], np.float64) for k in "xyz"], 1))
     if all(k in cols for k in ("normal_x", "normal_y", "normal_z")):
         raw.normals = np.stack([np.asarray(cols[k], np.float64) for k in ("normal_x", "normal_y", "normal_z")], 1)
@@ -249,7 +249,7 @@ def _read_pcd_open3d(path: Path) -> RawGeometry:
     raw = RawGeometry(verts=np.asarray(pc.points, dtype=np.float64))
     if len(raw.verts) == 0:
         raise ScanError("open3d read no points from this compressed PCD; it may be damaged", path,
-                        "re-export it as ascii or binary PCD")
+                        "Re-export it as ascii or binary PCD")
     if pc.has_normals():
         raw.normals = np.asarray(pc.normals, dtype=np.float64)
     if pc.has_colors():
@@ -276,15 +276,15 @@ def _read_xyz(path: Path) -> RawGeometry:
     width = len(rows[0])
     if width < 3:
         raise ScanError(f"XYZ rows need at least 3 numbers, the first has {width}", path,
-                        "write one 'x y z' point per line")
+                        "Write one 'x y z' point per line")
     bad = next((i for i, r in enumerate(rows) if len(r) != width), None)
     if bad is not None:
         raise ScanError(f"XYZ row {bad + 1} has {len(rows[bad])} numbers, the first has {width}; "
-                        "the file may be truncated", path, "re-export the point cloud")
+                        "the file may be truncated", path, "Re-export the point cloud")
     try:
         table = np.array(rows, dtype=np.float64)
     except ValueError as e:
-        raise ScanError(f"XYZ holds a non-number ({str(e)[-40:]})", path, "write numbers only")
+        raise ScanError(f"XYZ holds a non-number ({str(e)[-40:]})", path, "Write numbers only")
     raw = RawGeometry(verts=table[:, :3])
     extra = table[:, 3:]
     if extra.shape[1] >= 3 and _unit_rows(extra[:, :3]):

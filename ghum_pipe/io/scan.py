@@ -16,10 +16,10 @@ import numpy as np
 
 from ghum_pipe.errors import ScanError
 from ghum_pipe.io.bodies import split_bodies, cell_size_m
-from ghum_pipe.io.detect import (PERSON_EXTENT_M, detect_up, plausible_units, principal_axes,
-                                 shape_problem, vertex_weights)
+from ghum_pipe.io.detect import PERSON_EXTENT_M, plausible_units, principal_axes, shape_problem, vertex_weights
 from ghum_pipe.io.formats import RawGeometry, read_geometry
 from ghum_pipe.io.frame import METRES_PER_UNIT, Frame, parse_units, parse_up
+from ghum_pipe.io.upright import detect_up
 
 MAX_NONFINITE_SHARE = 0.01
 MIN_BODY_SHARE = 0.5
@@ -86,25 +86,25 @@ def load_scan(path: str | Path, units: str | None = None, up: str | None = None,
         units = None if units is None else parse_units(units)
         up = None if up is None else parse_up(up)
     except ValueError as e:
-        raise ScanError(str(e), path, "fix the --units/--up option") from None
+        raise ScanError(str(e), path, "Fix the --units/--up option") from None
     raw = read_geometry(path)
     notes = list(raw.notes)
     if len(raw.verts) == 0:
-        raise ScanError("the file holds no vertices", path, "check the export wrote the geometry")
+        raise ScanError("the file holds no vertices", path, "Check the export wrote the geometry")
     raw = _drop_nonfinite(raw, path, notes)
     if len(raw.verts) < min_points:
         raise ScanError(f"{len(raw.verts)} points, a body scan needs at least {min_points}", path,
-                        "check the file is a whole-body scan, not a preview or a part")
+                        "Check the file is a whole-body scan, not a preview or a part")
     units, keep = _units_and_body(raw, path, units, notes)
     raw = _subset(raw, keep)
     if len(raw.verts) < min_points:
         raise ScanError(f"the kept body has {len(raw.verts)} points, at least {min_points} are needed",
-                        path, "check the file is a whole-body scan")
+                        path, "Check the file is a whole-body scan")
     weights = vertex_weights(raw.verts, raw.faces)
     problem = shape_problem(principal_axes(raw.verts, weights))
     if problem:
         raise ScanError(f"does not look like a person: {problem}", path,
-                        "check the file is a standing body scan (a sitting or lying body is not supported)")
+                        "Check the file is a standing body scan (a sitting or lying body is not supported)")
     if up is None:
         guess = detect_up(raw.verts, weights)
         notes.append(guess.describe())
@@ -129,7 +129,7 @@ def _drop_nonfinite(raw: RawGeometry, path: Path, notes: list[str]) -> RawGeomet
     share = n_bad / len(ok)
     if share >= MAX_NONFINITE_SHARE:
         raise ScanError(f"{n_bad} of {len(ok)} points ({100 * share:.1f}%) have NaN/inf coordinates",
-                        path, "re-export the scan; up to 1% of bad points are dropped automatically")
+                        path, "Re-export the scan; up to 1% of bad points are dropped automatically")
     notes.append(f"dropped {n_bad} points with NaN/inf coordinates ({100 * share:.2f}%)")
     return _subset(raw, ok)
 
@@ -148,7 +148,7 @@ def _units_and_body(raw: RawGeometry, path: Path, forced: str | None,
     candidates = [forced] if forced else [u for u in ("mm", "cm", "m") if whole * METRES_PER_UNIT[u] >= lo]
     if not candidates:
         raise ScanError(f"the whole scan is {whole:.3g} units across: {_as_sizes(whole)}; "
-                        f"a person is {lo}-{hi} m", path, "check this is a body scan (or its unit)")
+                        f"a person is {lo}-{hi} m", path, "Check this is a body scan (or its unit)")
     cell_m = cell_size_m(len(verts))
     largest_extent = None
     for unit in candidates:
@@ -162,11 +162,11 @@ def _units_and_body(raw: RawGeometry, path: Path, forced: str | None,
             continue
         if forced and unit not in plausible_units(extent):
             raise ScanError(f"the body is {extent * METRES_PER_UNIT[unit]:.3g} m long read as {unit}, "
-                            f"a person is {lo}-{hi} m", path, "check --units, or leave it out to detect")
+                            f"a person is {lo}-{hi} m", path, "Check --units, or leave it out to detect")
         if bodies.largest_share < MIN_BODY_SHARE:
             raise ScanError(f"no single body: {bodies.n_bodies} separate parts, the largest holds "
                             f"{100 * bodies.largest_share:.0f}% of the points", path,
-                            "crop the scan to one person")
+                            "Crop the scan to one person")
         if not forced:
             notes.append(f"units detected: {unit} (body {extent:.4g} {unit} long)")
         note = bodies.describe()
@@ -175,7 +175,7 @@ def _units_and_body(raw: RawGeometry, path: Path, forced: str | None,
         return unit, keep
     size = largest_extent if largest_extent is not None else whole
     raise ScanError(f"the body is {size:.3g} units long: {_as_sizes(size)}, none is a person's "
-                    f"{lo}-{hi} m", path, "check this is a body scan, or force --units")
+                    f"{lo}-{hi} m", path, "Check this is a body scan, or force --units")
 
 
 def _as_sizes(extent: float) -> str:
