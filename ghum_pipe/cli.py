@@ -47,7 +47,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
     for name in list(logging.root.manager.loggerDict):
         if name.split(".")[0] in ("distributed", "dask_jobqueue", "bokeh", "tornado"):
-            logging.getLogger(name).setLevel(max(level, logging.WARNING) if verbose < 2 else logging.DEBUG)
+            logging.getLogger(name).setLevel(logging.ERROR if verbose == 0 else (logging.WARNING if verbose == 1 else logging.DEBUG))
 
 
 def _stderr_console():

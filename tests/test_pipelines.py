@@ -129,6 +129,8 @@ def test_discover_scans_ids(tmp_path):
 def test_flatten_numeric():
     assert flatten_numeric({"a": 1, "b": {"c": 2.5, "d": "x", "e": [1, 2]}, "f": float("nan"), "g": True}) == {
         "a": 1.0, "b.c": 2.5}
+    per_landmark = {f"lm{i}": float(i) for i in range(40)}
+    assert flatten_numeric({"mean_mm": 1.5, "residual_mm": per_landmark}) == {"mean_mm": 1.5}
 
 
 def test_cluster_options_validation():

@@ -17,6 +17,7 @@ import html
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 from ghum_pipe.io.atomic import atomic_path
@@ -33,8 +34,8 @@ body{font:14px system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
 h1{font-size:1.4em} h2{font-size:1.15em;margin-top:2em} table{border-collapse:collapse;background:#fff}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
 th{background:#eef;cursor:pointer;position:sticky;top:0} th:hover{background:#dde}
-td.id,td.s{text-align:left} .done{color:#18794e} .failed{color:#c62828;white-space:normal;max-width:28em}
-.blocked{color:#a36b00} .pending{color:#888} .plots img{margin:4px;border:1px solid #ddd;background:#fff}
+td.id,td.s{text-align:left} .done{color:#18794e} .failed{color:#c62828;white-space:normal;min-width:20em;max-width:34em;text-align:left}
+.blocked{color:#a36b00} .pending{color:#888} .plots{display:flex;flex-wrap:wrap} .plots img{margin:4px;border:1px solid #ddd;background:#fff;width:420px}
 .scan{background:#fff;border:1px solid #ddd;padding:8px 12px;margin:12px 0}
 .scan img{max-width:560px;max-height:420px;margin:4px 0;border:1px solid #eee} .notes{color:#555;font-size:12px}
 .imgs{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start} .imgs figure{margin:0}
@@ -57,12 +58,15 @@ document.querySelectorAll('table.sortable th').forEach(function(th, col){
 """
 
 
-def flatten_numeric(obj, prefix: str = "") -> dict[str, float]:
-    """Finite numeric leaves of a nested dict as ``{"a.b": value}`` (lists and strings skipped)."""
+def flatten_numeric(obj, prefix: str = "", max_keys: int = 12) -> dict[str, float]:
+    """Finite numeric leaves of a nested dict as ``{"a.b": value}``. Lists, strings and dicts of
+    more than ``max_keys`` entries (per-landmark tables: too many columns) are left out."""
     out: dict[str, float] = {}
     if isinstance(obj, dict):
+        if prefix and len(obj) > max_keys:
+            return out
         for k, v in obj.items():
-            out.update(flatten_numeric(v, f"{prefix}{k}."))
+            out.update(flatten_numeric(v, f"{prefix}{k}.", max_keys))
     elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and math.isfinite(obj):
         out[prefix.rstrip(".")] = float(obj)
     return out
@@ -150,6 +154,77 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
 
 
+def _error_columns(columns: list[str], limit: int = 3) -> list[str]:
+    """The error metrics worth a histogram: means first, then 95th percentiles, later stages first."""
+    errorish = [c for c in columns if any(w in c.lower() for w in ("mm", "err", "dist", "resid"))]
+    def rank(c):
+        stage = c.split(".")[0]
+        return (0 if "mean" in c else 1 if "p95" in c else 2, -ORDER.index(stage) if stage in ORDER else 0, c)
+    return sorted(errorish, key=rank)[:limit]
+
+
+def _plots(out_dir: Path, rows: list[dict], stages: list[str], columns: list[str]) -> list[tuple[str, str]]:
+    """Histogram PNGs under ``out_dir/plots``: time per stage and the main error metrics."""
+    plots = []
+    timing = {s: [r["seconds"][s] for r in rows if s in r["seconds"]] for s in stages}
+    if any(timing.values()):
+        histogram_png(out_dir / "plots" / "timing.png", timing, "time per scan and stage", "seconds")
+        plots.append(("timing.png", "time per stage"))
+    for col in _error_columns(columns):
+        vals = [r["metrics"][col] for r in rows if col in r["metrics"]]
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", col) + ".png"
+        histogram_png(out_dir / "plots" / name, {col: vals}, col, col)
+        plots.append((name, col))
+    return plots
+
+
+def _short_reason(reason: str, scan_path: str | None) -> str:
+    """The error without the scan's path in front (the table row already says which scan)."""
+    if scan_path and reason.startswith(scan_path + ": "):
+        return reason[len(scan_path) + 2:]
+    return reason
+
+
+def _table(rows: list[dict], stages: list[str], columns: list[str], paths: dict[str, str]) -> list[str]:
+    out = ["<table class='sortable' id='scans'><thead><tr><th>scan</th>"
+           + "".join(f"<th>{s}</th>" for s in stages) + "".join(f"<th>{s} s</th>" for s in stages)
+           + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr></thead><tbody>"]
+    for r in rows:
+        sid = html.escape(r["id"])
+        cells = [f"<td class='id' data-v='{sid}'><a href='#scan-{sid}'>{sid}</a></td>"]
+        for s in stages:
+            st = r["status"][s]
+            reason = _short_reason(r["reason"].get(s, ""), paths.get(r["id"]))
+            cells.append(f"<td class='s {st}' data-v='{st}' title='{html.escape(reason)}'>{st}"
+                         + (f": {html.escape(reason[:140])}" if reason else "") + "</td>")
+        for v in [r["seconds"].get(s) for s in stages]:
+            cells.append(f"<td data-v='{'' if v is None else v}'>{'' if v is None else f'{v:.1f}'}</td>")
+        for v in [r["metrics"].get(c) for c in columns]:
+            cells.append(f"<td data-v='{'' if v is None else v}'>{'' if v is None else _fmt(v)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return out
+
+
+def _scan_section(manifest: Manifest, r: dict, stages: list[str], out_dir: Path, overlays: bool) -> str:
+    folder = scan_dir(manifest.work, r["id"])
+    figs = [(label, path) for label, path in (("landmarks (contact sheet)", folder / "views" / "contact_sheet.png"),
+                                              ("scan to registration distance", folder / "residuals.png"))
+            if path.exists()]
+    overlay = out_dir / "scans" / r["id"] / "overlay.png"
+    if overlays and _overlay(manifest, r["id"], overlay):
+        figs.append(("scan (top) and registration over it (bottom)", overlay))
+    status = ", ".join(f"{s} <span class='{r['status'][s]}'>{r['status'][s]}</span>"
+                       + (f" ({html.escape(r['reason'][s])})" if s in r["reason"] else "") for s in stages)
+    sid = html.escape(r["id"])
+    return (f"<div class='scan' id='scan-{sid}'><b>{sid}</b>: {status}"
+            + "".join(f"<div class='notes'>{html.escape(n)}</div>" for n in _scan_notes(folder))
+            + "<div class='imgs'>" + "".join(
+                f"<figure><a href='{html.escape(_rel(p, out_dir))}'><img loading='lazy' "
+                f"src='{html.escape(_rel(p, out_dir))}' alt='{html.escape(t)}'></a>"
+                f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, p in figs) + "</div></div>")
+
+
 def write_report(work: str | Path, overlays: bool = True) -> Path:
     """Write ``W/report/index.html`` (+ plots and overlay images); return its path."""
     work = Path(work).resolve()
@@ -158,68 +233,22 @@ def write_report(work: str | Path, overlays: bool = True) -> Path:
     rows = scan_rows(manifest)
     columns = _metric_columns(rows)
     stages = [s for s in ORDER if any(r["status"][s] != "pending" for r in rows)] or list(ORDER)
-
-    plots = []
-    timing = {s: [r["seconds"][s] for r in rows if s in r["seconds"]] for s in stages}
-    if any(timing.values()):
-        histogram_png(out_dir / "plots" / "timing.png", timing, "time per scan and stage", "seconds")
-        plots.append(("timing.png", "time per stage"))
-    for col in [c for c in columns if any(w in c.lower() for w in ("mm", "err", "dist", "resid"))][:8]:
-        vals = [r["metrics"][col] for r in rows if col in r["metrics"]]
-        if len(vals) >= 1:
-            name = col.replace("/", "_") + ".png"
-            histogram_png(out_dir / "plots" / name, {col: vals}, col, col)
-            plots.append((name, col))
-
+    plots = _plots(out_dir, rows, stages, columns)
     counts = status_counts(manifest, stages)
+    paths = {i: manifest.scans[i].get("path") for i in manifest.ids()}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ghum-pipe report: {html.escape(str(work))}"
              f"</title><style>{STYLE}</style></head><body>",
              f"<h1>ghum-pipe report</h1><p>Work dir <code>{html.escape(str(work))}</code>: {len(rows)} scans. ",
              "; ".join(f"<b>{s}</b>: " + ", ".join(f"<span class='{k}'>{n} {k}</span>" for k, n in counts[s].items())
-                       for s in stages), "</p>"]
+                       for s in stages), "</p>",
+             "<h2>Scans</h2><p>Click a column header to sort, a scan to see its pictures.</p>",
+             *_table(rows, stages, columns, paths)]
     if plots:
         parts.append("<h2>Distributions</h2><div class='plots'>")
         parts += [f"<img src='plots/{html.escape(n)}' alt='{html.escape(t)}' title='{html.escape(t)}'>" for n, t in plots]
         parts.append("</div>")
-    parts.append("<h2>Scans</h2><p>Click a column header to sort.</p><table class='sortable' id='scans'><thead><tr>"
-                 "<th>scan</th>" + "".join(f"<th>{s}</th>" for s in stages)
-                 + "".join(f"<th>{s} s</th>" for s in stages)
-                 + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr></thead><tbody>")
-    for r in rows:
-        cells = [f"<td class='id' data-v='{html.escape(r['id'])}'><a href='#scan-{html.escape(r['id'])}'>"
-                 f"{html.escape(r['id'])}</a></td>"]
-        for s in stages:
-            st = r["status"][s]
-            reason = r["reason"].get(s, "")
-            cells.append(f"<td class='s {st}' data-v='{st}' title='{html.escape(reason)}'>{st}"
-                         + (f": {html.escape(reason[:120])}" if reason else "") + "</td>")
-        for s in stages:
-            v = r["seconds"].get(s)
-            cells.append(f"<td data-v='{'' if v is None else v}'>{'' if v is None else f'{v:.1f}'}</td>")
-        for c in columns:
-            v = r["metrics"].get(c)
-            cells.append(f"<td data-v='{'' if v is None else v}'>{'' if v is None else _fmt(v)}</td>")
-        parts.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append("</tbody></table><h2>Per scan</h2>")
-    for r in rows:
-        folder = scan_dir(work, r["id"])
-        figs = []
-        for label, path in (("landmarks (contact sheet)", folder / "views" / "contact_sheet.png"),
-                            ("scan to registration distance", folder / "residuals.png")):
-            if path.exists():
-                figs.append((label, path))
-        overlay = out_dir / "scans" / r["id"] / "overlay.png"
-        if overlays and _overlay(manifest, r["id"], overlay):
-            figs.append(("scan (top) and registration over it (bottom)", overlay))
-        notes = _scan_notes(folder)
-        status = ", ".join(f"{s} <span class='{r['status'][s]}'>{r['status'][s]}</span>"
-                           + (f" ({html.escape(r['reason'][s])})" if s in r["reason"] else "") for s in stages)
-        parts.append(f"<div class='scan' id='scan-{html.escape(r['id'])}'><b>{html.escape(r['id'])}</b>: {status}"
-                     + "".join(f"<div class='notes'>{html.escape(n)}</div>" for n in notes)
-                     + "<div class='imgs'>" + "".join(
-                         f"<figure><a href='{html.escape(_rel(p, out_dir))}'><img loading='lazy' "
-                         f"src='{html.escape(_rel(p, out_dir))}' alt='{html.escape(t)}'></a>"
-                         f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, p in figs) + "</div></div>")
+    parts.append("<h2>Per scan</h2>")
+    parts += [_scan_section(manifest, r, stages, out_dir, overlays) for r in rows]
     parts.append(f"<script>{SORT_JS}</script></body></html>")
     index = out_dir / "index.html"
     with atomic_path(index) as tmp:

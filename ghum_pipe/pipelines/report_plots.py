@@ -22,7 +22,7 @@ def histogram_png(path: Path, values: dict[str, list[float]], title: str, xlabel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.0, 3.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(4.2, 2.8), dpi=100)
     for label, vals in values.items():
         vals = np.asarray([v for v in vals if v is not None], dtype=float)
         vals = vals[np.isfinite(vals)]
