@@ -16,7 +16,8 @@ import numpy as np
 
 from ghum_pipe.errors import ScanError
 from ghum_pipe.io.bodies import split_bodies, cell_size_m
-from ghum_pipe.io.detect import PERSON_EXTENT_M, plausible_units, principal_axes, shape_problem, vertex_weights
+from ghum_pipe.io.detect import (PERSON_EXTENT_M, PrincipalAxes, plausible_units, principal_axes, shape_problem,
+                                 vertex_weights)
 from ghum_pipe.io.formats import RawGeometry, read_geometry
 from ghum_pipe.io.frame import METRES_PER_UNIT, Frame, parse_units, parse_up
 from ghum_pipe.io.upright import detect_up
@@ -95,18 +96,18 @@ def load_scan(path: str | Path, units: str | None = None, up: str | None = None,
     if len(raw.verts) < min_points:
         raise ScanError(f"{len(raw.verts)} points, a body scan needs at least {min_points}", path,
                         "Check the file is a whole-body scan, not a preview or a part")
-    units, keep = _units_and_body(raw, path, units, notes)
-    raw = _subset(raw, keep)
+    weights = vertex_weights(raw.verts, raw.faces)
+    units, keep, axes = _units_and_body(raw, weights, path, units, notes)
+    raw, weights = _subset(raw, keep), weights[keep]
     if len(raw.verts) < min_points:
         raise ScanError(f"the kept body has {len(raw.verts)} points, at least {min_points} are needed",
                         path, "Check the file is a whole-body scan")
-    weights = vertex_weights(raw.verts, raw.faces)
-    problem = shape_problem(principal_axes(raw.verts, weights))
+    problem = shape_problem(axes)
     if problem:
         raise ScanError(f"does not look like a person: {problem}", path,
                         "Check the file is a standing body scan (a sitting or lying body is not supported)")
     if up is None:
-        guess = detect_up(raw.verts, weights)
+        guess = detect_up(raw.verts, weights, axes)
         notes.append(guess.describe())
         frame = Frame.make(units, guess.axis or guess.up)
     else:
@@ -134,9 +135,9 @@ def _drop_nonfinite(raw: RawGeometry, path: Path, notes: list[str]) -> RawGeomet
     return _subset(raw, ok)
 
 
-def _units_and_body(raw: RawGeometry, path: Path, forced: str | None,
-                    notes: list[str]) -> tuple[str, np.ndarray]:
-    """The file unit and a (N,) mask of the largest body's points.
+def _units_and_body(raw: RawGeometry, weights: np.ndarray, path: Path, forced: str | None,
+                    notes: list[str]) -> tuple[str, np.ndarray, PrincipalAxes]:
+    """The file unit, a (N,) mask of the largest body's points, and that body's principal axes.
 
     Tries the units in which the whole file could hold a person (finest first) and takes the
     first whose largest body has a person's longest extent; body grouping depends on the unit
@@ -156,7 +157,8 @@ def _units_and_body(raw: RawGeometry, path: Path, forced: str | None,
         if bodies is None:
             continue
         keep = bodies.labels == 0
-        extent = float(principal_axes(verts[keep], np.ones(int(keep.sum()))).extent[0])
+        axes = principal_axes(verts[keep], weights[keep])
+        extent = float(axes.extent[0])
         largest_extent = extent if largest_extent is None else largest_extent
         if not (forced or unit in plausible_units(extent)):
             continue
@@ -172,7 +174,7 @@ def _units_and_body(raw: RawGeometry, path: Path, forced: str | None,
         note = bodies.describe()
         if note:
             notes.append(note)
-        return unit, keep
+        return unit, keep, axes
     size = largest_extent if largest_extent is not None else whole
     raise ScanError(f"the body is {size:.3g} units long: {_as_sizes(size)}, none is a person's "
                     f"{lo}-{hi} m", path, "Check this is a body scan, or force --units")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ghum_pipe.io.detect import principal_axes, vertex_weights
+from ghum_pipe.io.detect import PrincipalAxes, principal_axes, vertex_weights
 
 SNAP_DEG = 20.0
 N_BINS = 40
@@ -131,14 +131,16 @@ class UpGuess:
         return text
 
 
-def detect_up(points: np.ndarray, weights: np.ndarray) -> UpGuess:
+def detect_up(points: np.ndarray, weights: np.ndarray, axes: PrincipalAxes | None = None) -> UpGuess:
     """The file-space up direction of a body.
 
     Args:
         points: (N, 3) the body's points in file coordinates (any unit).
         weights: (N,) surface area per point (:func:`vertex_weights`).
+        axes: their :func:`principal_axes`, when already computed.
     """
-    axis = principal_axes(points, weights).axes[:, 0]
+    axes = principal_axes(points, weights) if axes is None else axes
+    axis = axes.axes[:, 0]
     margin = head_side_margin(points, weights, axis)
     if margin < 0:
         axis, margin = -axis, -margin
