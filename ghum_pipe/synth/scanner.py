@@ -46,7 +46,7 @@ class ScannerConfig:
 
 BODY_SCANNER = ScannerConfig()
 CLOSEUP_SCANNER = ScannerConfig(
-    noise_m=0.0005, image_px=(200, 200), fov_deg=40.0, voxel_m=0.0008, poisson_depth=9, crop_m=0.003,
+    noise_m=0.0005, image_px=(200, 200), fov_deg=40.0, voxel_m=0.001, poisson_depth=8, crop_m=0.004,
 )
 
 
@@ -211,17 +211,24 @@ def reconstruct(pcd: o3d.geometry.PointCloud, config: ScannerConfig) -> tuple[np
 
 
 def _drop_islands(faces: np.ndarray, n_verts: int, min_frac: float) -> np.ndarray:
-    """Keep the connected pieces (through shared vertices) with at least ``min_frac`` of the
-    largest piece's faces."""
+    """Keep the connected pieces (faces joined through shared edges, so pieces that only touch
+    at a vertex count as separate) with at least ``min_frac`` of the largest piece's faces."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     if len(faces) == 0:
         return faces
-    rows = np.concatenate([faces[:, 0], faces[:, 1]])
-    cols = np.concatenate([faces[:, 1], faces[:, 2]])
-    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_verts, n_verts))
+    F = len(faces)
+    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    _, edge_id = np.unique(edges[:, 0] * n_verts + edges[:, 1], return_inverse=True)
+    edge_id = edge_id.ravel()
+    # bipartite graph: face f -- edge e for each of its three edges; a non-manifold edge (more
+    # than two faces, e.g. a Poisson sliver stuck to a fingertip) joins nothing
+    manifold = np.bincount(edge_id)[edge_id] <= 2
+    face_id = np.repeat(np.arange(F), 3)[manifold]
+    n_nodes = F + edge_id.max() + 1
+    graph = coo_matrix((np.ones(len(face_id)), (face_id, F + edge_id[manifold])), shape=(n_nodes, n_nodes))
     _, label = connected_components(graph, directed=False)
-    face_label = label[faces[:, 0]]
+    face_label = label[:F]
     sizes = np.bincount(face_label)
     return faces[sizes[face_label] >= min_frac * sizes.max()]

@@ -44,10 +44,15 @@ class SkinRegions:
         head_y = j("head")[1]
         # Hair: the scalp above the brow line, and the back of the head down to the ears' level.
         hair = head & ((v[:, 2] > eye_z + 0.045) | ((v[:, 2] > eye_z - 0.03) & (v[:, 1] > head_y + 0.045)))
-        # Lips: skin at the mouth opening, i.e. head vertices close to the mouth cavity.
-        mouth = v[m["mouth_cavity"]]
-        d, _ = KDTree(mouth).query(v, k=1)
-        lips = head & (d < 0.008) & (v[:, 1] < mouth[:, 1].min() + 0.012)
+        # Lips: an ellipse around the mouth opening (the head vertices that share a face with
+        # the mouth cavity), in front of it.
+        cav = m["mouth_cavity"]
+        rim_faces = t.faces[cav[t.faces].any(1) & head[t.faces].any(1)]
+        rim = v[np.unique(rim_faces[head[rim_faces]])]
+        mc = rim.mean(0)
+        half_w = 0.5 * np.ptp(rim[:, 0]) + 0.004
+        ell = ((v[:, 0] - mc[0]) / half_w) ** 2 + ((v[:, 2] - mc[2]) / 0.011) ** 2
+        lips = head & (ell < 1.0) & (v[:, 1] < mc[1] + 0.004)
         # Palms and nails (left and right hands mirror each other across X = 0).
         nails = np.zeros(len(v), bool)
         palms = np.zeros(len(v), bool)

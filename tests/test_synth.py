@@ -1,0 +1,201 @@
+"""Synthetic scanner: the truth is exact, the scans look like scans, the frames are consistent.
+
+Budget ~60-90 s on 2 cores: three body scans (A-pose in m, posed in mm/+Y up, and the CLI
+re-run of the first), one hand close-up, one head close-up as a point cloud and one mannequin.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import open3d as o3d
+import pytest
+from pykdtree.kdtree import KDTree
+
+from ghum_pipe.synth import frames
+from ghum_pipe.synth.generate import SynthConfig, body_scan, closeup_scans, make_subject, pose_template
+from ghum_pipe.synth.poses import PoseConfig, PoseSampler
+
+SEED = 5
+
+
+def _distance_to_mesh(verts, faces, points) -> np.ndarray:
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(np.asarray(verts, np.float32)), o3d.core.Tensor(np.asarray(faces, np.uint32)))
+    return scene.compute_distance(o3d.core.Tensor(np.asarray(points, np.float32))).numpy()
+
+
+@pytest.fixture(scope="module")
+def apose(template):
+    return body_scan(template, SEED, 0, SynthConfig())
+
+
+@pytest.fixture(scope="module")
+def posed(template):
+    # index 1 with mixed units/up: millimetres, +Y up
+    return body_scan(template, SEED, 1, SynthConfig(posed=True, expressions=True, units="mixed", up="mixed"))
+
+
+def test_gt_vertices_lie_on_the_scan_surface(apose, posed):
+    for scan in (apose, posed):
+        scale = frames.METRES_PER_UNIT[str(scan.truth["units"])]
+        obs = scan.truth["observed"]
+        assert obs.sum() > 10000  # most of the 12,474 surface vertices are seen
+        d_m = _distance_to_mesh(scan.verts, scan.faces, scan.truth["verts"][obs]) * scale
+        assert d_m.mean() < 0.002, f"{scan.scan_id}: mean GT-to-scan {d_m.mean() * 1000:.2f} mm"
+        assert np.median(d_m) < 0.0012
+        # the scanner is not a copy of the template: another tessellation, noisy
+        assert abs(len(scan.verts) - 13718) > 10000
+        assert d_m.mean() > 0.0002
+
+
+def test_scan_has_holes_where_a_booth_cannot_see(template, apose):
+    feet = template.masks["feet"]
+    z = template.rest_verts[:, 2]
+    soles = feet & (z < z[feet].min() + 0.01)
+    d, _ = KDTree(apose.verts).query(apose.truth["verts"][soles], k=1)
+    assert (d > 0.01).mean() > 0.25, "soles should be mostly unscanned"
+    # while the front of the thighs is fully covered
+    assert not apose.truth["observed"][soles].all()
+
+
+def test_frames_units_and_up_axis(template, posed, apose):
+    assert str(posed.truth["units"]) == "mm" and str(posed.truth["up"]) == "y"
+    assert str(apose.truth["units"]) == "m" and str(apose.truth["up"]) == "z"
+    for scan in (apose, posed):
+        tr = scan.truth
+        F = frames.file_transform(str(tr["units"]), str(tr["up"]))
+        np.testing.assert_allclose(frames.apply(F, tr["verts_m"]), tr["verts"], atol=1e-9)
+        np.testing.assert_allclose(frames.apply(F, tr["joints_m"]), tr["joints"], atol=1e-9)
+        # the truth is reproducible from its own parameters: transform @ t.pose(betas, pose, expr)
+        v, j = pose_template(template, tr["betas"], tr["pose"], tr["expression"])
+        np.testing.assert_allclose(frames.apply(tr["transform"], v), tr["verts"], atol=1e-6)
+        np.testing.assert_allclose(frames.apply(tr["transform"], j), tr["joints"], atol=1e-6)
+    # mm and +Y up: the body is ~1.7e3 units tall along +Y, head above the feet
+    ext = np.ptp(posed.verts, axis=0)
+    assert np.argmax(ext) == 1 and 1000 < ext[1] < 2200
+    head, feet = template.masks["head"], template.masks["feet"]
+    assert posed.truth["verts"][head, 1].mean() > posed.truth["verts"][feet, 1].mean() + 1000
+    # internal truth: metres, +Z up, moved by at most a metre (plus the body's own extent)
+    vm = posed.truth["verts_m"]
+    assert vm[head, 2].mean() > vm[feet, 2].mean() + 1.0
+    assert np.linalg.norm(vm.mean(0)) < 1.5
+    assert posed.truth["pose"].any() and posed.truth["expression"].any()
+
+
+def test_same_seed_same_bytes_and_different_seed_differs(template, apose, tmp_path):
+    from click.testing import CliRunner
+
+    from ghum_pipe.synth.command import synth
+    from ghum_pipe.synth.writers import write_scan
+
+    direct = write_scan(tmp_path / "direct", apose, "ply")
+    res = CliRunner().invoke(synth, [str(tmp_path / "cli"), "--count", "1", "--seed", str(SEED)])
+    assert res.exit_code == 0, res.output
+    cli = tmp_path / "cli" / "scans" / direct.name
+    assert cli.read_bytes() == direct.read_bytes()
+    for suffix in (".npz", ".json"):
+        name = direct.stem + suffix
+        assert (tmp_path / "cli" / "truth" / name).read_bytes() == (tmp_path / "direct" / "truth" / name).read_bytes()
+    assert not list((tmp_path / "cli" / "scans").glob("*.npz")), "truth must never sit beside the scans"
+    a, b = make_subject(template, SEED, 0), make_subject(template, SEED + 1, 0)
+    assert not np.allclose(a.betas, b.betas) and a.subject_id != b.subject_id
+    # scan i depends only on (seed, i), not on what came before it
+    np.testing.assert_array_equal(make_subject(template, SEED, 3).betas, make_subject(template, SEED, 3).betas)
+
+
+def test_pose_conventions(template):
+    """Left-arm abduction about -Y raises the left wrist; finger curl folds fingers to the palm."""
+    sampler = PoseSampler(template.joint_names, template.rest_joints)
+    p1 = sampler.sample(np.random.default_rng(1))
+    np.testing.assert_array_equal(p1, sampler.sample(np.random.default_rng(1)))
+    assert not np.allclose(p1, sampler.sample(np.random.default_rng(2)))
+    assert np.abs(p1[0]).max() == 0  # the global orientation is the rigid transform's job
+    zero = np.zeros(template.n_expression)
+    raise_ = np.zeros((template.n_joints, 3))
+    raise_[template.joint_index("upperarm01.L")] = [0, -0.8, 0]
+    _, j0 = pose_template(template, np.zeros(32), np.zeros_like(raise_), zero)
+    _, j1 = pose_template(template, np.zeros(32), raise_, zero)
+    w = template.joint_index("wrist.L")
+    assert j1[w, 2] > j0[w, 2] + 0.15
+    full_curl = PoseSampler(template.joint_names, template.rest_joints, PoseConfig(finger_curl=(1.0, 1.0)))
+    curl = np.zeros((template.n_joints, 3))
+    full_curl._curl_fingers(curl, "L", np.ones(3), np.random.default_rng(0))
+    _, j2 = pose_template(template, np.zeros(32), curl, zero)
+    # the palm of the left hand faces the thigh (-X) in Anny's A-pose
+    assert full_curl.palm_normal[0] < -0.5
+    for k in range(1, 6):
+        tip, base = template.joint_index(f"finger{k}-3.L"), template.joint_index(f"finger{k}-1.L")
+        assert (j2[tip] - j0[tip]) @ full_curl.palm_normal > 0.015  # towards the palm
+        if k > 1:  # and the finger folds: its tip comes closer to its knuckle
+            assert np.linalg.norm(j2[tip] - j2[base]) < np.linalg.norm(j0[tip] - j0[base]) - 0.008
+
+
+def test_closeups_are_cropped_to_their_region(template, tmp_path):
+    hand = closeup_scans(template, SEED, 0, SynthConfig(), kinds=("hand_left",))[0]
+    region = template.masks["hand_left"]
+    assert str(hand.truth["kind"]) == "hand_left" and hand.scan_id.endswith("-hand_left")
+    np.testing.assert_array_equal(hand.truth["region_mask"], region)
+    assert not (hand.truth["observed"] & ~region).any()
+    v = hand.truth["verts"]
+    region_faces = template.faces[region[template.faces].all(1)]
+    assert _distance_to_mesh(v, region_faces, hand.verts).max() < 0.006
+    d = _distance_to_mesh(hand.verts, hand.faces, v[hand.truth["observed"]])
+    assert d.mean() < 0.001  # finer scanner: 0.5 mm noise
+    # the head as a point cloud: points only on the head, written and read back as PCD
+    head = closeup_scans(template, SEED, 0, SynthConfig(point_cloud=True, expressions=True), kinds=("head",))[0]
+    assert head.faces is None and head.normals is not None
+    hv = head.truth["verts"]
+    head_faces = template.faces[template.masks["head"][template.faces].all(1)]
+    assert np.percentile(_distance_to_mesh(hv, head_faces, head.verts), 99) < 0.002
+    from ghum_pipe.synth.writers import write_scan
+
+    # (ghum_pipe.io.load_scan only takes person-sized scans, so read the PCD back with open3d)
+    back = o3d.io.read_point_cloud(str(write_scan(tmp_path, head, "pcd")))
+    np.testing.assert_allclose(np.asarray(back.points), head.verts, atol=1e-6)
+    np.testing.assert_array_equal((np.asarray(back.colors) * 255).round(), head.colors)
+
+
+def test_body_point_cloud_reads_back_through_ingest(template, tmp_path):
+    from ghum_pipe.io import load_scan
+    from ghum_pipe.synth.writers import write_scan
+
+    cloud = body_scan(template, SEED, 1, SynthConfig(point_cloud=True, units="mixed", up="mixed"))
+    assert cloud.faces is None and len(cloud.verts) > 100000
+    for fmt in ("ply", "xyz"):
+        scan = load_scan(write_scan(tmp_path / fmt, cloud, fmt))
+        assert scan.is_point_cloud and len(scan.verts) == len(cloud.verts)
+        assert (scan.frame.units, scan.frame.up.lstrip("+")) == ("mm", "y")
+        # what ingest reads is the truth's internal frame: GT vertices sit on the points
+        d, _ = KDTree(scan.verts).query(cloud.truth["verts_m"][cloud.truth["observed"]], k=1)
+        assert np.median(d) < 0.003
+
+
+@pytest.mark.slow
+def test_mannequin_is_one_closed_body_of_human_size(tmp_path):
+    import trimesh
+
+    from ghum_pipe.synth.mannequin import mannequin_scan
+
+    scan = mannequin_scan(SEED, 0)  # metres, +Y up
+    mesh = trimesh.Trimesh(scan.verts, scan.faces, process=False)
+    assert len(mesh.split(only_watertight=False)) == 1
+    assert mesh.is_watertight
+    ext = np.ptp(scan.verts, axis=0)
+    assert np.argmax(ext) == 1 and 1.55 < ext[1] < 1.95
+    assert 0.04 < mesh.volume < 0.12  # m^3: a slim adult is ~0.06
+    names = [str(n) for n in scan.truth["joint_names"]]
+    for n in ("nose", "left_shoulder", "right_elbow", "left_wrist", "right_hip", "left_knee", "right_ankle", "head"):
+        assert n in names
+    assert str(scan.truth["kind"]) == "other" and "verts" not in scan.truth
+    # every limb joint lies inside the body (negative signed distance)
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(scan.verts.astype(np.float32)), o3d.core.Tensor(scan.faces.astype(np.uint32)))
+    inner = [i for i, n in enumerate(names) if not n.endswith(("eye", "ear")) and n != "nose"]
+    sd = scene.compute_signed_distance(o3d.core.Tensor(scan.truth["joints"][inner].astype(np.float32))).numpy()
+    assert (sd < 0).all(), dict(zip([names[i] for i in inner], sd))
+    # handedness: facing -Y with the left on +X, (left - right) x (forward) points down (-Z);
+    # a turn about the vertical keeps that
+    J = dict(zip(names, scan.truth["joints_m"]))
+    across = J["left_shoulder"] - J["right_shoulder"]
+    front = J["nose"] - J["head"]
+    assert np.cross(across, front)[2] < 0
