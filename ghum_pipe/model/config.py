@@ -1,0 +1,69 @@
+"""Settings of a GHUM/GHUML model and of its training, as frozen dataclasses (JSON-able)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture (Xu et al. 2020, GHUM & GHUML, Sec. 3).
+
+    resolution: ``full`` (GHUM, 13,718 vertices) or ``low`` (GHUML, ~3k vertices).
+    shape_latent: beta_b size (paper: 64 GHUM, 16 GHUML).
+    expression_latent: beta_f size (paper: 20).
+    hidden: width of the VAE encoder/decoder MLP layers (PReLU).
+    psd_radius_m: a joint's PSD may move only vertices skinned to it, its parent or a child,
+        within this distance of its centre (the sparsity pattern; L1 inside it learns locality).
+    top_k: skinning influences per vertex (I).
+    """
+
+    resolution: str = "full"
+    shape_latent: int = 64
+    expression_latent: int = 20
+    hidden: int = 256
+    psd_radius_m: float = 0.25
+    top_k: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def ghum_config(**overrides) -> ModelConfig:
+    return ModelConfig(**{"resolution": "full", "shape_latent": 64, **overrides})
+
+
+def ghuml_config(**overrides) -> ModelConfig:
+    return ModelConfig(**{"resolution": "low", "shape_latent": 16, **overrides})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Alternating training (paper Sec. 3.2): ``rounds`` of (a) per-scan pose fits with the
+    model fixed (``pose_iters`` L-BFGS iterations, one Dask task per ``chunk`` scans) then (b)
+    ``inner`` passes of closed-form model updates with poses fixed: per-subject rest shapes and
+    per-scan expression offsets by inverse skinning, the PSD by ridge regression (``psd_ridge``)
+    and the skinning weights by constrained least squares (``skin_ridge``), see solvers.py. VAEs are fitted to the rest shapes / expression offsets at the end
+    (``vae_steps``). ``holdout``: fraction of subjects kept out of training (for evaluate)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rounds: int = 3
+    pose_iters: int = 10
+    inner: int = 2
+    chunk: int = 8
+    psd_ridge: float = 0.05
+    skin_ridge: float = 1e-4
+    vae_steps: int = 600
+    kl_weight: float = 1e-3
+    holdout: float = 0.2
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d

@@ -1,0 +1,151 @@
+"""Reading registrations from a work dir for training and evaluation.
+
+A work dir holds ``scans/<id>/registration.ply`` (template topology, in the scan file's frame and
+units) and ``scans/<id>/params.npz`` (optional keys: ``transform`` 4x4 internal metres -> file
+frame, ``pose (J,3)``, ``translation (3,)`` root translation in internal metres, ``subject``, ``kind``, ``mask (V,)`` the filter F).
+Subjects (all scans of one person share a shape) come from, in order: ``WORK/subjects.csv``
+(``scan_id,subject``), ``params.npz['subject']``, a user regex whose group 1 is the subject
+(``--subject-pattern``), else each scan is its own subject.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ghum_pipe.errors import ModelError
+
+
+@dataclass(frozen=True, eq=False)
+class RegistrationSet:
+    """N registrations of one template resolution. Arrays: verts (N, V, 3) float32 metres,
+    +Z up; mask (N, V) float32 filter F; pose (N, J, 3) (zeros where unknown) with has_pose (N,);
+    translation (N, 3); subject_index (N,) into ``subjects``."""
+
+    scan_ids: tuple[str, ...]
+    kinds: tuple[str, ...]
+    subjects: tuple[str, ...]
+    subject_index: np.ndarray
+    verts: np.ndarray
+    mask: np.ndarray
+    pose: np.ndarray
+    has_pose: np.ndarray
+    translation: np.ndarray
+    has_translation: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scan_ids)
+
+    def select(self, keep: np.ndarray) -> "RegistrationSet":
+        """The subset of scans ``keep`` (bool (N,) or indices), subjects re-indexed."""
+        idx = np.nonzero(keep)[0] if np.asarray(keep).dtype == bool else np.asarray(keep)
+        subj = sorted({self.subjects[i] for i in self.subject_index[idx]})
+        remap = {s: k for k, s in enumerate(subj)}
+        return RegistrationSet(
+            tuple(self.scan_ids[i] for i in idx), tuple(self.kinds[i] for i in idx), tuple(subj),
+            np.array([remap[self.subjects[self.subject_index[i]]] for i in idx], dtype=np.int64),
+            self.verts[idx], self.mask[idx], self.pose[idx], self.has_pose[idx], self.translation[idx],
+            self.has_translation[idx])
+
+
+def _subject_table(work: Path) -> dict[str, str]:
+    path = work / "subjects.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or len(rows[0]) < 2:
+        raise ModelError("expected a header 'scan_id,subject' and one row per scan", path=path)
+    return {r[0]: r[1] for r in rows[1:] if len(r) >= 2}
+
+
+def scan_dirs(work: Path) -> list[Path]:
+    """Registered scans of a work dir, sorted by id."""
+    return sorted(p.parent for p in (Path(work) / "scans").glob("*/registration.ply"))
+
+
+def _read_one(scan_dir: Path, n_verts: int, n_joints: int):
+    import trimesh
+
+    ply = scan_dir / "registration.ply"
+    try:
+        mesh = trimesh.load(ply, process=False, force="mesh")
+        verts = np.asarray(mesh.vertices, dtype=np.float64)
+    except Exception as e:  # trimesh raises many types on bad files
+        raise ModelError(f"cannot read the registration ({type(e).__name__}: {e})", path=ply,
+                         hint="Re-run 'ghum-pipe run' for this scan or remove its folder") from None
+    if verts.shape != (n_verts, 3) or not np.isfinite(verts).all():
+        raise ModelError(f"{verts.shape[0]} vertices (finite: {np.isfinite(verts).all()}), the template has {n_verts}",
+                         path=ply, hint="Registrations must be in the template's topology: re-run the registration")
+    params = {}
+    if (scan_dir / "params.npz").is_file():
+        with np.load(scan_dir / "params.npz", allow_pickle=False) as z:
+            params = {k: z[k] for k in z.files}
+    if "transform" in params:  # file frame -> internal metres, +Z up
+        T = np.linalg.inv(params["transform"])
+        verts = verts @ T[:3, :3].T + T[:3, 3]
+    mask = np.asarray(params.get("mask", np.ones(n_verts)), dtype=np.float32).reshape(-1)
+    if mask.shape != (n_verts,):
+        mask = np.ones(n_verts, dtype=np.float32)
+    pose = np.asarray(params.get("pose", np.zeros((n_joints, 3))), dtype=np.float32)
+    has_pose = pose.shape == (n_joints, 3) and "pose" in params
+    if not has_pose:
+        pose = np.zeros((n_joints, 3), dtype=np.float32)
+    trans = np.asarray(params.get("translation", np.zeros(3)), dtype=np.float32).reshape(-1)[:3]
+    subject = str(params["subject"]) if "subject" in params else None
+    kind = str(params["kind"]) if "kind" in params else "body"
+    return verts.astype(np.float32), mask, pose, has_pose, trans, subject, kind, "translation" in params
+
+
+@functools.lru_cache(maxsize=4)
+def load_registrations(work: str | Path, resolution: str = "full", subject_pattern: str | None = None) -> RegistrationSet:
+    """All registrations of ``work`` at ``resolution`` (``full``, or ``low`` through the fixed
+    full->low map of ``ghum_pipe.template.lowres``). Cached per process (Dask workers load once)."""
+    from ghum_pipe.template import load_template
+
+    work = Path(work)
+    dirs = scan_dirs(work)
+    if not dirs:
+        raise ModelError("no scans/<id>/registration.ply found", path=work,
+                         hint="Run 'ghum-pipe run' (or 'ghum-pipe synth --registrations') into this work dir first")
+    t = load_template()
+    table = _subject_table(work)
+    rule = re.compile(subject_pattern) if subject_pattern else None
+    rows = [_read_one(d, t.n_verts, t.n_joints) for d in dirs]
+    ids = tuple(d.name for d in dirs)
+    subj = []
+    for sid, r in zip(ids, rows):
+        if sid in table:
+            subj.append(table[sid])
+        elif r[5] is not None:
+            subj.append(r[5])
+        elif rule is not None and rule.search(sid):
+            subj.append(rule.search(sid).group(1))
+        else:
+            subj.append(sid)
+    subjects = tuple(sorted(set(subj)))
+    verts = np.stack([r[0] for r in rows])
+    mask = np.stack([r[1] for r in rows])
+    if resolution == "low":
+        from ghum_pipe.template.lowres import load_lowres
+
+        low = load_lowres()
+        verts = low.downsample(verts).astype(np.float32)
+        mask = (low.downsample(mask[..., None])[..., 0] > 0.999).astype(np.float32)
+    return RegistrationSet(
+        ids, tuple(r[6] for r in rows), subjects, np.array([subjects.index(s) for s in subj], dtype=np.int64),
+        verts, mask, np.stack([r[2] for r in rows]), np.array([r[3] for r in rows]), np.stack([r[4] for r in rows]),
+        np.array([r[7] for r in rows]))
+
+
+def split_subjects(subjects: tuple[str, ...], holdout: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic train / held-out subject split (at least one subject trains)."""
+    rng = np.random.default_rng(seed)
+    order = [subjects[i] for i in rng.permutation(len(subjects))]
+    n_out = min(len(subjects) - 1, int(round(holdout * len(subjects))))
+    return sorted(order[n_out:]), sorted(order[:n_out])

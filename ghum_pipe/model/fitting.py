@@ -1,0 +1,156 @@
+"""Fitting a model to registrations (same topology): pose, translation and, at run time, latents.
+
+The objective is the paper's data term: per-vertex squared Euclidean distance between the model
+and the registration, weighted by the filter F (``mask``: 1 where the registration saw scan data),
+plus a small Gaussian prior on the latents (they are N(0, I) under the VAEs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ghum_pipe.template.lbs import as_rotmats
+
+
+def _as_batch(x, dtype=torch.float32) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=dtype)
+    return x[None] if x.dim() == 2 else x
+
+
+def masked_sq_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over scans of the F-weighted mean squared vertex distance; (B, V, 3) x2, mask (B, V)."""
+    d2 = ((pred - target) ** 2).sum(-1)
+    return ((d2 * mask).sum(1) / mask.sum(1).clamp_min(1.0)).mean()
+
+
+def kabsch(src: torch.Tensor, dst: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted rigid alignment per batch: R (B, 3, 3), t (B, 3) minimising |R src + t - dst|."""
+    w = w / w.sum(1, keepdim=True).clamp_min(1e-9)
+    cs, cd = (src * w[..., None]).sum(1), (dst * w[..., None]).sum(1)
+    H = torch.einsum("bv,bvi,bvj->bij", w, src - cs[:, None], dst - cd[:, None])
+    U, _, Vt = torch.linalg.svd(H)
+    d = torch.sign(torch.linalg.det(Vt.transpose(1, 2) @ U.transpose(1, 2)))
+    D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
+    R = Vt.transpose(1, 2) @ D @ U.transpose(1, 2)
+    return R, cd - torch.einsum("bij,bj->bi", R, cs)
+
+
+def rotmat_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) -> (B, 3); fine away from 180 degrees, which is enough for an initial guess."""
+    cos = ((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1 + 1e-6, 1 - 1e-6)
+    angle = torch.acos(cos)
+    v = torch.stack([R[:, 2, 1] - R[:, 1, 2], R[:, 0, 2] - R[:, 2, 0], R[:, 1, 0] - R[:, 0, 1]], -1)
+    return v / (2 * torch.sin(angle))[:, None].clamp_min(1e-6) * angle[:, None]
+
+
+def rigid_init(model, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Root rotation and translation aligning the mean rest shape to each target (B, V, 3)."""
+    rest = model.mean_rest.expand(target.shape[0], -1, -1)
+    R, t = kabsch(rest, target, mask)
+    pose = torch.zeros(target.shape[0], model.n_joints, 3)
+    pose[:, 0] = rotmat_to_axis_angle(R)
+    # the root rotates about the root joint, not the origin: move the translation accordingly
+    j0 = model.joint_regressor(rest)[:, 0]
+    return pose, t + torch.einsum("bij,bj->bi", R, j0) - j0
+
+
+def fit_poses(model, target: torch.Tensor, mask: torch.Tensor, rest: torch.Tensor, expression: torch.Tensor | None,
+              pose: torch.Tensor, translation: torch.Tensor, iters: int):
+    """Step (a) of training: optimise pose (B, J, 3) and translation (B, 3) with everything else
+    fixed, by L-BFGS (scale-aware, unlike Adam whose first steps move every joint by its
+    learning rate). Returns the new pose and translation (detached)."""
+    pose = pose.clone().requires_grad_(True)
+    translation = translation.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([pose, translation], lr=1.0, max_iter=iters, history_size=10,
+                            line_search_fn="strong_wolfe")
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    def closure():
+        opt.zero_grad()
+        verts, _ = model.articulate(rest, pose, expression, translation)
+        loss = masked_sq_error(verts, target, mask) * 1e4 * target.shape[0]  # cm^2, summed over scans
+        loss.backward()
+        return loss
+
+    try:
+        opt.step(closure)
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return pose.detach(), translation.detach()
+
+
+@dataclass
+class FitResult:
+    """Per registration: pose (B, J, 3), translation (B, 3), latents, fitted verts (B, V, 3),
+    per-vertex error (B, V) metres."""
+
+    pose: torch.Tensor
+    translation: torch.Tensor
+    shape_latent: torch.Tensor
+    expression_latent: torch.Tensor
+    verts: torch.Tensor
+    vertex_error_m: torch.Tensor
+
+    def mean_error_mm(self, mask=None) -> float:
+        e = self.vertex_error_m if mask is None else self.vertex_error_m[torch.as_tensor(mask, dtype=torch.bool)]
+        return float(e.mean() * 1000)
+
+
+def fit_model(model, mesh_verts, mask=None, init_pose=None, init_translation=None, iters: int = 200,
+              use_psd: bool = True, prior: float = 1e-3) -> FitResult:
+    """Fit pose, translation, shape and expression latents to registrations.
+
+    Args:
+        mesh_verts: (B, V, 3) or (V, 3) metres, the model's topology.
+        mask: (B, V) filter F (1 = use the vertex) or None for all.
+        init_pose: (B, J, 3) e.g. the registration's pose; None = rigid alignment of the mean shape.
+        iters: Adam steps; the first third fits pose/translation only.
+    """
+    target = _as_batch(mesh_verts)
+    B = target.shape[0]
+    mask = torch.ones(B, model.n_verts) if mask is None else _as_batch(mask).reshape(B, -1).float()
+    if init_pose is None:
+        pose, trans = rigid_init(model, target, mask)
+    else:
+        pose = _as_batch(init_pose).reshape(B, model.n_joints, 3).clone()
+        trans = torch.zeros(B, 3) if init_translation is None else _as_batch(init_translation).reshape(B, 3).clone()
+    if init_pose is not None and init_translation is None:
+        with torch.no_grad():
+            v, _ = model.articulate(model.mean_rest.expand(B, -1, -1), pose, use_psd=use_psd)
+            trans = ((target - v) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    zb = torch.zeros(B, model.config.shape_latent, requires_grad=True)
+    zf = torch.zeros(B, model.config.expression_latent, requires_grad=True)
+    pose.requires_grad_(True)
+    trans.requires_grad_(True)
+    opt_pose = torch.optim.Adam([pose, trans], lr=0.02)
+    opt_all = torch.optim.Adam([{"params": [pose, trans], "lr": 0.01}, {"params": [zb, zf], "lr": 0.05}])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        for it in range(iters):
+            first = it < iters // 3
+            opt = opt_pose if first else opt_all
+            opt.zero_grad()
+            rest = model.rest_shape(zb, B)
+            verts, _ = model.articulate(rest, pose, model.expression_offsets(zf, B), trans, use_psd=use_psd)
+            loss = masked_sq_error(verts, target, mask) * 1e4 + prior * ((zb**2).sum(-1) + (zf**2).sum(-1)).mean()
+            loss.backward()
+            opt.step()
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    with torch.no_grad():
+        rest = model.rest_shape(zb, B)
+        verts, _ = model.articulate(rest, pose, model.expression_offsets(zf, B), trans, use_psd=use_psd)
+        err = (verts - target).norm(dim=-1)
+    return FitResult(pose.detach(), trans.detach(), zb.detach(), zf.detach(), verts, err)
+
+
+def as_pose_tensor(pose) -> torch.Tensor:
+    """Accept axis-angle or rotation matrices and return rotation matrices (B, J, 3, 3)."""
+    return as_rotmats(_as_batch(pose) if not isinstance(pose, torch.Tensor) else pose)

@@ -1,0 +1,100 @@
+"""Closed-form model updates of training step (b) (poses fixed), batched over vertices.
+
+Both the PSD D and the skinning weights omega are, with everything else fixed, linear in their
+parameters vertex by vertex, so step (b) solves them exactly instead of by gradient steps:
+
+- :func:`solve_psd`: for each vertex v, the rest-space residual r_kv of scan k (registration
+  brought to the rest pose by inverse skinning, minus the subject's rest shape and expression)
+  is regressed on the pose features f_j(theta_k) = R_j - I of the joints j allowed to move v
+  (the sparsity pattern), with a ridge penalty: (sum_k m_kv F_kv^T F_kv + lambda I) W_v = sum_k m_kv F_kv^T r_kv.
+- :func:`solve_skinning`: for each vertex, y_kv - t_k = sum_i w_i (T_{k,j_i} x_kv) is linear in
+  w (I influences); solved in least squares with sum(w) = 1 (Lagrange), a ridge pull towards
+  the current weights, then clipped to >= 0 and renormalised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def pair_table(pair_vert: torch.Tensor, n_verts: int) -> torch.Tensor:
+    """(V, Pmax) indices into the pair list of each vertex's pairs, -1 padded."""
+    pv = pair_vert.cpu().numpy()
+    order = np.argsort(pv, kind="stable")
+    counts = np.bincount(pv, minlength=n_verts)
+    pmax = max(1, int(counts.max()))
+    table = -np.ones((n_verts, pmax), dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot = np.arange(len(pv)) - np.repeat(starts, counts)
+    table[pv[order], slot] = order
+    return torch.as_tensor(table)
+
+
+@torch.no_grad()
+def solve_psd(feats: torch.Tensor, residual: torch.Tensor, mask: torch.Tensor, pair_joint: torch.Tensor,
+              table: torch.Tensor, ridge: float, chunk: int = 512) -> torch.Tensor:
+    """Ridge-regressed PSD weights.
+
+    Args:
+        feats: (N, J, 9) pose features R - I per scan; residual: (N, V, 3) rest-space metres;
+        mask: (N, V) filter F; pair_joint: (P,) joint of each pair; table: (V, Pmax) from
+        :func:`pair_table`; ridge: lambda (in units of squared features summed over scans).
+    Returns:
+        (P, 9, 3) weights for :class:`~ghum_pipe.model.networks.SparsePSD`.
+    """
+    P = pair_joint.shape[0]
+    V, pmax = table.shape
+    out = torch.zeros(P, 9, 3, dtype=torch.float64)
+    for lo in range(0, V, chunk):
+        tb = table[lo:lo + chunk]  # (v, Pmax)
+        valid = tb >= 0
+        joints = pair_joint[tb.clamp_min(0)]  # (v, Pmax)
+        F = feats[:, joints].double() * valid[None, ..., None]  # (N, v, Pmax, 9)
+        F = F.reshape(F.shape[0], F.shape[1], -1)  # (N, v, D)
+        m = mask[:, lo:lo + chunk].double()
+        G = torch.einsum("nv,nvd,nve->vde", m, F, F)
+        rhs = torch.einsum("nv,nvd,nvc->vdc", m, F, residual[:, lo:lo + chunk].double())
+        D = G.shape[-1]
+        G = G + ridge * torch.eye(D, dtype=G.dtype)
+        W = torch.linalg.solve(G, rhs).reshape(-1, pmax, 9, 3)  # (v, Pmax, 9, 3)
+        out[tb[valid]] = W[valid]
+    return out.float()
+
+
+@torch.no_grad()
+def solve_skinning(rest_x: torch.Tensor, rel: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                   skin_indices: torch.Tensor, allowed: torch.Tensor, current: torch.Tensor, ridge: float,
+                   chunk: int = 512) -> torch.Tensor:
+    """Least-squares skinning weights, sum 1, non-negative, on the allowed influences.
+
+    Args:
+        rest_x: (N, V, 3) rest-space points being skinned (shape + expression + PSD);
+        rel: (N, J, 4, 4) rest-to-posed joint transforms; target: (N, V, 3) posed points minus
+        translation; mask: (N, V) filter F; skin_indices/allowed/current: (V, I).
+        ridge: pull towards ``current`` (metres^2 per unit weight^2, summed over scans).
+    Returns:
+        (V, I) weights.
+    """
+    V, I = skin_indices.shape
+    out = current.clone().double()
+    for lo in range(0, V, chunk):
+        sl = slice(lo, lo + chunk)
+        T = rel[:, skin_indices[sl]].double()  # (N, v, I, 4, 4)
+        x = rest_x[:, sl].double()
+        cols = torch.einsum("nvimk,nvk->nvim", T[..., :3, :3], x) + T[..., :3, 3]  # (N, v, I, 3)
+        al = allowed[sl].double()
+        cols = cols * al[None, :, :, None]
+        m = mask[:, sl].double()
+        A = torch.einsum("nv,nvic,nvjc->vij", m, cols, cols)
+        b = torch.einsum("nv,nvic,nvc->vi", m, cols, target[:, sl].double())
+        cur = current[sl].double()
+        A = A + ridge * torch.eye(I, dtype=A.dtype) + torch.diag_embed(1.0 - al)  # pin disallowed at 0
+        b = b + ridge * cur
+        # min w^T A w - 2 b^T w  s.t.  1^T w = 1:  w = A^-1 (b - mu 1),  mu from the constraint
+        Ainv_b = torch.linalg.solve(A, b[..., None])[..., 0]
+        Ainv_1 = torch.linalg.solve(A, al[..., None])[..., 0]
+        mu = ((Ainv_b * al).sum(-1) - 1.0) / (Ainv_1 * al).sum(-1).clamp_min(1e-12)
+        w = (Ainv_b - mu[:, None] * Ainv_1).clamp_min(0.0) * al
+        out[sl] = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+    return out.float()

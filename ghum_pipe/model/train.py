@@ -1,0 +1,258 @@
+"""Training GHUM/GHUML from registrations: the pure core (no Dask, no files but the work dir).
+
+Alternating optimisation (Xu et al. 2020, Sec. 3.2):
+
+(a) pose step, model fixed: per-scan pose theta and translation by Adam on the F-masked vertex
+    distance (:func:`pose_step`; embarrassingly parallel, ``schedule.py`` runs it as Dask tasks);
+(b) model step, poses fixed (:func:`model_step`): first a closed-form refresh of every subject's
+    rest shape X~_s (F-weighted mean of its scans brought to the rest pose by inverse skinning,
+    minus the current PSD; vertices never seen are filled from the template's shape space) and
+    of every scan's expression offsets on the face; then Adam on the PSD D (with L1 for
+    locality), the skinning logits omega and the joint regressor C against the posed data.
+
+After the last round the shape VAE is fitted to the subjects' rest shapes and the expression VAE
+to the expression offsets (:func:`fit_vaes`). The per-subject rest shapes play the role of the
+paper's per-subject shape code during (a) and (b); the VAE then compresses them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ghum_pipe.model.config import ModelConfig, TrainConfig
+from ghum_pipe.model.data import RegistrationSet
+from ghum_pipe.model.fitting import fit_poses, masked_sq_error, rigid_init
+from ghum_pipe.model.ghum import GHUM
+from ghum_pipe.model.networks import pose_features
+from ghum_pipe.model.solvers import pair_table, solve_psd, solve_skinning
+from ghum_pipe.template.lbs import batch_rigid_transform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """Everything training carries between steps (all CPU tensors, picklable for Dask).
+
+    model: the model's state_dict; pose (N, J, 3), translation (N, 3) per scan; rest (S, V, 3)
+    per subject; expression (N, Vf, 3) per scan on the face vertices; history: loss log."""
+
+    model: dict
+    pose: torch.Tensor
+    translation: torch.Tensor
+    rest: torch.Tensor
+    expression: torch.Tensor
+    history: list
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(config: ModelConfig) -> GHUM:
+    return GHUM(config)
+
+
+def model_from_state(config: ModelConfig, state_dict: dict | None) -> GHUM:
+    """A model with ``state_dict`` loaded (the skeleton is built once per process)."""
+    model = _cached_model(config)
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    return model
+
+
+def _tensors(data: RegistrationSet, idx=None):
+    idx = np.arange(len(data)) if idx is None else np.asarray(idx)
+    return torch.as_tensor(data.verts[idx]), torch.as_tensor(data.mask[idx])
+
+
+def _expand_face(model: GHUM, face: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(face.shape[0], model.n_verts, 3)
+    return out.index_add(1, model.face_index, face)
+
+
+def init_state(model: GHUM, data: RegistrationSet) -> TrainState:
+    """Poses from the registrations' params (else a rigid alignment), mean rest shapes."""
+    target, mask = _tensors(data)
+    pose = torch.as_tensor(data.pose).clone()
+    with torch.no_grad():
+        rig_pose, rig_t = rigid_init(model, target, mask)
+        has = torch.as_tensor(data.has_pose)
+        pose[~has] = rig_pose[~has]
+        v, _ = model.articulate(model.mean_rest.expand(len(data), -1, -1), pose)
+        trans = ((target - v) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        trans[~has] = rig_t[~has]
+        given = torch.as_tensor(data.has_translation & data.has_pose)
+        trans[given] = torch.as_tensor(data.translation)[given]
+    S = len(data.subjects)
+    state = TrainState(model.state_dict(), pose, trans, model.mean_rest.expand(S, -1, -1).clone(),
+                       torch.zeros(len(data), len(model.face_index), 3), [])
+    return state
+
+
+def pose_step(model: GHUM, data: RegistrationSet, state: TrainState, idx: np.ndarray, iters: int):
+    """Step (a) for the scans ``idx``: returns their new pose (n, J, 3) and translation (n, 3)."""
+    target, mask = _tensors(data, idx)
+    rest = state.rest[torch.as_tensor(data.subject_index[idx])]
+    expr = _expand_face(model, state.expression[idx])
+    return fit_poses(model, target, mask, rest, expr, state.pose[idx], state.translation[idx], iters)
+
+
+@torch.no_grad()
+def refresh_shapes(model: GHUM, data: RegistrationSet, state: TrainState, batch: int = 16) -> torch.Tensor:
+    """Closed-form part of (b): subject rest shapes and per-scan face expression offsets.
+    Returns the registrations brought to the rest pose by inverse skinning, (N, V, 3)."""
+    S, N = len(data.subjects), len(data)
+    unposed = torch.zeros(N, model.n_verts, 3)
+    for lo in range(0, N, batch):
+        idx = np.arange(lo, min(N, lo + batch))
+        target, _ = _tensors(data, idx)
+        rest = state.rest[torch.as_tensor(data.subject_index[idx])]
+        unposed[idx] = model.unpose(target, rest, state.pose[idx], state.translation[idx])
+    raw = unposed
+    unposed = raw - _psd_all(model, state.pose)
+    mask = torch.as_tensor(data.mask)
+    subj = torch.as_tensor(data.subject_index)
+    wsum = torch.zeros(S, model.n_verts).index_add(0, subj, mask)
+    vsum = torch.zeros(S, model.n_verts, 3).index_add(0, subj, unposed * mask[..., None])
+    seen = wsum > 0
+    mean = vsum / wsum.clamp_min(1e-9)[..., None]
+    # Least squares on the seen vertices: rest - mean_rest = B c + delta, with B the template's
+    # shape basis. delta is a gauge (a rest shape shifted by delta and a translation shifted by
+    # R_root delta pose the same): remove it so rest shapes stay in the template's frame; B c
+    # fills the vertices never seen (inside the mouth, eye backs).
+    B = _template_basis(model)  # (K, V, 3)
+    K = B.shape[0]
+    filled = torch.empty_like(mean)
+    for s in range(S):
+        sv = seen[s]
+        cols = torch.cat([B[:, sv].reshape(K, -1).T, torch.eye(3).repeat(int(sv.sum()), 1)], 1)
+        rhs = (mean[s, sv] - model.mean_rest[sv]).reshape(-1, 1)
+        sol = torch.linalg.lstsq(cols.double(), rhs.double()).solution.float()[:, 0]
+        delta = sol[K:]
+        mean[s] -= delta
+        filled[s] = model.mean_rest + torch.einsum("k,kvc->vc", sol[:K], B)
+        scans = torch.nonzero(subj == s)[:, 0]
+        R = model_rotmats(state.pose[scans])[:, 0]
+        state.translation[scans] += torch.einsum("bij,j->bi", R, delta)
+    state.rest = torch.where(seen[..., None], mean, filled)
+    face = model.face_index
+    e = (unposed[:, face] - state.rest[subj][:, face]) * mask[:, face, None]
+    state.expression = e
+    return raw
+
+
+def _psd_all(model: GHUM, pose: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    return torch.cat([model.psd(model_rotmats(pose[lo:lo + batch])) for lo in range(0, len(pose), batch)])
+
+
+def _template_basis(model: GHUM) -> torch.Tensor:
+    from ghum_pipe.model.ghum import template_for
+
+    t = template_for(model.config.resolution, model.config.top_k)
+    return torch.as_tensor(t.shape_basis, dtype=torch.float32)
+
+
+def model_rotmats(pose: torch.Tensor) -> torch.Tensor:
+    from ghum_pipe.template.lbs import as_rotmats
+
+    return as_rotmats(pose)
+
+
+def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig, round_: int) -> None:
+    """Step (b) with poses fixed, ``cfg.inner`` times: refresh rest shapes and expressions,
+    solve the PSD on the rest-space residuals, solve the skinning weights on the posed data
+    (``solvers.py``). Updates ``state`` (model weights, shapes, history)."""
+    model.load_state_dict(state.model)
+    mask = torch.as_tensor(data.mask)
+    subj = torch.as_tensor(data.subject_index)
+    target = torch.as_tensor(data.verts)
+    rot = model_rotmats(state.pose)
+    feats = pose_features(rot)
+    table = pair_table(model.psd.pair_vert, model.n_verts)
+    face = torch.zeros(model.n_verts, dtype=torch.bool)
+    face[model.face_index] = True
+    for _ in range(cfg.inner):
+        raw = refresh_shapes(model, data, state)
+        with torch.no_grad():
+            rest = state.rest[subj]
+            expr = _expand_face(model, state.expression)
+            # face vertices: expression offsets already absorb their residual, leave D there at 0
+            psd_mask = mask * (~face).float()
+            W = solve_psd(feats, raw - rest - expr, psd_mask, model.psd.pair_joint, table, cfg.psd_ridge)
+            model.psd.weight.copy_(W)
+            x = rest + expr + _psd_all(model, state.pose)
+            joints = model.joint_regressor(rest)
+            _, rel = batch_rigid_transform(rot, joints, model.parents, model.levels)
+            w = solve_skinning(x, rel, target - state.translation[:, None], mask, model.skin_indices,
+                               model.skin_allowed, model.skin_weights, cfg.skin_ridge)
+            model.skin_logits.copy_(torch.log(w.clamp_min(1e-8)))
+    state.model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state.history.append(dict(round=round_, fit_mm=posed_error_mm(model, data, state)))
+
+
+@torch.no_grad()
+def posed_error_mm(model: GHUM, data: RegistrationSet, state: TrainState, batch: int = 16) -> float:
+    """F-weighted mean vertex distance (mm) of the current model to the training registrations."""
+    num = den = 0.0
+    for lo in range(0, len(data), batch):
+        idx = np.arange(lo, min(len(data), lo + batch))
+        target, mask = _tensors(data, idx)
+        rest = state.rest[torch.as_tensor(data.subject_index[idx])]
+        v, _ = model.articulate(rest, state.pose[idx], _expand_face(model, state.expression[idx]),
+                                state.translation[idx])
+        num += float(((v - target).norm(dim=-1) * mask).sum())
+        den += float(mask.sum())
+    return 1000 * num / max(den, 1.0)
+
+
+def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int) -> float:
+    """Train a VAE on x (N, D) metres (PCA-initialised); returns its mean vertex error (mm) on x.
+
+    Loss: squared reconstruction error in cm^2 per sample + ``kl_weight`` * KL."""
+    torch.manual_seed(seed)
+    vae.init_pca(x)
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    for _ in range(steps):
+        opt.zero_grad()
+        c_hat, c, mu, logvar = vae(x)
+        loss = vae.reconstruction_m2(c_hat, c) * 1e4 + kl_weight * vae.kl(mu, logvar)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(x)[0])
+        return float((recon - x).reshape(x.shape[0], -1, 3).norm(dim=-1).mean() * 1000)
+
+
+def fit_vaes(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig) -> dict:
+    """Final stage: shape VAE on the subjects' rest shapes, expression VAE on face offsets."""
+    model.load_state_dict(state.model)
+    refresh_shapes(model, data, state)
+    shapes = (state.rest - model.mean_rest).reshape(len(data.subjects), -1)
+    shape_mm = fit_vae(model.shape_vae, shapes, cfg.vae_steps, cfg.kl_weight, cfg.seed)
+    face_seen = torch.as_tensor(data.mask[:, model.face_index.numpy()]).mean(1) > 0.5
+    expr = state.expression[face_seen].reshape(int(face_seen.sum()), -1)
+    expr_mm = fit_vae(model.expression_vae, expr, cfg.vae_steps, cfg.kl_weight, cfg.seed + 1)
+    state.model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return dict(shape_vae_train_mm=shape_mm, expression_vae_train_mm=expr_mm)
+
+
+def train_inline(data: RegistrationSet, cfg: TrainConfig) -> tuple[GHUM, TrainState, dict]:
+    """The whole alternating training in this process (tests, notebooks); ``schedule.py`` runs
+    the same steps as Dask tasks."""
+    model = GHUM(cfg.model)
+    state = init_state(model, data)
+    for _ in range(3):  # rest shapes and translations settle together (joints depend on shape)
+        refresh_shapes(model, data, state)
+    N = len(data)
+    for r in range(cfg.rounds):
+        for lo in range(0, N, cfg.chunk):
+            idx = np.arange(lo, min(N, lo + cfg.chunk))
+            state.pose[idx], state.translation[idx] = pose_step(model, data, state, idx, cfg.pose_iters)
+        model_step(model, data, state, cfg, r)
+        log.info("round %d: %s", r, state.history[-1])
+    summary = fit_vaes(model, data, state, cfg)
+    model.load_state_dict(state.model)
+    return model, state, summary
