@@ -10,6 +10,7 @@ is used for the LZF-compressed PCD variant only). Every failure becomes a one-li
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -265,26 +266,9 @@ def _read_xyz(path: Path) -> RawGeometry:
     Six columns are normals when rows 4-6 are unit vectors, colours otherwise (0-255, or 0-1
     floats scaled by 255). Nine or more: normals then colours (XYZ-normal-RGB, the common order).
     """
-    text = path.read_text(errors="replace")
-    rows = [r for r in (re.sub(r"[,;\t]", " ", line.split("#")[0]).split() for line in text.splitlines()) if r]
-    if rows and not _is_number(rows[0][0]):
-        rows = rows[1:]  # a header row of column names
-    if rows and len(rows[0]) == 1 and len(rows) > 1:
-        rows = rows[1:]  # a .pts point count line
-    if not rows:
+    table = _xyz_table(path)
+    if table is None:
         return RawGeometry(verts=np.zeros((0, 3)))
-    width = len(rows[0])
-    if width < 3:
-        raise ScanError(f"XYZ rows need at least 3 numbers, the first has {width}", path,
-                        "Write one 'x y z' point per line")
-    bad = next((i for i, r in enumerate(rows) if len(r) != width), None)
-    if bad is not None:
-        raise ScanError(f"XYZ row {bad + 1} has {len(rows[bad])} numbers, the first has {width}; "
-                        "the file may be truncated", path, "Re-export the point cloud")
-    try:
-        table = np.array(rows, dtype=np.float64)
-    except ValueError as e:
-        raise ScanError(f"XYZ holds a non-number ({str(e)[-40:]})", path, "Write numbers only")
     raw = RawGeometry(verts=table[:, :3])
     extra = table[:, 3:]
     if extra.shape[1] >= 3 and _unit_rows(extra[:, :3]):
@@ -295,6 +279,46 @@ def _read_xyz(path: Path) -> RawGeometry:
         if np.all(rgb >= 0) and np.all(rgb <= 255):
             raw.colors = np.round(rgb * (255.0 if rgb.max() <= 1.0 else 1.0)).astype(np.uint8)
     return raw
+
+
+def _xyz_table(path: Path) -> np.ndarray | None:
+    """(N, C) float64 rows of an XYZ text file, None when it has no rows; ScanError if ragged.
+
+    Fast path: one numpy parse of the whole text (~10x faster than per-row splitting on a
+    million points); the per-row path runs only for comments or to name a bad row.
+    """
+    text = re.sub(r"[,;\t\r]", " ", path.read_text(errors="replace"))
+    lines = text.split("\n")
+    first = next((i for i, line in enumerate(lines) if line.split() and not line.lstrip().startswith("#")), None)
+    if first is None:
+        return None
+    head = lines[first].split()
+    if not _is_number(head[0]) or (len(head) == 1 and first + 1 < len(lines)):
+        first += 1  # a header row of column names, or a .pts point count
+    body = lines[first:]
+    n_rows = sum(1 for line in body if line.strip())
+    if n_rows == 0:
+        return None
+    if "#" not in text:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            flat = np.fromstring("\n".join(body), dtype=np.float64, sep=" ")
+        width = len(next(line for line in body if line.strip()).split())
+        if width >= 3 and flat.size == n_rows * width:  # else: ragged or non-numbers, see below
+            return flat.reshape(n_rows, width)
+    rows = [r for r in (line.split("#")[0].split() for line in body) if r]
+    width = len(rows[0])
+    if width < 3:
+        raise ScanError(f"XYZ rows need at least 3 numbers, the first has {width}", path,
+                        "Write one 'x y z' point per line")
+    bad = next((i for i, r in enumerate(rows) if len(r) != width), None)
+    if bad is not None:
+        raise ScanError(f"XYZ row {bad + 1} has {len(rows[bad])} numbers, the first has {width}; "
+                        "the file may be truncated", path, "Re-export the point cloud")
+    try:
+        return np.array(rows, dtype=np.float64)
+    except ValueError as e:
+        raise ScanError(f"XYZ holds a non-number ({str(e)[-40:]})", path, "Write numbers only") from None
 
 
 def _is_number(s: str) -> bool:
