@@ -103,6 +103,16 @@ def head_cameras(
     return [closeup(target, rotate_about(forward, UP, np.deg2rad(y)), extent_m, size=size) for y in yaws_deg]
 
 
+def hand_centre(wrist: np.ndarray, index: np.ndarray, pinky: np.ndarray, elbow: np.ndarray | None = None) -> np.ndarray:
+    """(3,) the middle of the hand: 90 % of the way from the wrist to the knuckles (index and
+    pinky points of Pose); along the forearm (from ``elbow``) when the knuckles coincide."""
+    along = (index + pinky) / 2 - wrist
+    if np.linalg.norm(along) < 0.02 and elbow is not None:
+        forearm = wrist - elbow
+        along = 0.08 * forearm / max(np.linalg.norm(forearm), 1e-9)
+    return wrist + 0.9 * along
+
+
 def hand_cameras(
     wrist: np.ndarray, index: np.ndarray, pinky: np.ndarray, elbow: np.ndarray,
     extent_m: float = 0.30, size: int = 384,
@@ -111,21 +121,18 @@ def hand_cameras(
 
     MediaPipe Pose gives wrist, index and pinky knuckles per hand: their triangle spans the palm,
     its normal gives the palm and back views, and a third view looks along the thumb side.
-    Cameras aim at the hand's centre (wrist pushed 40 % along the forearm direction) with the
-    fingers pointing up in the image.
+    Cameras aim at the hand's centre (90 % of the way from the wrist to the knuckles) with the
+    fingers pointing up in the image; eight candidate directions, best first.
     """
-    forearm = wrist - elbow
-    forearm /= max(np.linalg.norm(forearm), 1e-9)
-    knuckles = (index + pinky) / 2
-    along = knuckles - wrist
-    if np.linalg.norm(along) < 0.02:  # degenerate knuckles: follow the forearm
-        along = forearm * 0.08
-    centre = wrist + 0.9 * along
-    finger_dir = along / np.linalg.norm(along)
+    centre = hand_centre(wrist, index, pinky, elbow)
+    finger_dir = centre - wrist
+    finger_dir /= np.linalg.norm(finger_dir)
     normal = np.cross(index - wrist, pinky - wrist)
     if np.linalg.norm(normal) < 1e-6:
         normal = np.cross(finger_dir, UP)
     normal /= np.linalg.norm(normal)
-    dirs = [normal, -normal, rotate_about(normal, finger_dir, np.deg2rad(90)),
-            rotate_about(normal, finger_dir, np.deg2rad(-90))]
+    # Palm, back, both edges, then four diagonals: the caller keeps the first views whose line
+    # of sight to the hand is clear (``MeshRenderer.unoccluded``).
+    angles = (0, 180, 90, -90, 45, -45, 135, -135)
+    dirs = [rotate_about(normal, finger_dir, np.deg2rad(a)) for a in angles]
     return [closeup(centre, d, extent_m, size=size, up=finger_dir) for d in dirs]

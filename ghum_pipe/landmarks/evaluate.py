@@ -79,13 +79,19 @@ def landmark_errors(doc: dict, truth_verts: np.ndarray, units: str, template_lan
         return {n: (float(np.linalg.norm(found[n] - t) * scale) if n in found else float("nan"))
                 for n, t in zip(names, truth)}
 
-    swaps = 0
     coco = [n for n in COCO17 if n in known]
     truth = dict(zip(coco, template_landmarks.subset(coco).points(np.asarray(truth_verts, dtype=np.float64))))
-    for n in coco:
-        if n.startswith("left_") and n in found and ("right_" + n[5:]) in found:
-            m = "right_" + n[5:]
+    return LandmarkErrors(errors(COCO17), errors(FACE_EVAL), errors(HAND_EVAL), count_swaps(found, truth))
+
+
+def count_swaps(found: dict, truth: dict) -> int:
+    """Left/right pairs (``left_x``/``right_x`` in both dicts of (3,) points) that are closer to the
+    truth crossed over than straight."""
+    swaps = 0
+    for n in found:
+        m = "right_" + n[5:]
+        if n.startswith("left_") and m in found and n in truth and m in truth:
             straight = np.linalg.norm(found[n] - truth[n]) + np.linalg.norm(found[m] - truth[m])
             crossed = np.linalg.norm(found[n] - truth[m]) + np.linalg.norm(found[m] - truth[n])
             swaps += int(crossed < straight)
-    return LandmarkErrors(errors(COCO17), errors(FACE_EVAL), errors(HAND_EVAL), swaps)
+    return swaps

@@ -84,6 +84,9 @@ class FoundLandmarks:
     body_views: int = 0
     swapped_views: int = 0
     timings: dict = field(default_factory=dict)
+    # The raw body-ring Pose detections before any swap fix (for baselines and debugging):
+    # P (V, 3, 4), uv (33, V, 2), score (33, V).
+    raw_body: tuple = field(repr=False, default=())
 
     def point(self, name: str) -> np.ndarray:
         return self.points[self.names.index(name)]
@@ -224,6 +227,7 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
         )
     t0 = time.perf_counter()
     P, uv, score = body.arrays()
+    raw_body = (P, uv.copy(), score.copy())
     flips = resolve_swaps(P, uv, score >= config.min_score, POSE_MIRROR, body.thr_px)
     for v in np.flatnonzero(flips):
         body.uv[v], body.score[v] = body.uv[v][POSE_MIRROR], body.score[v][POSE_MIRROR]
@@ -239,7 +243,7 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
                 views[v].uv = views[v].uv[POSE_MIRROR]
     timings["triangulate"] += time.perf_counter() - t0
     names, points, confs, kinds_out, used, errs = list(POSE_NAMES), [X], [conf], list(kinds), [inl.sum(1)], [rms]
-    swapped = int(min(flips.sum(), (~flips).sum()))
+    swapped = sum(v.flipped for v in views[: len(ring)])  # views whose labels we mirrored
     p = {n: X[i] for i, n in enumerate(POSE_NAMES)}
 
     # 4-5a. Head close-ups.
@@ -271,7 +275,9 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
             w, e, ix, pk = (p[f"{side}_{n}"] for n in ("wrist", "elbow", "index", "pinky"))
             if not all(np.isfinite(a).all() for a in (w, e, ix, pk)):
                 continue
-            cams = camera_rig.hand_cameras(w, ix, pk, e, size=config.closeup_size)
+            cands = camera_rig.hand_cameras(w, ix, pk, e, size=config.closeup_size)
+            clear = renderer.unoccluded(np.stack([c.center for c in cands]), camera_rig.hand_centre(w, ix, pk, e))
+            cams = [c for c, ok in zip(cands, clear) if ok][: config.hand_views] or cands[: config.hand_views]
             hand = _Group([f"{side}_hand_{i}" for i in range(N_HAND)], hand_kinds,
                           config.closeup_thr_frac * config.closeup_size, CLOSEUP_SURFACE_TOL_M, renderer)
             rendered = _render_group(renderer, cams, hand, HandDetector(), views, f"{side}_hand", timings)
@@ -303,5 +309,5 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
         names=tuple(names[i] for i in idx), points=points[idx], confidence=confs[idx],
         kinds=tuple(kinds_out[i] for i in idx), views_used=used[idx], reproj_error_px=errs[idx],
         tri_ids=tri_ids[idx], bary=bary[idx], views=views, person_views=len(person),
-        body_views=len(ring), swapped_views=swapped, timings=timings,
+        body_views=len(ring), swapped_views=swapped, timings=timings, raw_body=raw_body,
     )

@@ -253,6 +253,18 @@ class MeshRenderer:
         rgb = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         return RenderResult(rgb=rgb, depth=depth, tri_id=tri_id, bary=bary, camera=camera)
 
+    def unoccluded(self, eyes: np.ndarray, target: np.ndarray, slack_m: float = 0.05) -> np.ndarray:
+        """(N,) bool: whether the segment from each of (N, 3) camera centres to ``target`` (3,)
+        is free of the mesh until ``slack_m`` before the target (the target's own surface)."""
+        import open3d as o3d
+
+        eyes = np.asarray(eyes, dtype=np.float64).reshape(-1, 3)
+        dirs = np.asarray(target, dtype=np.float64) - eyes
+        dist = np.linalg.norm(dirs, axis=1)
+        rays = np.concatenate([eyes, dirs / dist[:, None]], axis=1).astype(np.float32)
+        t_hit = self._scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+        return t_hit >= dist - slack_m
+
     def closest_points(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Closest surface points to (N, 3) query points: (N, 3) points (float64, metres), (N,)
         triangle ids and (N, 3) barycentric weights over those triangles' vertices."""

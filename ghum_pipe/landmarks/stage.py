@@ -21,6 +21,7 @@ class LandmarkConfig:
     body_size: int = 512  # px, body views (square)
     fov_deg: float = 40.0
     closeup_size: int = 384  # px, head and hand close-ups
+    hand_views: int = 4  # close-ups per hand (the first ones with a clear line of sight)
     face: bool = True
     hands: bool = True
     min_score: float = 0.5  # MediaPipe visibility below this: not an observation

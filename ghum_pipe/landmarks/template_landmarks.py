@@ -34,7 +34,7 @@ from ghum_pipe.io.atomic import write_npz
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 INTERIOR_K = 32  # shell vertices per interior landmark
 SHELL = 1.6  # shell radius as a multiple of the distance to the nearest surface vertex
 
@@ -143,9 +143,16 @@ def from_found(found, template, k: int = INTERIOR_K) -> TemplateLandmarks:
 
 
 def cache_path(template) -> Path:
+    """Cache file per template, method version and default stage settings (a change to either
+    rebuilds the definition instead of reusing a stale one)."""
+    import hashlib
+    import json
+
+    from ghum_pipe.landmarks.stage import LandmarkConfig
     from ghum_pipe.template import cache_dir
 
-    return cache_dir() / f"template-landmarks-v{CACHE_VERSION}-{template.hash}.npz"
+    settings = hashlib.sha1(json.dumps(LandmarkConfig().to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return cache_dir() / f"template-landmarks-v{CACHE_VERSION}-{template.hash}-{settings}.npz"
 
 
 def build_template_landmarks(template, config=None) -> TemplateLandmarks:
