@@ -59,11 +59,13 @@ def measure(base: Path, scans: dict, stage: str, workers: int) -> dict:
     for r in recs:
         peak[r["worker"]] = max(peak.get(r["worker"], 0.0), r.get("peak_rss_mb") or 0.0)
     return dict(workers=workers, wall_s=wall, done=result.counts[stage]["done"], failed=result.counts[stage]["failed"],
-                busy_s=sum(r["seconds"] for r in recs), per_scan_s=[r["seconds"] for r in recs],
+                busy_s=sum(r["seconds"] for r in recs), cpu_s=sum(r.get("cpu_s") or 0.0 for r in recs), per_scan_s=[r["seconds"] for r in recs],
                 peak_rss_mb=sorted(peak.values()), load=(load0, load1))
 
 
 def main() -> None:
+    # MediaPipe's C++ warnings go to the workers' stderr; keep the table readable
+    os.environ.setdefault("GLOG_minloglevel", "2")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scans", type=Path, default=None, help="scan folder (default: synthesise --count scans)")
     ap.add_argument("--count", type=int, default=6)
@@ -86,19 +88,22 @@ def main() -> None:
     print(f"\nstage '{args.stage}', {len(scans)} scans, {os.cpu_count()} cores "
           f"(load average before/after each run shows other users of the cores)")
     head = (f"{'workers':>7} {'done':>5} {'failed':>6} {'wall s':>7} {'scans/min':>9} {'speed-up':>8} "
-            f"{'task s/scan':>11} {'peak RSS MB/worker':>20} {'load':>10}")
+            f"{'task s/scan':>11} {'cpu s/scan':>10} {'cpu share':>9} {'peak RSS MB/worker':>20} {'load':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
         thr = 60.0 * r["done"] / r["wall_s"]
         speed = one["wall_s"] / r["wall_s"]
         per = r["busy_s"] / max(r["done"], 1)
+        cpu = r["cpu_s"] / max(r["done"], 1)
         peaks = "/".join(f"{p:.0f}" for p in r["peak_rss_mb"])
         print(f"{r['workers']:>7} {r['done']:>5} {r['failed']:>6} {r['wall_s']:>7.1f} {thr:>9.2f} {speed:>7.2f}x "
-              f"{per:>11.1f} {peaks:>20} {r['load'][0]:>4.1f}/{r['load'][1]:<4.1f}")
+              f"{per:>11.1f} {cpu:>10.1f} {cpu / max(per, 1e-9):>9.2f} {peaks:>20} {r['load'][0]:>4.1f}/{r['load'][1]:<4.1f}")
     ratio = one["wall_s"] / rows[1]["wall_s"]
     print(f"\nspeed-up 2 vs 1 worker: {ratio:.2f}x (target >= 1.6x)"
           f"{'' if ratio >= 1.6 else '  BELOW TARGET'}")
+    print("cpu share = task CPU time / task wall time (1 thread per worker): well below 1 means the "
+          "tasks waited for a core, i.e. other processes were using the machine")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,10 @@ class BatchResult:
 
     def summary(self) -> str:
         parts = []
-        for stage in self.stages:
+        # the requested stages, and upstream ones only when they had something to do
+        shown = [s for s, c in self.counts.items()
+                 if s in self.stages or c["done"] + c["failed"] + c["blocked"]]
+        for stage in shown:
             c = self.counts[stage]
             text = f"{stage}: {c['done']} done, {c['cached']} up to date, {c['failed']} failed"
             if c["blocked"]:

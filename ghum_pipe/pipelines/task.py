@@ -77,6 +77,7 @@ def run_stage_task(stage: str, scan_id: str, scan_path: str, work: str, config, 
         "log": str(log_file.relative_to(work_dir)), "worker": _worker_address(), "started": now_iso(),
     }
     start = time.perf_counter()
+    cpu0 = _process_cpu_s()
     with task_log(log_file) as log:
         log.info("%s %s: %s (config %s)", stage, scan_id, scan_path, record["config"])
         try:
@@ -90,11 +91,20 @@ def run_stage_task(stage: str, scan_id: str, scan_path: str, work: str, config, 
         else:
             record.update(status="done", error=None, error_type=None, metrics=_jsonable(metrics or {}))
         record.update(finished=now_iso(), seconds=round(time.perf_counter() - start, 3),
+                      cpu_s=round(_process_cpu_s() - cpu0, 3),
                       peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
         log.info("%s %s in %.2f s", stage, record["status"], record["seconds"])
     if record["status"] == "done":
         write_json(marker_path(work_dir, scan_id, stage), record)
     return record
+
+
+def _process_cpu_s() -> float:
+    """CPU seconds (user + system) of this worker process so far, all its threads. With one task
+    per worker process at a time, the difference over a task is the task's CPU time; ``cpu_s /
+    seconds`` below the cores it could use means it waited for a CPU (a shared machine)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _worker_address() -> str | None:
