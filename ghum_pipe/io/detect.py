@@ -34,8 +34,13 @@ def vertex_weights(verts: np.ndarray, faces: np.ndarray | None) -> np.ndarray:
     """
     if faces is None or len(faces) == 0:
         return np.ones(len(verts))
-    v = verts[faces]
-    area = 0.5 * np.linalg.norm(np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), axis=1)
+    v0, v1, v2 = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+    a, b = v1 - v0, v2 - v0
+    # |a x b| written out: np.cross is ~5x slower on (F, 3) arrays.
+    cx = a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1]
+    cy = a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2]
+    cz = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
+    area = 0.5 * np.sqrt(cx * cx + cy * cy + cz * cz)
     w = np.bincount(faces.ravel(), weights=np.repeat(area / 3.0, 3), minlength=len(verts))
     if w.sum() <= 0:
         return np.ones(len(verts))

@@ -19,9 +19,9 @@
   cues fail on real scans: the area in the last 5 % of the height (two flat feet vs a skull
   cap, 2.6x on the closed template) pointed the wrong way on 5 of those 12 scans (soles
   unseen, raised hands); the area profile alone had a margin of 0.001 with one arm raised.
-* Snapping: scanners write axis-aligned frames, and a posed body's long axis leans a few
-  degrees (up to 14 deg on the synthetic scans), so an axis within SNAP_DEG of a file axis is
-  taken to be that axis; otherwise the exact direction is kept.
+* Snapping: scanners write axis-aligned frames, and a posed body's long axis leans (up to
+  21 deg on the synthetic scans: a forward bend with raised arms), so an axis within SNAP_DEG
+  of a file axis is taken to be that axis; otherwise the exact direction is kept.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 
 from ghum_pipe.io.detect import PrincipalAxes, principal_axes, vertex_weights
 
-SNAP_DEG = 20.0
+SNAP_DEG = 30.0
 N_BINS = 40
 SPREAD_WEIGHT = 2.0  # spread and area differences are both length fractions; spread is the sharper cue
 UNCERTAIN_MARGIN = 0.01  # margin (length fraction) below which the head side is called a guess
