@@ -41,6 +41,7 @@ def test_mesh_formats(tmp_path, body, suffix):
     scan = load_scan(path)
     assert files_in(tmp_path) == before  # nothing written beside the input
     assert scan.id == "subject" and not scan.is_point_cloud and scan.frame == frame
+    assert scan.colors is None and scan.texture is None
     assert len(scan.faces) == len(body["faces"])
     # OBJ writes 8 significant digits; STL is float32 soup merged back into shared vertices.
     assert len(scan.verts) == len(body["verts"]) or suffix == ".stl"
@@ -114,6 +115,24 @@ def test_pcd(tmp_path, body, binary):
     _write_pcd(path, frame.to_file(body["points"]), binary=binary)
     scan = load_scan(path)
     assert scan.normals is None and scan.colors is None and len(scan.verts) == len(body["points"])
+
+
+def test_compressed_pcd_via_open3d(tmp_path, body):
+    import open3d as o3d
+
+    pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(body["points"] * 1000))
+    pc.normals = o3d.utility.Vector3dVector(body["point_normals"])
+    path = tmp_path / "packed.pcd"
+    assert o3d.io.write_point_cloud(str(path), pc, write_ascii=False, compressed=True)
+    assert b"DATA binary_compressed" in path.read_bytes()[:400]
+    scan = load_scan(path)
+    assert scan.frame.units == "mm" and scan.colors is None
+    assert np.abs(scan.verts - body["points"]).max() < 1e-6
+    assert np.abs(scan.normals - body["point_normals"]).max() < 1e-5
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ScanError, match=r"packed\.pcd: open3d read no points"):
+        load_scan(path)
 
 
 @pytest.mark.parametrize("extras", ["none", "normals", "colors", "both"])

@@ -135,7 +135,7 @@ def _from_trimesh_geometry(geom, merge: bool) -> RawGeometry:
     if isinstance(geom, trimesh.PointCloud):
         raw = RawGeometry(verts=np.asarray(geom.vertices, dtype=np.float64))
         colors = getattr(geom, "colors", None)
-        if colors is not None and len(colors) == len(raw.verts) and np.ptp(colors) > 0:
+        if colors is not None and len(colors) == len(raw.verts):
             raw.colors = np.asarray(colors)[:, :3].astype(np.uint8)
         raw.normals = _ply_normals(geom.metadata, len(raw.verts))
         return raw
@@ -246,7 +246,8 @@ def _read_pcd(path: Path) -> RawGeometry:
 def _read_pcd_open3d(path: Path) -> RawGeometry:
     import open3d as o3d
 
-    pc = o3d.io.read_point_cloud(str(path), format="pcd")
+    with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):  # we raise instead
+        pc = o3d.io.read_point_cloud(str(path), format="pcd")
     raw = RawGeometry(verts=np.asarray(pc.points, dtype=np.float64))
     if len(raw.verts) == 0:
         raise ScanError("open3d read no points from this compressed PCD; it may be damaged", path,
