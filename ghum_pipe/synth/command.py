@@ -30,13 +30,27 @@ log = logging.getLogger(__name__)
 @click.option("--registrations", is_flag=True,
               help="Instead of scans, write ground-truth registrations for training (no scanner).")
 @click.option("--force", is_flag=True, help="Rewrite scans that already exist in OUT.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (one subject each); the files do not depend on it.")
 def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, units: str | None, up: str | None,
-          fmt: str, point_cloud: bool, closeups: bool, other_model: bool, registrations: bool, force: bool) -> None:
+          fmt: str, point_cloud: bool, closeups: bool, other_model: bool, registrations: bool, force: bool,
+          jobs: int) -> None:
     """Make COUNT synthetic scans with exact ground truth in OUT.
 
     Scans go to OUT/scans/<id>.<format>, their truth (template vertices in the scan's frame,
     phenotype, shape, pose, expression, transform) to OUT/truth/<id>.npz and .json, never
-    beside the scans. The same seed gives the same files.
+    beside the scans. The same seed gives the same files, and scan i depends only on (seed, i).
+
+    \b
+    Ids: syn<seed>-<i> (body), syn<seed>-<i>-head|-hand_left|-hand_right (--closeups),
+    other<seed>-<i> (--other-model). All scans of one subject share its shape (truth 'subject').
+    \b
+    Examples:
+      ghum-pipe synth data/synth --count 8 --posed --units mixed --up mixed
+      ghum-pipe synth data/closeups --count 4 --expressions --closeups
+      ghum-pipe synth data/clouds --count 4 --format pcd
+      ghum-pipe synth data/other --count 2 --other-model
+      ghum-pipe synth data/train --count 50 --registrations
     """
     if registrations:
         from ghum_pipe.synth.registrations import make_registrations
@@ -50,33 +64,62 @@ def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, unit
     if point_cloud and fmt not in ("ply", "pcd", "xyz"):
         raise click.UsageError(f"--point-cloud writes ply, pcd or xyz, not {fmt}")
     if other_model:
+        if point_cloud:
+            raise click.UsageError("--other-model writes meshes (ply, obj, stl, glb), not point clouds")
         _other_models(out, count, seed, units or "m", up or "y", fmt)
         return
     from rich.progress import Progress
 
-    from ghum_pipe.synth.generate import SynthConfig, body_scan, closeup_scans, subject_id
+    from ghum_pipe.synth.generate import SynthConfig
+
+    config = SynthConfig(posed=posed, expressions=expressions, units=units or "m", up=up or "z",
+                         point_cloud=point_cloud)
+    job = dict(out=out, seed=seed, config=config, closeups=closeups, fmt=fmt, force=force)
+    written, t0 = 0, time.time()
+    with Progress(transient=True) as progress:
+        task = progress.add_task("scanning", total=count)
+        if jobs <= 1:
+            for i in range(count):
+                written += _subject_scans(index=i, **job)
+                progress.advance(task)
+        else:
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(jobs, initializer=_worker_init) as pool:
+                for fut in as_completed([pool.submit(_subject_scans, index=i, **job) for i in range(count)]):
+                    written += fut.result()
+                    progress.advance(task)
+    click.echo(f"{written} scans written ({count} subjects) in {time.time() - t0:.0f} s: "
+               f"scans in {out / 'scans'}, truth in {out / 'truth'}")
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core
+
+
+def _subject_scans(out: Path, seed: int, index: int, config, closeups: bool, fmt: str, force: bool) -> int:
+    """Scan subject ``index`` (body, and close-ups when asked); skip files already written.
+    Returns the number of scans written."""
+    from ghum_pipe.synth.generate import CLOSEUP_KINDS, body_scan, closeup_scans, subject_id
     from ghum_pipe.synth.writers import write_scan
     from ghum_pipe.template import load_template
 
-    t = load_template()
-    config = SynthConfig(posed=posed, expressions=expressions, units=units or "m", up=up or "z",
-                         point_cloud=point_cloud)
-    written, skipped, t0 = 0, 0, time.time()
-    with Progress(transient=True) as progress:
-        task = progress.add_task("scanning", total=count)
-        for i in range(count):
-            sid = subject_id(seed, i)
-            if not force and _done(out, sid, fmt):
-                skipped += 1
-            else:
-                write_scan(out, body_scan(t, seed, i, config), fmt)
-                written += 1
-                if closeups:
-                    for scan in closeup_scans(t, seed, i, config):
-                        write_scan(out, scan, fmt)
-            progress.advance(task)
-    click.echo(f"{written} subjects scanned ({skipped} already there) in {time.time() - t0:.0f} s: "
-               f"scans in {out / 'scans'}, truth in {out / 'truth'}")
+    sid = subject_id(seed, index)
+    t = None
+    n = 0
+    if force or not _done(out, sid, fmt):
+        t = load_template()
+        write_scan(out, body_scan(t, seed, index, config), fmt)
+        n += 1
+    if closeups:
+        todo = tuple(k for k in CLOSEUP_KINDS if force or not _done(out, f"{sid}-{k}", fmt))
+        if todo:
+            for scan in closeup_scans(t or load_template(), seed, index, config, kinds=todo):
+                write_scan(out, scan, fmt)
+                n += 1
+    return n
 
 
 def _done(out: Path, scan_id: str, fmt: str) -> bool:

@@ -31,6 +31,7 @@ from ghum_pipe.synth.skin import SkinRegions, subject_colors
 # One random stream per purpose (the third entry of the seed sequence).
 STREAM_SUBJECT, STREAM_POSE, STREAM_SCANNER, STREAM_PLACE = 0, 1, 2, 3
 STREAM_CLOSEUP = {"head": 10, "hand_left": 20, "hand_right": 30}
+CLOSEUP_KINDS = tuple(STREAM_CLOSEUP)
 OBSERVED_M = 0.005  # a template vertex counts as observed if a scan sample lies this close
 
 
@@ -183,7 +184,7 @@ def body_scan(t, seed: int, index: int, config: SynthConfig = SynthConfig()) -> 
                    scanned, _rng(seed, index, STREAM_PLACE))
 
 
-def closeup_scans(t, seed: int, index: int, config: SynthConfig = SynthConfig(), kinds=("head", "hand_left", "hand_right")) -> list[SynthScan]:
+def closeup_scans(t, seed: int, index: int, config: SynthConfig = SynthConfig(), kinds=CLOSEUP_KINDS) -> list[SynthScan]:
     """Close-up scans of subject ``index``: the head (with an expression when ``expressions``)
     and each hand (fingers in a random curl), each cropped to its template region
     (``t.masks[kind]``, recorded as the truth's ``region_mask``) and scanned from a sphere of
