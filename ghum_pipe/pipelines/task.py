@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
 import resource
+import sys
 import threading
 import time
 import traceback
@@ -37,7 +39,8 @@ def task_log(path: Path, level: int = logging.INFO) -> Iterator[logging.Logger]:
     The file is a log, appended to as the task goes, so it is readable even if the worker dies.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    path.write_text("")  # a fresh log per attempt; appended to by both Python and native code
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     thread = threading.get_ident()
     handler.addFilter(lambda record: record.thread == thread)
@@ -48,11 +51,42 @@ def task_log(path: Path, level: int = logging.INFO) -> Iterator[logging.Logger]:
     root.setLevel(min(old_level, level) if old_level else level)
     logging.captureWarnings(True)
     try:
-        yield logging.getLogger("ghum_pipe.pipelines.task")
+        with _native_stderr_to(path):
+            yield logging.getLogger("ghum_pipe.pipelines.task")
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
         handler.close()
+
+
+@contextlib.contextmanager
+def _native_stderr_to(path: Path) -> Iterator[None]:
+    """Point file descriptor 2 at ``path`` while the task runs, so what C++ libraries print
+    (MediaPipe/TFLite warnings, once per view) lands in the scan's log, not in the user's terminal.
+
+    Only in a single-threaded Dask worker (the default): the descriptor is per process, and two
+    tasks running at once in one process would swap each other's logs.
+    """
+    try:
+        from distributed import get_worker
+
+        single = get_worker().state.nthreads == 1
+    except (ImportError, ValueError, AttributeError):
+        single = False
+    if not single:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
 
 
 def run_stage_task(stage: str, scan_id: str, scan_path: str, work: str, config, key: str, cfg_hash: str,
