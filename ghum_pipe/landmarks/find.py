@@ -35,7 +35,7 @@ from ghum_pipe.landmarks.triangulate import (
 # Pose landmarks on the skin (snapped to the surface); the rest are joint centres.
 SURFACE_POSE = frozenset({
     "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
-    "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_heel",
+    "right_eye_outer", "mouth_left", "mouth_right", "left_heel",
     "right_heel", "left_foot_index", "right_foot_index",
 })
 # How far behind the rendered surface a joint centre may lie and still count as visible (metres):
@@ -157,11 +157,11 @@ class _Group:
         return X, inl, rms, confidence(inl, rms, self.thr_px, score)
 
 
-def _render_group(renderer, cams, group, detector, views, tag, timings):
+def _render_group(renderer, cams, group, detector, views, tag, timings, use_colors=True):
     out = []
     for cam in cams:
         t0 = time.perf_counter()
-        r = renderer.render(cam)
+        r = renderer.render(cam, use_colors=use_colors)
         t1 = time.perf_counter()
         det = detector.detect(r.rgb) if r.mask.any() else None
         t2 = time.perf_counter()
@@ -215,7 +215,7 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
                                 size=config.body_size)
     kinds = ["surface" if n in SURFACE_POSE else "interior" for n in POSE_NAMES]
     body = _Group(POSE_NAMES, kinds, config.body_thr_frac * config.body_size, BODY_SURFACE_TOL_M, renderer)
-    for r, det in _render_group(renderer, ring, body, PoseDetector(), views, "body", timings):
+    for r, det in _render_group(renderer, ring, body, PoseDetector(), views, "body", timings, config.body_colors):
         body.add(r, None if det is None else det.uv, None if det is None else det.score)
     person = [v for v in views if v.uv is not None]
     if len(person) < config.min_person_views:
@@ -253,7 +253,8 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
         cams = camera_rig.head_cameras(head_pts, forward, size=config.closeup_size)
         face = _Group([f"face_{i}" for i in range(N_FACE)], ["surface"] * N_FACE,
                       config.closeup_thr_frac * config.closeup_size, CLOSEUP_SURFACE_TOL_M, renderer)
-        for r, det in _render_group(renderer, cams, face, FaceDetector(), views, "head", timings):
+        for r, det in _render_group(renderer, cams, face, FaceDetector(), views, "head", timings,
+                                    config.face_colors):
             face.add(r, None if det is None else det.uv, None if det is None else det.score)
         t0 = time.perf_counter()
         Xf, inl_f, rms_f, conf_f = face.triangulate(config.min_score)
@@ -280,7 +281,8 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
             cams = [c for c, ok in zip(cands, clear) if ok][: config.hand_views] or cands[: config.hand_views]
             hand = _Group([f"{side}_hand_{i}" for i in range(N_HAND)], hand_kinds,
                           config.closeup_thr_frac * config.closeup_size, CLOSEUP_SURFACE_TOL_M, renderer)
-            rendered = _render_group(renderer, cams, hand, HandDetector(), views, f"{side}_hand", timings)
+            rendered = _render_group(renderer, cams, hand, HandDetector(), views, f"{side}_hand", timings,
+                                     config.body_colors)
             for k, (r, det) in enumerate(rendered):
                 wrist_uv, _ = r.camera.project(w[None])
                 ok = det is not None and np.linalg.norm(det.uv[0] - wrist_uv[0]) < 0.25 * config.closeup_size

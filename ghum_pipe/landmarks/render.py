@@ -223,8 +223,9 @@ class MeshRenderer:
         depth[miss] = np.inf
         return depth, tri_id, bary
 
-    def render(self, camera: Camera, light: Light = Light()) -> RenderResult:
-        """Render one view with ``light``; see ``RenderResult`` for the outputs."""
+    def render(self, camera: Camera, light: Light = Light(), use_colors: bool = True) -> RenderResult:
+        """Render one view with ``light``; see ``RenderResult`` for the outputs.
+        ``use_colors=False`` shades with ``SKIN_RGB`` even when the mesh has colours."""
         depth, tri_id, bary = self.cast(camera)
         hit = tri_id >= 0
         rgb = np.empty((camera.height, camera.width, 3), dtype=np.float32)
@@ -233,7 +234,10 @@ class MeshRenderer:
             # Shading in float32 (it is most of a view's cost besides the ray cast).
             corners = self.faces[tri_id[hit]]  # (P, 3)
             w = bary[hit].astype(np.float32)  # (P, 3)
-            albedo = np.einsum("pkc,pk->pc", self._colors32[corners], w)
+            if use_colors:
+                albedo = np.einsum("pkc,pk->pc", self._colors32[corners], w)
+            else:
+                albedo = np.broadcast_to(np.asarray(SKIN_RGB, dtype=np.float32), (len(w), 3))
             R = camera.R.astype(np.float32)
             normal = np.einsum("pkc,pk->pc", self._normals32[corners], w) @ R.T  # camera frame
             normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)

@@ -22,6 +22,12 @@ class LandmarkConfig:
     fov_deg: float = 40.0
     closeup_size: int = 384  # px, head and hand close-ups
     hand_views: int = 4  # close-ups per hand (the first ones with a clear line of sight)
+    # Body and hand views are shaded in plain skin, as the template was when its landmarks were
+    # defined: clothing edges and hair then do not move MediaPipe's hips and ears (on synthetic
+    # scans with shorts and hair: hips 35-60 mm -> 20-35 mm off). Head close-ups keep the scan's
+    # colours, which help FaceMesh (eyebrows, lips).
+    body_colors: bool = False
+    face_colors: bool = True
     face: bool = True
     hands: bool = True
     min_score: float = 0.5  # MediaPipe visibility below this: not an observation

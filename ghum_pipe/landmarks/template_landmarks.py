@@ -34,7 +34,7 @@ from ghum_pipe.io.atomic import write_npz
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 INTERIOR_K = 32  # shell vertices per interior landmark
 SHELL = 1.6  # shell radius as a multiple of the distance to the nearest surface vertex
 
