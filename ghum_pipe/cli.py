@@ -191,7 +191,7 @@ def run(scans, device, lowres, no_report, work, cluster, **kw):
     extra = {"register": {"device": device, "lowres": lowres or None}}
     result = _run_stages(("ingest", "landmark", "register"), scans, work, cluster, extra_configs=extra, **kw)
     if not no_report and not result.interrupted:
-        _write_report(work, quiet=kw["quiet"])
+        _write_report(work, quiet=kw["quiet"], cluster=cluster)
     _exit_for(result)
 
 
@@ -219,23 +219,27 @@ def status(work, show_all):
 @click.option("--work", "-w", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="Work dir.")
 @click.option("--quiet", "-q", is_flag=True)
-def report(work, quiet):
+@cluster_click_options
+def report(work, quiet, cluster):
     """Write W/report/index.html: a sortable table of scans, images, error and timing histograms.
 
-    Static and offline: open it in any browser, copy the W/report folder anywhere.
+    Static and offline (inline CSS/JS): open it in any browser. It links the per-scan images in
+    W/scans, so move or share W as a whole. Overlay images are rendered on Dask workers
+    (same options as the batch commands) and only when a registration changed.
 
     \b
     Example:
       ghum-pipe report --work W && xdg-open W/report/index.html
     """
-    _write_report(work, quiet)
+    _write_report(work, quiet, cluster)
 
 
-def _write_report(work: Path, quiet: bool) -> None:
+def _write_report(work: Path, quiet: bool, cluster=None) -> None:
     from ghum_pipe.pipelines.report import write_report
 
+    _setup_logging(0, quiet)
     try:
-        index = write_report(work)
+        index = write_report(work, cluster=cluster)
     except GhumPipeError as e:
         raise SetupError(str(e)) from None
     if not quiet:

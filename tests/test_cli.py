@@ -89,12 +89,15 @@ def test_status_and_report(tmp_path, template):
     reg = trimesh.Trimesh((mesh.vertices + [0.02, 0, 0]) * 1000.0, mesh.faces, process=False)
     reg.export(work / "scans" / "body_mm" / "registration.ply")
     (work / "scans" / "body_mm" / "metrics.json").write_text(json.dumps({"scan_to_reg_mean_mm": 4.2}))
+    # and one of body_m, exactly over it (metres): the overlays are rendered on a Dask worker
+    trimesh.Trimesh(mesh.vertices * 1.05, mesh.faces, process=False).export(
+        work / "scans" / "body_m" / "registration.ply")
 
     res = CliRunner().invoke(main, ["status", "--work", str(work)])
     assert res.exit_code == 0
     assert "body_mm" in res.output and "broken" in res.output and "2 done, 1 failed" in res.output
 
-    res = cli("report", "--work", work)
+    res = cli("report", "--work", work, "--workers", "1")
     assert res.returncode == 0, res.stderr
     index = work / "report" / "index.html"
     assert res.stdout.strip() == f"report: {index}"
@@ -115,4 +118,6 @@ def test_status_and_report(tmp_path, template):
     top, bottom = overlay[:h], overlay[h:]
     blue = (bottom[..., 2] > bottom[..., 0] + 60)
     assert blue.mean() > 0.02 and (top[..., 2] > top[..., 0] + 60).mean() < 0.001
-    assert not (work / "report" / "scans" / "body_m").exists()  # no registration, no overlay
+    overlay_m = np.asarray(Image.open(work / "report" / "scans" / "body_m" / "overlay.png").convert("RGB"), float)
+    assert ((overlay_m[h:, :, 2] > overlay_m[h:, :, 0] + 60).mean() > 0.02)
+    assert not (work / "report" / "scans" / "broken").exists()  # no registration, no overlay

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ghum_pipe.io.atomic import atomic_path
 from ghum_pipe.pipelines.manifest import Manifest, scan_dir
-from ghum_pipe.pipelines.report_plots import histogram_png, overlay_png
+from ghum_pipe.pipelines.report_plots import histogram_png, render_overlay
 from ghum_pipe.pipelines.stages import ORDER
 from ghum_pipe.pipelines.status import stage_status, status_counts
 
@@ -111,29 +111,38 @@ def _metric_columns(rows: list[dict]) -> list[str]:
     return sorted(seen, key=rank)[:MAX_METRIC_COLUMNS]
 
 
-def _overlay(manifest: Manifest, scan_id: str, out: Path) -> bool:
-    """(Re)render the registration-over-scan image when missing or older than the registration."""
-    folder = scan_dir(manifest.work, scan_id)
-    reg_file, scan_json = folder / "registration.ply", folder / "scan.json"
-    if not reg_file.exists() or not scan_json.exists():
-        return out.exists()
-    if out.exists() and out.stat().st_mtime >= reg_file.stat().st_mtime:
-        return True
-    try:
-        import trimesh
-
-        from ghum_pipe.io import load_scan
-
+def _overlay_jobs(manifest: Manifest, out_dir: Path) -> list[tuple]:
+    """``(scan_path, units, up, registration.ply, overlay.png)`` for each overlay image that is
+    missing or older than its registration."""
+    jobs = []
+    for scan_id in manifest.ids():
+        folder = scan_dir(manifest.work, scan_id)
+        reg_file, out = folder / "registration.ply", out_dir / "scans" / scan_id / "overlay.png"
+        if not reg_file.exists() or not (folder / "scan.json").exists():
+            continue
+        if out.exists() and out.stat().st_mtime >= reg_file.stat().st_mtime:
+            continue
         # the ingest config that made scan.json gives the same frame again (detection is deterministic)
         cfg = (manifest.stage(scan_id, "ingest") or {}).get("config") or {}
-        info = json.loads(scan_json.read_text())
-        scan = load_scan(info["path"], units=cfg.get("units"), up=cfg.get("up"))
-        reg = trimesh.load(reg_file, process=False, force="mesh")
-        overlay_png(out, scan, scan.frame.to_internal(reg.vertices), reg.faces)
-        return True
-    except Exception as e:  # noqa: BLE001 - a picture that cannot be made must not stop the report
-        log.warning("%s: no overlay image (%s: %s)", scan_id, type(e).__name__, e)
-        return False
+        jobs.append((manifest.scans[scan_id]["path"], cfg.get("units"), cfg.get("up"), str(reg_file), str(out)))
+    return jobs
+
+
+def _render_overlays(jobs: list[tuple], cluster) -> None:
+    """Render the overlay images: on Dask workers when ``cluster`` options are given and there
+    are several (a few seconds each: tens of thousands of scans need the cluster), else here."""
+    if not jobs:
+        return
+    if cluster is not None and len(jobs) > 1:
+        from ghum_pipe.pipelines.cluster import open_client
+
+        with open_client(cluster) as client:
+            errors = client.gather(client.map(render_overlay, *zip(*jobs), pure=False))
+    else:
+        errors = [render_overlay(*job) for job in jobs]
+    for job, error in zip(jobs, errors):
+        if error:
+            log.warning("%s: no overlay image (%s)", job[0], error)
 
 
 def _scan_notes(folder: Path) -> list[str]:
@@ -206,13 +215,13 @@ def _table(rows: list[dict], stages: list[str], columns: list[str], paths: dict[
     return out
 
 
-def _scan_section(manifest: Manifest, r: dict, stages: list[str], out_dir: Path, overlays: bool) -> str:
+def _scan_section(manifest: Manifest, r: dict, stages: list[str], out_dir: Path) -> str:
     folder = scan_dir(manifest.work, r["id"])
     figs = [(label, path) for label, path in (("landmarks (contact sheet)", folder / "views" / "contact_sheet.png"),
                                               ("scan to registration distance", folder / "residuals.png"))
             if path.exists()]
     overlay = out_dir / "scans" / r["id"] / "overlay.png"
-    if overlays and _overlay(manifest, r["id"], overlay):
+    if overlay.exists():
         figs.append(("scan (top) and registration over it (bottom)", overlay))
     status = ", ".join(f"{s} <span class='{r['status'][s]}'>{r['status'][s]}</span>"
                        + (f" ({html.escape(r['reason'][s])})" if s in r["reason"] else "") for s in stages)
@@ -225,8 +234,11 @@ def _scan_section(manifest: Manifest, r: dict, stages: list[str], out_dir: Path,
                 f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, p in figs) + "</div></div>")
 
 
-def write_report(work: str | Path, overlays: bool = True) -> Path:
-    """Write ``W/report/index.html`` (+ plots and overlay images); return its path."""
+def write_report(work: str | Path, overlays: bool = True, cluster=None) -> Path:
+    """Write ``W/report/index.html`` (+ plots and overlay images); return its path.
+
+    cluster: ``ClusterOptions`` to render the overlay images on Dask workers (None: in this process).
+    """
     work = Path(work).resolve()
     manifest = Manifest.load(work)
     out_dir = work / "report"
@@ -234,6 +246,8 @@ def write_report(work: str | Path, overlays: bool = True) -> Path:
     columns = _metric_columns(rows)
     stages = [s for s in ORDER if any(r["status"][s] != "pending" for r in rows)] or list(ORDER)
     plots = _plots(out_dir, rows, stages, columns)
+    if overlays:
+        _render_overlays(_overlay_jobs(manifest, out_dir), cluster)
     counts = status_counts(manifest, stages)
     paths = {i: manifest.scans[i].get("path") for i in manifest.ids()}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ghum-pipe report: {html.escape(str(work))}"
@@ -248,7 +262,7 @@ def write_report(work: str | Path, overlays: bool = True) -> Path:
         parts += [f"<img src='plots/{html.escape(n)}' alt='{html.escape(t)}' title='{html.escape(t)}'>" for n, t in plots]
         parts.append("</div>")
     parts.append("<h2>Per scan</h2>")
-    parts += [_scan_section(manifest, r, stages, out_dir, overlays) for r in rows]
+    parts += [_scan_section(manifest, r, stages, out_dir) for r in rows]
     parts.append(f"<script>{SORT_JS}</script></body></html>")
     index = out_dir / "index.html"
     with atomic_path(index) as tmp:

@@ -102,3 +102,20 @@ def overlay_png(path: Path, scan, reg_verts_m: np.ndarray | None, reg_faces: np.
     grid = np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)
     with atomic_path(path) as tmp:
         Image.fromarray((np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8)).save(tmp)
+
+
+def render_overlay(scan_path: str, units: str | None, up: str | None, reg_file: str, out: str) -> str | None:
+    """Task form of :func:`overlay_png` from files: the scan (read as ingest read it) and its
+    ``registration.ply`` (in the scan file's frame). Returns None, or the error in one line (a
+    picture that cannot be made must not stop the report)."""
+    try:
+        import trimesh
+
+        from ghum_pipe.io import load_scan
+
+        scan = load_scan(scan_path, units=units, up=up)
+        reg = trimesh.load(reg_file, process=False, force="mesh")
+        overlay_png(Path(out), scan, scan.frame.to_internal(np.asarray(reg.vertices)), np.asarray(reg.faces))
+        return None
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"
