@@ -50,6 +50,15 @@ def test_manifest_rehashes_only_changed_files(tmp_path):
     assert m2.scans["a"]["input_hash"] == file_hash(scan) != h1
     m2.add_scans({"gone": tmp_path / "missing.ply"})
     assert m2.scans["gone"]["input_hash"].startswith("missing:")
+    # another file with an id already in the work dir would overwrite its results: refused
+    other = tmp_path / "sub" / "a.ply"
+    other.parent.mkdir()
+    other.write_bytes(b"z" * 3000)
+    with pytest.raises(WorkDirError, match=r"scan id\(s\) already used by other files in this work dir: a \("):
+        m2.add_scans({"a": other})
+    scan.rename(tmp_path / "moved.ply")  # the same scan moved: fine, same content hash
+    m2.add_scans({"a": tmp_path / "moved.ply"})
+    assert m2.scans["a"]["input_hash"] == file_hash(tmp_path / "moved.ply")
 
 
 def test_is_current_needs_key_outputs_and_adopts_markers(tmp_path):

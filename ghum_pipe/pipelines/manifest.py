@@ -117,6 +117,14 @@ class Manifest:
         Hashing runs in threads (hashlib releases the GIL) since it is disk bound.
         """
         todo = {}
+        clashes = [f"{i} ({self.scans[i]['path']})" for i, p in paths.items()
+                   if i in self.scans and self.scans[i].get("path") not in (None, str(Path(p).resolve()))
+                   and Path(self.scans[i]["path"]).exists()]
+        if clashes:
+            raise WorkDirError(f"scan id(s) already used by other files in this work dir: {', '.join(clashes[:3])}"
+                               + (f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""), self.work,
+                               "Rename the new scans, or use another --work (a moved file is fine: its old "
+                               "path no longer exists)")
         for scan_id, path in paths.items():
             path = Path(path).resolve()
             rec = self.scans.setdefault(scan_id, {"stages": {}})
