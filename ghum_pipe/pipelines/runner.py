@@ -117,7 +117,8 @@ def run_batch(
             if unknown:
                 raise WorkDirError(f"unknown scan id(s) {', '.join(unknown[:5])}", work,
                                    "See 'ghum-pipe status --work W' for the ids")
-            ids = [i for i in ids if i in set(only)]
+            wanted = set(only)
+            ids = [i for i in ids if i in wanted]
         if not ids:
             raise WorkDirError("no scans to process", work, "Pass scan files or folders, e.g. "
                                "'ghum-pipe run scans/ --work W'")
