@@ -247,17 +247,34 @@ def _write_report(work: Path, quiet: bool, cluster=None) -> None:
 
 
 def _add_optional_commands() -> None:
-    """Commands that live with their stage: added when the module exists (an import error in an
-    existing module is not hidden)."""
+    """Commands that live with their stage (``synth``, ``train``, ``evaluate``, ``sample``), added
+    when their module exists. If one fails to import, the other commands still work and that
+    command reports the import error when used (the error is not hidden)."""
     for module, names in (("ghum_pipe.synth.command", ("synth",)),
                           ("ghum_pipe.model.commands", ("train", "evaluate", "sample"))):
         if importlib.util.find_spec(module) is None:
             continue
-        mod = importlib.import_module(module)
+        try:
+            mod = importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - reported when the command is used
+            for name in names:
+                main.add_command(_broken_command(name, module, e), name)
+            continue
         for name in names:
             command = getattr(mod, name, None)
             if command is not None:
                 main.add_command(command, name)
+
+
+def _broken_command(name: str, module: str, error: Exception) -> click.Command:
+    message = f"'{name}' is unavailable: importing {module} failed ({type(error).__name__}: {error})"
+
+    @click.command(name, help=f"(unavailable: {module} failed to import)",
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def broken():
+        raise SetupError(message)
+
+    return broken
 
 
 def _sigterm_as_interrupt(signum, frame):

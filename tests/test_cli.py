@@ -121,3 +121,13 @@ def test_status_and_report(tmp_path, template):
     overlay_m = np.asarray(Image.open(work / "report" / "scans" / "body_m" / "overlay.png").convert("RGB"), float)
     assert ((overlay_m[h:, :, 2] > overlay_m[h:, :, 0] + 60).mean() > 0.02)
     assert not (work / "report" / "scans" / "broken").exists()  # no registration, no overlay
+
+
+def test_a_command_module_that_fails_to_import_does_not_break_the_others():
+    from ghum_pipe.cli import _broken_command
+
+    cmd = _broken_command("train", "ghum_pipe.model.commands", ImportError("no module named foo"))
+    res = CliRunner().invoke(cmd, ["--work", "W"])
+    assert res.exit_code == 2
+    assert "'train' is unavailable: importing ghum_pipe.model.commands failed (ImportError: no module named foo)" \
+        in res.output
