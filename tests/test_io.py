@@ -375,3 +375,31 @@ def test_write_mesh_back_in_scan_frame(tmp_path, body, suffix):
     with pytest.raises(ValueError, match="face indices outside"):
         write_mesh(tmp_path / "work" / "bad.ply", body["verts"][:10], body["faces"])
     assert files_in(tmp_path / "work") == [f"reg{suffix}"]
+
+
+@pytest.mark.parametrize("kind,size,n_floor", [("mesh", 2.4, 0), ("cloud", 2.4, 15000), ("cloud", 0.9, 1000)])
+def test_floor_removed_and_gives_up(tmp_path, body, kind, size, n_floor):
+    """A floor square under the feet (raw photogrammetry keeps it): removed, and its normal is
+    the up axis. 2.4 m: without removal the scan would not even look like a person; 0.9 m with
+    1000 points: 5% of the scan."""
+    floor_z = body["verts"][:, 2].min()
+    plane = trimesh.creation.box(extents=(size, size, 0.002)).subdivide_to_size(0.05)
+    plane.apply_translation([0, 0, floor_z - 0.001 - plane.vertices[:, 2].max()])
+    frame = Frame.make("mm", "+y")
+    if kind == "mesh":
+        verts = np.concatenate([body["verts"], plane.vertices])
+        faces = np.concatenate([body["faces"], plane.faces + len(body["verts"])])
+        path = write_mesh(tmp_path / "floored.ply", frame.to_file(verts), faces)
+        expected = body["verts"]
+    else:
+        floor_pts = trimesh.sample.sample_surface_even(plane, n_floor, seed=4)[0]
+        path = tmp_path / "floored.xyz"
+        np.savetxt(path, frame.to_file(np.concatenate([body["points"], floor_pts])), fmt="%.4f")
+        expected = body["points"]
+    scan = load_scan(path)
+    assert scan.frame == frame
+    assert any(n.startswith("removed a floor plane") for n in scan.notes), scan.notes
+    # No floor point is left; the body loses only soles within the 1.5 cm floor tolerance.
+    assert scan.verts[:, 2].min() > floor_z
+    near_floor = (expected[:, 2] - floor_z < 0.016).sum()
+    assert len(expected) - 1.1 * near_floor <= len(scan.verts) <= len(expected)

@@ -20,7 +20,8 @@ from ghum_pipe.io.detect import (PERSON_EXTENT_M, PrincipalAxes, plausible_units
                                  vertex_weights)
 from ghum_pipe.io.formats import RawGeometry, read_geometry
 from ghum_pipe.io.frame import METRES_PER_UNIT, Frame, parse_units, parse_up
-from ghum_pipe.io.upright import detect_up
+from ghum_pipe.io.floor import find_floor
+from ghum_pipe.io.upright import detect_up, snap_up
 
 MAX_NONFINITE_SHARE = 0.01
 MIN_BODY_SHARE = 0.5
@@ -99,6 +100,14 @@ def load_scan(path: str | Path, units: str | None = None, up: str | None = None,
     weights = vertex_weights(raw.verts, raw.faces)
     units, keep, axes = _units_and_body(raw, weights, path, units, notes)
     raw, weights = _subset(raw, keep), weights[keep]
+    floor = find_floor(raw.verts * METRES_PER_UNIT[units])
+    if floor is not None:
+        notes.append(floor.describe())
+        raw = _subset(raw, ~floor.floor)
+        bodies = split_bodies(raw.verts, raw.faces, cell_size_m(len(raw.verts)) / METRES_PER_UNIT[units])
+        raw = _subset(raw, bodies.labels == 0)
+        weights = vertex_weights(raw.verts, raw.faces)
+        axes = principal_axes(raw.verts, weights)
     if len(raw.verts) < min_points:
         raise ScanError(f"the kept body has {len(raw.verts)} points, at least {min_points} are needed",
                         path, "Check the file is a whole-body scan")
@@ -107,7 +116,7 @@ def load_scan(path: str | Path, units: str | None = None, up: str | None = None,
         raise ScanError(f"does not look like a person: {problem}", path,
                         "Check the file is a standing body scan (a sitting or lying body is not supported)")
     if up is None:
-        guess = detect_up(raw.verts, weights, axes)
+        guess = snap_up(floor.normal, 1.0) if floor is not None else detect_up(raw.verts, weights, axes)
         notes.append(guess.describe())
         frame = Frame.make(units, guess.axis or guess.up)
     else:

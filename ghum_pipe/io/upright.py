@@ -144,6 +144,12 @@ def detect_up(points: np.ndarray, weights: np.ndarray, axes: PrincipalAxes | Non
     margin = head_side_margin(points, weights, axis)
     if margin < 0:
         axis, margin = -axis, -margin
+    return snap_up(axis, margin)
+
+
+def snap_up(axis: np.ndarray, margin: float) -> UpGuess:
+    """An :class:`UpGuess` for a (3,) file-space up direction, snapped to a file axis within SNAP_DEG."""
+    axis = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
     i = int(np.argmax(np.abs(axis)))
     angle = float(np.degrees(np.arccos(np.clip(abs(axis[i]), 0.0, 1.0))))
     if angle <= SNAP_DEG:
