@@ -3,13 +3,14 @@
 Pure core: a triangle mesh (metres, +Z up) in, a noisy partial point cloud and a Poisson mesh
 out. The model of the scanner:
 
-1. Pinhole depth cameras (``ring_cameras``: a ring of azimuths at a few heights plus a top
-   view, as in a photogrammetry/structured-light booth; ``sphere_cameras`` for hand-held
-   close-ups) cast one ray per pixel into an ``open3d.t.geometry.RaycastingScene``. Occlusion
-   comes for free: soles, the crotch and armpits are seen by few or no cameras.
+1. Pinhole depth cameras (``ring_cameras``: a ring of level cameras at a few heights plus a
+   top view, as in a structured-light booth; ``sphere_cameras`` for hand-held close-ups) cast
+   one ray per pixel into an ``open3d.t.geometry.RaycastingScene``. A point counts only if
+   the projector beside its camera (``projector_baseline_m``) also sees it (a shadow ray), so
+   soles, the crotch, armpits and the gaps between fingers get holes as in real scans.
 2. Each hit is displaced along its ray by Gaussian depth noise (``noise_m``).
-3. Hits at grazing angles are dropped with a soft random ramp around ``grazing_cos`` (the
-   projector/sensor returns too little light there), as are back faces (seen through a gap).
+3. Hits at grazing angles to the camera or the projector are dropped with a soft random ramp
+   around ``grazing_cos`` (too little light returns there), as are back faces.
 4. Samples of all views are merged on a voxel grid, normals are estimated from the samples and
    oriented towards the cameras that saw them, and screened Poisson reconstruction
    (Kazhdan & Hoppe 2013) builds a watertight surface, which is then cropped where it lies
@@ -42,6 +43,9 @@ class ScannerConfig:
     crop_m: float = 0.008  # drop reconstructed vertices farther than this from every sample
     min_island_frac: float = 0.02  # drop connected pieces with fewer faces than this fraction
     color_noise: float = 4.0  # std of per-sample colour noise (0-255 scale)
+    # Structured light: a point is measured only if the projector beside the camera lights it
+    # too, so folds (armpits, crotch, between fingers) are shadowed from some views.
+    projector_baseline_m: float = 0.3
 
 
 BODY_SCANNER = ScannerConfig()
@@ -86,8 +90,9 @@ def ring_cameras(lo: np.ndarray, hi: np.ndarray, n_azimuths: int = 8, heights=(0
         for k in range(n_azimuths):
             a = azimuth0 + 2 * np.pi * k / n_azimuths
             eye = np.array([centre[0] + distance_m * np.cos(a), centre[1] + distance_m * np.sin(a), z])
-            # aim a little towards the middle height, as the booth columns do
-            target = np.array([centre[0], centre[1], z + 0.3 * (centre[2] - z)])
+            # level cameras, as on a booth's columns: the crotch, armpits and soles are seen
+            # only at grazing angles or not at all
+            target = np.array([centre[0], centre[1], z])
             cams.append(Camera(eye, target, np.array([0.0, 0.0, 1.0])))
     if top_view:
         eye = np.array([centre[0], centre[1] + 0.01, hi[2] + distance_m])
@@ -129,6 +134,22 @@ def camera_rays(cam: Camera, width: int, height: int, fov_deg: float) -> np.ndar
     return np.concatenate([o, d], axis=1).astype(np.float32)
 
 
+def projector_position(cam: Camera, baseline_m: float) -> np.ndarray:
+    """(3,) the structured-light projector beside ``cam``, ``baseline_m`` to its right."""
+    fwd = cam.target - cam.eye
+    right = np.cross(fwd, cam.up)
+    return cam.eye + baseline_m * right / np.linalg.norm(right)
+
+
+def _occluded(scene, origins: np.ndarray, dirs: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """(N,) bool: something lies between each origin and the point ``dist`` along ``dirs``."""
+    if len(origins) == 0:
+        return np.zeros(0, bool)
+    rays = np.concatenate([origins, dirs], 1).astype(np.float32)
+    t = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+    return t < dist - 1e-3
+
+
 def scan_samples(verts: np.ndarray, faces: np.ndarray, vertex_colors: np.ndarray, cameras: list[Camera],
                  config: ScannerConfig, rng: np.random.Generator, keep_faces: np.ndarray | None = None) -> ScanSamples:
     """Cast every camera's rays at the mesh and return the surviving noisy samples.
@@ -142,6 +163,7 @@ def scan_samples(verts: np.ndarray, faces: np.ndarray, vertex_colors: np.ndarray
     scene.add_triangles(o3d.core.Tensor(verts.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
     w, h = config.image_px
     rays = np.concatenate([camera_rays(c, w, h, config.fov_deg) for c in cameras])
+    projectors = np.repeat(np.stack([projector_position(c, config.projector_baseline_m) for c in cameras]), w * h, 0)
     hit = scene.cast_rays(o3d.core.Tensor(rays))
     t_hit = hit["t_hit"].numpy()
     ok = np.isfinite(t_hit)
@@ -151,9 +173,16 @@ def scan_samples(verts: np.ndarray, faces: np.ndarray, vertex_colors: np.ndarray
     origin, direction, t = rays[ok, :3].astype(np.float64), rays[ok, 3:].astype(np.float64), t_hit[ok].astype(np.float64)
     normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-12
     cos = -np.einsum("ij,ij->i", direction, normal)  # > 0: the face looks at the camera
+    # The projector must light the point too: a shadow ray towards it, and its own angle.
+    surface = origin + t[:, None] * direction
+    to_proj = projectors[ok] - surface
+    dist_proj = np.linalg.norm(to_proj, axis=1)
+    to_proj /= dist_proj[:, None]
+    cos = np.minimum(cos, np.einsum("ij,ij->i", to_proj, normal))
+    shadow = _occluded(scene, surface + 2e-4 * normal, to_proj, dist_proj)
     # Soft grazing dropout: keep probability ramps from 0 to 1 across grazing_cos +- ramp.
     p_keep = np.clip((cos - config.grazing_cos + config.grazing_ramp) / (2 * config.grazing_ramp), 0.0, 1.0)
-    keep = rng.random(cos.shape[0]) < p_keep
+    keep = (rng.random(cos.shape[0]) < p_keep) & ~shadow
     if keep_faces is not None:
         keep &= keep_faces[prim]
     t = t[keep] + rng.normal(0.0, config.noise_m, keep.sum())
