@@ -13,7 +13,8 @@ dropouts, voxel merge + normals, Poisson + crop) and scores the result against i
 Peer, in the same run on the same posed bodies: the naive synthetic scan (uniform samples on the
 whole template surface, the same depth noise, the same Poisson + crop): what one gets without
 simulating cameras. It has no holes at all, i.e. it is not what a scanner delivers; the ratio
-column is ours / peer time.
+column is ours / peer wall time. ``cpu_s`` is the process CPU time (all threads): on a shared
+machine it is the steadier number; wall times grow with the load.
 
     .venv/bin/python bench/synth.py               # 2 subjects per kind, ~2-4 min
     .venv/bin/python bench/synth.py --count 4
@@ -86,7 +87,7 @@ def timed_body(t, seed, i, config, masks, point_cloud=False) -> dict:
     """One body scan, stage by stage (the same calls as generate.body_scan)."""
     rng = np.random.default_rng([seed, i, gen.STREAM_POSE])
     sub = gen.make_subject(t, seed, i, config)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     pose = gen._poser(t).sample(rng) if config.posed else np.zeros((t.n_joints, 3))
     v, _ = gen.pose_template(t, sub.betas, pose, np.zeros(t.n_expression))
     t1 = time.perf_counter()
@@ -105,7 +106,8 @@ def timed_body(t, seed, i, config, masks, point_cloud=False) -> dict:
         sv, sf, _ = sc.reconstruct(pcd, config.scanner)
         row = score(t, masks, v, sv, sf, observed)
     t4 = time.perf_counter()
-    row.update(pose_s=t1 - t0, rays_s=t2 - t1, merge_s=t3 - t2, poisson_s=t4 - t3, total_s=t4 - t0, n_verts=len(sv))
+    row.update(pose_s=t1 - t0, rays_s=t2 - t1, merge_s=t3 - t2, poisson_s=t4 - t3, total_s=t4 - t0,
+               cpu_s=time.process_time() - c0, n_verts=len(sv))
     return row, v
 
 
@@ -113,7 +115,7 @@ def naive_peer(t, verts, rng, config, masks) -> dict:
     """Uniform noisy samples of the whole surface (no cameras) -> the same merge and Poisson."""
     import trimesh
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     surf_faces = t.faces[t.masks["surface"][t.faces].all(1)]
     mesh = trimesh.Trimesh(verts, surf_faces, process=False)
     pts, fid = trimesh.sample.sample_surface(mesh, 300_000, seed=int(rng.integers(1 << 31)))
@@ -125,22 +127,22 @@ def naive_peer(t, verts, rng, config, masks) -> dict:
     elapsed = time.perf_counter() - t0
     observed = KDTree(pts).query(verts, k=1)[0] < gen.OBSERVED_M
     row = score(t, masks, verts, sv, sf, observed)
-    row.update(total_s=elapsed, n_verts=len(sv))
+    row.update(total_s=elapsed, cpu_s=time.process_time() - c0, n_verts=len(sv))
     return row
 
 
 def closeup_rows(t, seed, i, config) -> list[tuple[str, dict]]:
     rows = []
     for kind in gen.CLOSEUP_KINDS[:2]:  # head, left hand
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         scan = gen.closeup_scans(t, seed, i, config, kinds=(kind,))[0]
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         tr = scan.truth
         inv = np.linalg.inv(tr["transform"])
         sv = scan.verts @ inv[:3, :3].T + inv[:3, 3]
         v = tr["verts"] @ inv[:3, :3].T + inv[:3, 3]
         row = score(t, {}, v, sv, scan.faces, tr["observed"], region=tr["region_mask"])
-        row.update(total_s=elapsed, n_verts=len(sv))
+        row.update(total_s=elapsed, cpu_s=cpu, n_verts=len(sv))
         rows.append((kind, row))
     return rows
 
@@ -150,16 +152,16 @@ def mannequin_row(seed, i) -> dict:
 
     from ghum_pipe.synth.mannequin import mannequin_scan
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     scan = mannequin_scan(seed, i)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     m = trimesh.Trimesh(scan.verts, scan.faces, process=False)
-    return {"total_s": elapsed, "n_verts": len(scan.verts), "height_m": float(np.ptp(scan.verts[:, 1])),
+    return {"total_s": elapsed, "cpu_s": cpu, "n_verts": len(scan.verts), "height_m": float(np.ptp(scan.verts[:, 1])),
             "watertight": float(m.is_watertight)}
 
 
 def fmt_table(rows: list[tuple[str, dict]]) -> str:
-    cols = ["total_s", "pose_s", "rays_s", "merge_s", "poisson_s", "n_verts", "gt_mean", "gt_p95", "seen",
+    cols = ["total_s", "cpu_s", "pose_s", "rays_s", "merge_s", "poisson_s", "n_verts", "gt_mean", "gt_p95", "seen",
             "soles", "armpits", "crotch", "height_m", "watertight", "ratio"]
     used = [c for c in cols if any(c in r for _, r in rows)]
     head = f"{'kind':<22}" + "".join(f"{c:>11}" for c in used)
@@ -200,7 +202,10 @@ def main() -> None:
             table.setdefault(f"close-up {kind}", []).append(row)
         table.setdefault("mannequin", []).append(mannequin_row(args.seed, i))
     rows = [(k, mean_rows(v)) for k, v in table.items()]
-    print(f"ghum-pipe synth, {args.count} subjects per kind, 1 thread, means; times in s, distances in mm, "
+    import os
+
+    print(f"ghum-pipe synth, {args.count} subjects per kind, torch 1 thread, load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; means; times in s, distances in mm, "
           f"seen/holes in % of the region's vertices")
     print(fmt_table(rows))
 
