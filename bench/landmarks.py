@@ -40,6 +40,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+for _var in ("GLOG_minloglevel", "TF_CPP_MIN_LOG_LEVEL"):  # MediaPipe's C++ warnings, as the CLI does
+    os.environ.setdefault(_var, "2")
 
 import numpy as np  # noqa: E402
 

@@ -29,6 +29,7 @@ def test_camera_conventions():
     np.testing.assert_allclose(cam.project(top)[0][0, 1], 0.0, atol=1e-9)
     np.testing.assert_allclose(cam.center, [0, -3, 1], atol=1e-12)
     assert Camera.from_dict(cam.to_dict()).P.tolist() == cam.P.tolist()
+    np.testing.assert_allclose(cam.K_inv, np.linalg.inv(cam.K), atol=1e-15)
 
 
 def test_render_depth_matches_projection():
@@ -96,7 +97,7 @@ def test_closeups_frame_their_target():
     wrist, index, pinky, elbow = (np.array(p) for p in ([0.5, 0, 1.0], [0.55, -0.03, 0.92], [0.55, 0.03, 0.92],
                                                         [0.35, 0, 1.2]))
     cams = hand_cameras(wrist, index, pinky, elbow)
-    assert len(cams) == 4
+    assert len(cams) == 8
     for cam in cams:
         uv, z = cam.project(np.stack([wrist, index, pinky]))
         assert (z > 0).all() and (uv > 0).all() and (uv < cam.width).all()

@@ -42,7 +42,9 @@ def contact_sheet(views, names: tuple[str, ...], points: np.ndarray) -> np.ndarr
             draw.rectangle([0, 0, img.size[0] - 1, img.size[1] - 1], outline=(220, 30, 30), width=3)
         label = view.group + (" (L/R swapped)" if view.flipped else "") + ("" if view.uv is not None else ": none")
         draw.text((4, 2), label, fill=(0, 0, 0))
-        sheet.paste(img, ((k % COLUMNS) * TILE_PX, (k // COLUMNS) * TILE_PX))
+        x0 = (k % COLUMNS) * TILE_PX + (TILE_PX - img.size[0]) // 2  # portrait views centred
+        y0 = (k // COLUMNS) * TILE_PX + (TILE_PX - img.size[1]) // 2
+        sheet.paste(img, (x0, y0))
     return np.asarray(sheet)
 
 

@@ -91,18 +91,31 @@ class Camera:
             uv = (cam[:, :2] / z[:, None]) * np.diag(self.K)[:2] + self.K[:2, 2]
         return uv, z
 
+    @property
+    def K_inv(self) -> np.ndarray:
+        """(3, 3) inverse intrinsics, in closed form for an upper-triangular K (np.linalg.inv on
+        a 3x3 costs milliseconds when LAPACK threads compete for the cores)."""
+        (fx, sk, cx), (_, fy, cy) = self.K[0], self.K[1]
+        return np.array([[1 / fx, -sk / (fx * fy), (sk * cy - cx * fy) / (fx * fy)],
+                         [0.0, 1 / fy, -cy / fy], [0.0, 0.0, 1.0]])
+
     def rays(self) -> np.ndarray:
         """(H, W, 6) float32 rays ``[origin, direction]`` through the pixel centres.
 
         Directions are scaled so their camera-space z is 1: the ray parameter at a hit is then
         the z-depth.
         """
-        cols, rows = np.meshgrid(np.arange(self.width) + 0.5, np.arange(self.height) + 0.5)
-        pix = np.stack([cols, rows, np.ones_like(cols)], axis=-1)  # (H, W, 3)
-        dirs_cam = pix @ np.linalg.inv(self.K).T
-        dirs = dirs_cam @ self.R  # camera -> world: R^T d, row-vector form
-        origin = np.broadcast_to(self.center, dirs.shape)
-        return np.concatenate([origin, dirs], axis=-1).astype(np.float32)
+        Ki = self.K_inv.astype(np.float32)
+        cols = np.arange(self.width, dtype=np.float32) + 0.5
+        rows = np.arange(self.height, dtype=np.float32) + 0.5
+        dirs_cam = np.empty((self.height, self.width, 3), dtype=np.float32)
+        dirs_cam[..., 0] = Ki[0, 0] * cols[None, :] + Ki[0, 1] * rows[:, None] + Ki[0, 2]
+        dirs_cam[..., 1] = (Ki[1, 1] * rows + Ki[1, 2])[:, None]
+        dirs_cam[..., 2] = 1.0
+        out = np.empty((self.height, self.width, 6), dtype=np.float32)
+        out[..., :3] = self.center.astype(np.float32)
+        out[..., 3:] = dirs_cam @ self.R.astype(np.float32)  # camera -> world: R^T d, row-vector form
+        return out
 
     def to_dict(self) -> dict:
         return {"K": self.K.tolist(), "R": self.R.tolist(), "t": self.t.tolist(),
@@ -176,9 +189,8 @@ def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """(V, 3) area-weighted unit vertex normals of a triangle mesh."""
     tri = verts[faces]
     fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # length = 2 * area
-    vn = np.zeros_like(verts)
-    for k in range(3):
-        np.add.at(vn, faces[:, k], fn)
+    idx = faces.reshape(-1)
+    vn = np.stack([np.bincount(idx, weights=np.repeat(fn[:, c], 3), minlength=len(verts)) for c in range(3)], 1)
     return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
 
 
@@ -242,7 +254,7 @@ class MeshRenderer:
             normal = np.einsum("pkc,pk->pc", self._normals32[corners], w) @ R.T  # camera frame
             normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
             rows, cols = np.nonzero(hit)
-            Kinv = np.linalg.inv(camera.K).astype(np.float32)
+            Kinv = camera.K_inv.astype(np.float32)
             view = -(np.stack([cols + 0.5, rows + 0.5, np.ones(len(cols))], 1).astype(np.float32) @ Kinv.T)
             view /= np.linalg.norm(view, axis=1, keepdims=True)  # unit, towards the camera
             # Scans are often not consistently oriented: shade both sides (face the camera).

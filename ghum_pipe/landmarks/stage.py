@@ -13,14 +13,14 @@ class LandmarkConfig:
 
     Image sizes are what the detectors need: BlazePose runs at 256 px internally, so 512 px
     body views leave margin for the person's bounding box; FaceMesh/Hands crop to 192/224 px,
-    so 384 px close-ups are plenty.
+    so 320 px close-ups are plenty.
     """
 
     ring_views: int = 8  # lower ring, nearly level
     upper_ring_views: int = 4  # upper ring, looking down 35 degrees
     body_size: int = 512  # px, body views (square)
     fov_deg: float = 40.0
-    closeup_size: int = 384  # px, head and hand close-ups
+    closeup_size: int = 320  # px, head and hand close-ups
     hand_views: int = 4  # close-ups per hand (the first ones with a clear line of sight)
     # Body and hand views are shaded in plain skin, as the template was when its landmarks were
     # defined: clothing edges and hair then do not move MediaPipe's hips and ears (on synthetic
@@ -106,7 +106,7 @@ def run_landmarks(scan_path, scan_dir, config: LandmarkConfig | None = None) -> 
 
         sheet = contact_sheet(found.views, found.names, found.points)
         with atomic_path(scan_dir / "views" / "contact_sheet.png") as tmp:
-            Image.fromarray(sheet).save(tmp)
+            Image.fromarray(sheet).save(tmp, compress_level=1)  # fast; it is a preview
     write_json(scan_dir / "landmarks.json", doc)
     timings["write"] = time.perf_counter() - t0
     groups = {"body": [n for n in found.names if not n.startswith(("face_", "left_hand_", "right_hand_"))],
