@@ -199,3 +199,21 @@ def test_mannequin_is_one_closed_body_of_human_size(tmp_path):
     across = J["left_shoulder"] - J["right_shoulder"]
     front = J["nose"] - J["head"]
     assert np.cross(across, front)[2] < 0
+
+
+def test_mixed_frames_and_rigid_placement():
+    combos = [frames.resolve_frame("mixed", "mixed", i) for i in range(4)]
+    assert set(combos) == {("m", "z"), ("mm", "y"), ("m", "y"), ("mm", "z")}
+    assert frames.resolve_frame("mixed", "mixed", 0) != frames.resolve_frame("mixed", "mixed", 1)
+    with pytest.raises(ValueError):
+        frames.resolve_frame("inch", "z", 0)
+    # +Y up: the template's up (+Z) becomes +Y, its front (-Y) becomes +Z; mm scale 1000
+    F = frames.file_transform("mm", "y")
+    np.testing.assert_allclose(frames.apply(F, np.array([[0, 0, 1.0], [0, -1.0, 0]])), [[0, 1000, 0], [0, 0, 1000]])
+    for i in range(50):
+        T = frames.random_rigid(np.random.default_rng(i), max_tilt_deg=5.0, max_translation_m=1.0)
+        R = T[:3, :3]
+        np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+        assert np.linalg.det(R) > 0
+        assert np.degrees(np.arccos(np.clip(R[2, 2], -1, 1))) <= 5.0 + 1e-9  # tilt of the up axis
+        assert np.linalg.norm(T[:3, 3]) <= 1.0 + 1e-12
