@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
 import click
-
-log = logging.getLogger(__name__)
 
 
 @click.command("synth")

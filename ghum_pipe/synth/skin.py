@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pykdtree.kdtree import KDTree
 
 # Skin tones from light to dark (sRGB 0-255), roughly Fitzpatrick I..VI; a subject's tone is a
 # random point on this polyline.
