@@ -49,6 +49,12 @@ def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, unit
       ghum-pipe synth data/other --count 2 --other-model
       ghum-pipe synth data/train --count 50 --registrations
     """
+    try:
+        (out / "scans").mkdir(parents=True, exist_ok=True)
+        (out / "truth").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.ClickException(f"{out}: cannot create the output folders ({e.strerror}). "
+                                   "Choose a folder you can write to")
     if registrations:
         from ghum_pipe.synth.registrations import make_registrations
 
