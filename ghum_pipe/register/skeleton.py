@@ -24,6 +24,7 @@ from ghum_pipe.register.backend import PointIndex, vertex_normals_torch
 from ghum_pipe.register.landmark_pairs import LandmarkPairs
 from ghum_pipe.register.losses import correspondence_mask, icp_loss, landmark_loss
 from ghum_pipe.register.similarity import Similarity
+from ghum_pipe.register.posing import SubsetPoser, full_poser, minimize_lbfgs
 from ghum_pipe.register.target import ScanTarget
 
 CM2 = 1e4  # losses are evaluated in cm^2 so that the weights below read naturally
@@ -32,15 +33,17 @@ CM2 = 1e4  # losses are evaluated in cm^2 so that the weights below read natural
 @dataclass(frozen=True)
 class SkeletonConfig:
     n_shape: int = 16  # leading shape coefficients fitted
-    landmark_iters: int = 120
-    icp_iters: int = 100
-    refresh_every: int = 5
-    lr: float = 0.03
+    landmark_iters: int = 200  # L-BFGS iterations, landmarks only
+    icp_rounds: int = 5  # correspondence refreshes in the ICP phase
+    icp_iters: int = 20  # L-BFGS iterations per round
+    # Scans are metric (io converts units), so size is the shape's job; a free global scale
+    # makes a flat valley with the height coefficient that Adam crawls along.
+    fit_scale: bool = False
     # priors (per rad^2, per unit coefficient^2), relative to landmark/ICP terms in cm^2
-    pose_prior: float = 0.5
-    twist_prior: float = 5.0
-    finger_prior: float = 0.2
-    shape_prior: float = 0.05
+    pose_prior: float = 0.02
+    twist_prior: float = 0.2
+    finger_prior: float = 0.01
+    shape_prior: float = 0.005
     scale_prior: float = 100.0  # on log(scale): shape explains size first
     expression_prior: float = 0.05
     # per-kind landmark weights (each kind's weights sum to this)
@@ -72,7 +75,7 @@ class SkeletonFit:
 
 
 _TWIST = ("upperarm02", "lowerarm02", "upperleg02", "lowerleg02")
-_FIXED = ("toe", "eye.")
+_FIXED = ("toe", "eye.", "pelvis.")  # pelvis.L/R only trade off against the hips: a null space
 
 
 def joint_groups(template) -> dict[str, np.ndarray]:
@@ -112,7 +115,7 @@ def fit_skeleton(
         target: the scan's oriented samples, or None to fit landmarks only.
     """
     cfg = config
-    dt = torch.float32
+    dt = torch.float64  # L-BFGS line searches need more than float32's 7 digits
     J, E = template.n_joints, template.n_expression
     groups = joint_groups(template)
     kinds = np.asarray(pairs.kinds)
@@ -123,14 +126,18 @@ def fit_skeleton(
     prior_w = np.where(groups["twist"], cfg.twist_prior, np.where(groups["fingers"], cfg.finger_prior, cfg.pose_prior))
     prior_w = torch.as_tensor(prior_w[free], dtype=dt, device=device)
 
+    if not cfg.fit_scale:  # keep the rotation, re-centre for unit scale
+        body_lm = kinds == "pose"
+        src = pairs.template_points(template.rest_verts)[body_lm].mean(0)
+        init = Similarity(init.rotation, 1.0, pairs.targets[body_lm].mean(0) - init.rotation @ src)
     root = torch.tensor(_rotvec(init.rotation), dtype=dt, device=device, requires_grad=True)
     transl = torch.tensor(initial_translation(template, init), dtype=dt, device=device, requires_grad=True)
-    log_scale0 = float(np.log(init.scale))
-    log_scale = torch.tensor(log_scale0, dtype=dt, device=device, requires_grad=True)
+    log_scale = torch.tensor(float(np.log(init.scale)) if cfg.fit_scale else 0.0, dtype=dt, device=device,
+                             requires_grad=cfg.fit_scale)
     joint_aa = torch.zeros(len(free_idx), 3, dtype=dt, device=device, requires_grad=True)
     shape = torch.zeros(1, cfg.n_shape, dtype=dt, device=device, requires_grad=True)
     expr = torch.zeros(1, E, dtype=dt, device=device, requires_grad=use_face)
-    params = [root, transl, log_scale, joint_aa, shape] + ([expr] if use_face else [])
+    params = [root, transl, joint_aa] + ([log_scale] if cfg.fit_scale else []) + ([expr] if use_face else [])
 
     # landmark weights: each kind sums to its weight, confidence-weighted within
     kind_w = {"pose": cfg.w_pose, "hand": cfg.w_hand, "face": cfg.w_face}
@@ -147,42 +154,60 @@ def fit_skeleton(
     faces_t = torch.as_tensor(template.faces, device=device)
     surface = np.flatnonzero(template.masks["surface"])
     rng = np.random.default_rng(cfg.seed)
+    lm_verts = np.unique(pairs.vertex_ids)
 
-    def forward():
+    def full_pose():
         pose = torch.zeros(1, J, 3, dtype=dt, device=device)
         pose = pose.index_put((torch.zeros_like(free_idx), free_idx), joint_aa)
-        pose = pose.index_put((torch.tensor([0]), torch.tensor([0])), root[None])
-        verts, _ = template.pose(shape, pose, expr if use_face else None)
-        verts = torch.exp(log_scale) * verts[0] + transl
-        return verts, pose[0]
+        return pose.index_put((torch.tensor([0]), torch.tensor([0])), root[None])
+
+    def forward(poser: SubsetPoser):
+        """Scaled, translated posed vertices of the poser's subset (n, 3)."""
+        pose = full_pose()
+        verts = poser(shape, pose, expr if use_face else None)
+        return torch.exp(log_scale) * verts + transl
 
     def priors():
         p = (prior_w * (joint_aa**2).sum(-1)).sum() + cfg.shape_prior * (shape**2).sum()
-        p = p + cfg.scale_prior * log_scale**2  # scans are metric (io converts units)
+        if cfg.fit_scale:
+            p = p + cfg.scale_prior * log_scale**2
         if use_face:
             p = p + cfg.expression_prior * (expr**2).sum()
         return p
 
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    total = cfg.landmark_iters + (cfg.icp_iters if target is not None else 0)
-    corr = None
-    for it in range(total):
-        icp_phase = it >= cfg.landmark_iters
-        opt.zero_grad()
-        verts, _ = forward()
-        lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_ids])
-        loss = CM2 * landmark_loss(lm_pred, lm_target, lm_w) + priors()
-        if icp_phase:
-            if corr is None or (it - cfg.landmark_iters) % cfg.refresh_every == 0:
-                corr = _correspondences(verts.detach(), faces_t, target, surface, cfg, rng, device)
-            loss = loss + cfg.w_icp * CM2 * _icp_term(verts, faces_t, target, corr, cfg)
-        loss.backward()
-        opt.step()
-        if use_face:
-            with torch.no_grad():
-                expr.clamp_(0.0, 1.0)
+    bounds = [None] * len(params)
+    if use_face:
+        bounds[-1] = (0.0, 1.0)  # expr is the last of params here
+    params, bounds = params + [shape], bounds + [None]
+
+    def objective(poser, lm_local, corr):
+        def loss_fn():
+            verts = forward(poser)
+            lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_local])
+            loss = CM2 * landmark_loss(lm_pred, lm_target, lm_w) + priors()
+            if corr is not None:
+                loss = loss + cfg.w_icp * CM2 * _icp_term(verts, corr, cfg)
+            return loss
+        return loss_fn
+
+    # phase 1: landmarks only, posing only the landmark vertices (~1-2k of 13.7k)
+    poser = SubsetPoser(template, lm_verts, cfg.n_shape, device, dt)
+    lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids), device=device)
+    n_eval = minimize_lbfgs(params, objective(poser, lm_local, None), bounds, cfg.landmark_iters)
+    # phase 2: + ICP both ways; matches refreshed every round
+    for _ in range(cfg.icp_rounds if target is not None else 0):
+        with torch.no_grad():
+            full = forward(full_poser(template, cfg.n_shape, device, dt))
+        corr = _correspondences(full, faces_t, target, surface, cfg, rng, device)
+        poser = SubsetPoser(template, np.union1d(lm_verts, corr["ids"]), cfg.n_shape, device, dt)
+        lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids), device=device)
+        corr["fwd_local"] = torch.as_tensor(np.searchsorted(poser.ids, corr["fwd_v"]), device=device)
+        corr["bwd_local"] = torch.as_tensor(np.searchsorted(poser.ids, corr["bwd_v"]), device=device)
+        n_eval += minimize_lbfgs(params, objective(poser, lm_local, corr), bounds, cfg.icp_iters)
+    total = n_eval
     with torch.no_grad():
-        verts, pose = forward()
+        verts = forward(full_poser(template, cfg.n_shape, device, dt))
+        pose = full_pose()[0]
         lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_ids])
         body = torch.as_tensor(kinds == "pose", device=device)
         rms = float(((lm_pred - lm_target)[body] ** 2).sum(-1).mean().sqrt()) if body.any() else float("nan")
@@ -196,39 +221,37 @@ def fit_skeleton(
 
 
 def _correspondences(verts, faces_t, target: ScanTarget, surface, cfg: SkeletonConfig, rng, device):
-    """Closest pairs both ways on random subsets (fixed until the next refresh)."""
+    """Closest pairs both ways on random subsets, fixed until the next refresh. The template
+    normals used by the scan->template point-to-plane term are frozen with them."""
     v_np = verts.cpu().numpy().astype(np.float64)
     vn = vertex_normals_torch(verts[None], faces_t)[0].cpu().numpy()
     tv = rng.choice(surface, size=min(cfg.n_icp_verts, len(surface)), replace=False)
     d, i = target.index.query(v_np[tv], 1)
     keep = correspondence_mask(torch.as_tensor(d[:, 0]), torch.as_tensor(vn[tv]),
-                               torch.as_tensor(target.normals[i[:, 0]]), cfg.icp_max_dist_m, cfg.icp_max_angle_deg)
-    fwd = (tv[keep.numpy()], i[keep.numpy(), 0])
+                               torch.as_tensor(target.normals[i[:, 0]]), cfg.icp_max_dist_m, cfg.icp_max_angle_deg).numpy()
+    fwd_v, fwd_p = tv[keep], i[keep, 0]
     sp = rng.choice(len(target.points), size=min(cfg.n_icp_scan, len(target.points)), replace=False)
-    tree = PointIndex(v_np[surface])
-    d2, j = tree.query(target.points[sp], 1)
+    d2, j = PointIndex(v_np[surface]).query(target.points[sp], 1)
     jv = surface[j[:, 0]]
     keep2 = correspondence_mask(torch.as_tensor(d2[:, 0]), torch.as_tensor(target.normals[sp]),
-                                torch.as_tensor(vn[jv]), cfg.icp_max_dist_m, cfg.icp_max_angle_deg)
-    bwd = (jv[keep2.numpy()], sp[keep2.numpy()])
-    as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+                                torch.as_tensor(vn[jv]), cfg.icp_max_dist_m, cfg.icp_max_angle_deg).numpy()
+    bwd_v, bwd_p = jv[keep2], sp[keep2]
+    f32 = lambda a: torch.as_tensor(a, dtype=verts.dtype, device=device)  # noqa: E731
     return {
-        "fwd_v": as_t(fwd[0]), "fwd_p": as_t(target.points[fwd[1]]).float(), "fwd_n": as_t(target.normals[fwd[1]]).float(),
-        "bwd_v": as_t(bwd[0]), "bwd_p": as_t(target.points[bwd[1]]).float(),
+        "ids": np.union1d(fwd_v, bwd_v), "fwd_v": fwd_v, "bwd_v": bwd_v,
+        "fwd_p": f32(target.points[fwd_p]), "fwd_n": f32(target.normals[fwd_p]),
+        "bwd_p": f32(target.points[bwd_p]), "bwd_n": f32(vn[bwd_v]),
     }
 
 
-def _icp_term(verts, faces_t, target, corr, cfg: SkeletonConfig):
-    fwd_v = verts[corr["fwd_v"]]
-    ones = torch.ones(len(fwd_v), dtype=torch.bool, device=verts.device)
-    loss_f = icp_loss(fwd_v, corr["fwd_p"], corr["fwd_n"], ones, cfg.icp_sigma_m)
+def _icp_term(verts, corr, cfg: SkeletonConfig):
+    """Both ways, point-to-plane, Geman-McClure; ``verts`` are the poser's subset."""
+    fv = verts[corr["fwd_local"]]
+    loss = icp_loss(fv, corr["fwd_p"], corr["fwd_n"], torch.ones(len(fv), dtype=torch.bool, device=fv.device), cfg.icp_sigma_m)
     if len(corr["bwd_v"]):
-        vn = vertex_normals_torch(verts[None], faces_t)[0][corr["bwd_v"]]
-        ones_b = torch.ones(len(vn), dtype=torch.bool, device=verts.device)
-        loss_b = icp_loss(corr["bwd_p"], verts[corr["bwd_v"]], vn, ones_b, cfg.icp_sigma_m)
-    else:
-        loss_b = verts.new_zeros(())
-    return loss_f + loss_b
+        bv = verts[corr["bwd_local"]]
+        loss = loss + icp_loss(corr["bwd_p"], bv, corr["bwd_n"], torch.ones(len(bv), dtype=torch.bool, device=bv.device), cfg.icp_sigma_m)
+    return loss
 
 
 def rest_offsets(template, fit: SkeletonFit, verts: np.ndarray) -> np.ndarray:

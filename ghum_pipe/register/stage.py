@@ -25,6 +25,7 @@ from ghum_pipe.register.similarity import umeyama
 from ghum_pipe.register.skeleton import SkeletonConfig, fit_skeleton, rest_offsets
 from ghum_pipe.register.target import build_target
 
+TORSO_LANDMARKS = ("left_shoulder", "right_shoulder", "left_hip", "right_hip")
 HINT_LANDMARKS = "Re-run `ghum-pipe landmarks` for this scan and check its contact sheet"
 
 
@@ -37,7 +38,7 @@ class RegisterConfig:
     max_scan_points: int = 60000  # oriented samples of the scan used for matching
     min_confidence: float = 0.3  # scan landmarks below are ignored
     min_body_landmarks: int = 8
-    max_init_rms_m: float = 0.12  # landmark RMS after the similarity: above = inconsistent landmarks
+    max_init_rms_m: float = 0.06  # shoulder/hip RMS after the similarity: above = inconsistent landmarks
     min_coverage: float = 0.5  # share of the template near scan data after the skeleton fit
     max_scan_to_reg_mm: float = 10.0  # mean scan->registration above this = diverged
     threads: int = 0  # torch threads (0 = leave torch's setting)
@@ -90,12 +91,17 @@ def register_scan(
     if body.sum() < cfg.min_body_landmarks:
         _fail(f"{int(body.sum())} usable body landmarks, registration needs at least {cfg.min_body_landmarks}",
               path, HINT_LANDMARKS + " (is the whole person visible?)")
+    # similarity from the torso (shoulders, hips): the limbs may be posed anywhere
     rest_lm = pairs.template_points(template.rest_verts)
-    sim = umeyama(rest_lm[body], pairs.targets[body], pairs.confidence[body])
-    init_rms = float(np.sqrt(((sim.apply(rest_lm[body]) - pairs.targets[body]) ** 2).sum(1).mean()))
+    torso = np.isin(pairs.names, TORSO_LANDMARKS)
+    if torso.sum() < 3:
+        _fail(f"{int(torso.sum())} of the 4 shoulder/hip landmarks found, the similarity needs 3", path,
+              HINT_LANDMARKS + " (is the whole person visible?)")
+    sim = umeyama(rest_lm[torso], pairs.targets[torso], pairs.confidence[torso])
+    init_rms = float(np.sqrt(((sim.apply(rest_lm[torso]) - pairs.targets[torso]) ** 2).sum(1).mean()))
     if not 0.5 < sim.scale < 2.0 or init_rms > cfg.max_init_rms_m:
-        _fail(f"inconsistent landmarks (similarity scale {sim.scale:.2f}, RMS {init_rms * 100:.1f} cm)", path,
-              HINT_LANDMARKS + "; left/right may be swapped or the scan may hold more than one person")
+        _fail(f"inconsistent landmarks (shoulder/hip similarity scale {sim.scale:.2f}, RMS {init_rms * 100:.1f} cm)",
+              path, HINT_LANDMARKS + "; left/right may be swapped or the scan may hold more than one person")
     target = build_target(scan_verts, scan_faces, scan_normals, max_points=cfg.max_scan_points, seed=cfg.nonrigid.seed)
     seconds["prepare"] = time.perf_counter() - t0
 
