@@ -122,3 +122,28 @@ def test_dense_point_cloud_meshes():
     assert len(f) > 1000 and nearest.shape == (len(v),)
     used = np.unique(f)
     np.testing.assert_allclose(np.linalg.norm(v[used] - [0, 0, 1], axis=1), 0.5, atol=0.01)
+
+
+def _has_p3d_cuda() -> bool:
+    try:
+        import pytorch3d  # noqa: F401
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _has_p3d_cuda(), reason="the PyTorch3D backend needs pytorch3d and CUDA")
+def test_backends_agree():
+    from ghum_pipe.landmarks.render_p3d import PyTorch3DBackend
+    from ghum_pipe.landmarks.render import Light
+
+    verts, faces = _sphere()
+    cam = Camera.look_at(eye=(0.3, -3, 1.4), target=(0, 0, 1), fov_deg=30, size=(200, 256))
+    a = MeshRenderer(verts, faces).render(cam)
+    b = PyTorch3DBackend.render(verts, faces, None, cam, Light())
+    both = a.mask & b.mask
+    assert (a.mask != b.mask).mean() < 0.01  # silhouettes differ by at most edge pixels
+    np.testing.assert_allclose(a.depth[both], b.depth[both], atol=2e-3)
+    assert np.abs(a.rgb[both].astype(int) - b.rgb[both].astype(int)).mean() < 3

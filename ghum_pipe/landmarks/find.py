@@ -222,7 +222,7 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
         raise LandmarkError(
             f"no person detected in {len(ring) - len(person)}/{len(ring)} views "
             f"(found in {len(person)}, need {config.min_person_views})", source,
-            "check the file is a whole human body, standing upright along its up axis (pass --up if not "
+            "Check the file is a whole human body, standing upright along its up axis (pass --up if not "
             "Z), and that --units is right",
         )
     t0 = time.perf_counter()

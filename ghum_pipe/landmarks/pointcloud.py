@@ -27,14 +27,14 @@ def mesh_point_cloud(points: np.ndarray, normals: np.ndarray | None = None, sour
     points = np.asarray(points, dtype=np.float64)
     if len(points) < MIN_POINTS:
         raise LandmarkError(f"point cloud of {len(points)} points is too sparse to render", source,
-                            f"provide at least {MIN_POINTS} points, or a mesh")
+                            f"Provide at least {MIN_POINTS} points, or a mesh")
     # Spacing check: median nearest-neighbour distance above 3 cm cannot show a face or a hand.
     tree = cKDTree(points)
     d, _ = tree.query(points[:: max(1, len(points) // 5000)], k=2)
     spacing = float(np.median(d[:, 1]))
     if spacing > 0.03:
         raise LandmarkError(f"point cloud too sparse to render (median spacing {spacing * 1000:.0f} mm)",
-                            source, "points closer than ~30 mm are needed; use a denser export or a mesh")
+                            source, "Points closer than ~30 mm are needed: use a denser export or a mesh")
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
     if normals is None or not np.isfinite(normals).all():
         pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=4 * spacing, max_nn=30))
@@ -56,5 +56,5 @@ def mesh_point_cloud(points: np.ndarray, normals: np.ndarray | None = None, sour
         faces = faces[keep_face]
     if len(faces) == 0:
         raise LandmarkError("point cloud could not be meshed for rendering", source,
-                            "check the cloud is a whole body; or provide a mesh")
+                            "Check the cloud is a whole body, or provide a mesh")
     return verts, faces, nearest
