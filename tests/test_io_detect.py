@@ -105,3 +105,12 @@ def test_forced_units_and_up(tmp_path, template):
         load_scan(path, units="m")
     with pytest.raises(ScanError, match=r"body\.obj.*up axis 'w'"):
         load_scan(path, up="w")
+
+
+@pytest.mark.parametrize("up", ["+y", "-z"])
+def test_no_floor_found_on_a_body(posed, up):
+    """Flat-ish parts (back, soles, a bent leg's thigh) never pass for a floor."""
+    from ghum_pipe.io.floor import find_floor
+
+    for pose, verts_m in posed.items():
+        assert find_floor(Frame.make("m", up).to_file(verts_m)) is None, pose

@@ -7,7 +7,9 @@ shape check and the up axis. We look for a plane under the body with RANSAC (ope
 * it is wide in both directions (>= FLOOR_MIN_WIDTH_M): no body surface is flat to 1.5 cm over
   half a metre square, feet soles are 10 cm wide;
 * it holds >= FLOOR_MIN_SHARE of the points;
-* nearly all other points are on one side of it (the body stands on it, it does not cut it).
+* nearly all other points are on one side of it (the body stands on it, it does not cut it);
+* the body above it is long along its normal (within FLOOR_MAX_TILT_DEG): a plane touching
+  the shoulder blades, buttocks and calves of a body lying along it passes the tests above.
 
 Its normal, pointing to the body, is then the up direction: better than the body's long axis.
 """
@@ -24,6 +26,7 @@ FLOOR_MIN_SHARE = 0.03
 BOTTOM_SLAB = 0.15  # share of the extent searched at each end: a floor tilted up to ~8 deg fits
 FLOOR_SAMPLE = 5000  # RANSAC on at most this many of those points (seeded); all are classified
 RANSAC_ITERATIONS = 200
+FLOOR_MAX_TILT_DEG = 40.0  # between the floor normal and the body's long axis
 MAX_BELOW_SHARE = 0.01  # points more than a tolerance below the floor (through-floor noise)
 
 
@@ -90,4 +93,9 @@ def _check_floor(points_m: np.ndarray, plane: np.ndarray) -> Floor | None:
     widths = 4.0 * np.linalg.svd(flat, compute_uv=False)[:2] / np.sqrt(len(flat))
     if len(widths) < 2 or widths.min() < FLOOR_MIN_WIDTH_M:
         return None
+    body = points_m[height > FLOOR_TOLERANCE_M]
+    body = body[:: max(1, len(body) // 20000)] - body.mean(0)
+    long_axis = np.linalg.svd(body, full_matrices=False)[2][0]
+    if abs(long_axis @ normal) < np.cos(np.radians(FLOOR_MAX_TILT_DEG)):
+        return None  # a plane along the body (touching its back), not under it
     return Floor(normal=normal, offset=float(offset), floor=height <= FLOOR_TOLERANCE_M)

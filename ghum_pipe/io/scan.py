@@ -20,7 +20,7 @@ from ghum_pipe.io.detect import (PERSON_EXTENT_M, PrincipalAxes, plausible_units
                                  vertex_weights)
 from ghum_pipe.io.formats import RawGeometry, read_geometry
 from ghum_pipe.io.frame import METRES_PER_UNIT, Frame, parse_units, parse_up
-from ghum_pipe.io.floor import find_floor
+from ghum_pipe.io.floor import Floor, find_floor
 from ghum_pipe.io.upright import detect_up, snap_up
 
 MAX_NONFINITE_SHARE = 0.01
@@ -98,16 +98,8 @@ def load_scan(path: str | Path, units: str | None = None, up: str | None = None,
         raise ScanError(f"{len(raw.verts)} points, a body scan needs at least {min_points}", path,
                         "Check the file is a whole-body scan, not a preview or a part")
     weights = vertex_weights(raw.verts, raw.faces)
-    units, keep, axes = _units_and_body(raw, weights, path, units, notes)
+    units, keep, axes, floor = _units_and_body(raw, weights, path, units, notes)
     raw, weights = _subset(raw, keep), weights[keep]
-    floor = find_floor(raw.verts * METRES_PER_UNIT[units])
-    if floor is not None:
-        notes.append(floor.describe())
-        raw = _subset(raw, ~floor.floor)
-        bodies = split_bodies(raw.verts, raw.faces, cell_size_m(len(raw.verts)) / METRES_PER_UNIT[units])
-        raw = _subset(raw, bodies.labels == 0)
-        weights = vertex_weights(raw.verts, raw.faces)
-        axes = principal_axes(raw.verts, weights)
     if len(raw.verts) < min_points:
         raise ScanError(f"the kept body has {len(raw.verts)} points, at least {min_points} are needed",
                         path, "Check the file is a whole-body scan")
@@ -145,12 +137,13 @@ def _drop_nonfinite(raw: RawGeometry, path: Path, notes: list[str]) -> RawGeomet
 
 
 def _units_and_body(raw: RawGeometry, weights: np.ndarray, path: Path, forced: str | None,
-                    notes: list[str]) -> tuple[str, np.ndarray, PrincipalAxes]:
-    """The file unit, a (N,) mask of the largest body's points, and that body's principal axes.
+                    notes: list[str]) -> tuple[str, np.ndarray, PrincipalAxes, Floor | None]:
+    """The file unit, a (N,) mask of the largest body's points (without a floor it stands on),
+    that body's principal axes, and the floor.
 
     Tries the units in which the whole file could hold a person (finest first) and takes the
-    first whose largest body has a person's longest extent; body grouping depends on the unit
-    because its gap threshold is in metres.
+    first whose largest body has a person's longest extent; body grouping and the floor test
+    depend on the unit because their distances are in metres.
     """
     verts = raw.verts
     whole = float(np.linalg.norm(verts.max(0) - verts.min(0)))
@@ -166,6 +159,9 @@ def _units_and_body(raw: RawGeometry, weights: np.ndarray, path: Path, forced: s
         if bodies is None:
             continue
         keep = bodies.labels == 0
+        floor = find_floor(verts[keep] * METRES_PER_UNIT[unit])
+        if floor is not None:
+            keep = _without_floor(raw, keep, floor.floor, cell_m / METRES_PER_UNIT[unit])
         axes = principal_axes(verts[keep], weights[keep])
         extent = float(axes.extent[0])
         largest_extent = extent if largest_extent is None else largest_extent
@@ -180,13 +176,24 @@ def _units_and_body(raw: RawGeometry, weights: np.ndarray, path: Path, forced: s
                             "Crop the scan to one person")
         if not forced:
             notes.append(f"units detected: {unit} (body {extent:.4g} {unit} long)")
-        note = bodies.describe()
-        if note:
-            notes.append(note)
-        return unit, keep, axes
+        notes.extend(n for n in (bodies.describe(), floor and floor.describe()) if n)
+        return unit, keep, axes, floor
     size = largest_extent if largest_extent is not None else whole
     raise ScanError(f"the body is {size:.3g} units long: {_as_sizes(size)}, none is a person's "
                     f"{lo}-{hi} m", path, "Check this is a body scan, or force --units")
+
+
+def _without_floor(raw: RawGeometry, keep: np.ndarray, floor: np.ndarray, cell: float) -> np.ndarray:
+    """(N,) mask: the kept points minus the floor (``floor``: mask over the kept points), then
+    only the largest group left (floor edges outside the plane tolerance are fragments)."""
+    rest = np.nonzero(keep)[0][~floor]
+    mask = np.zeros(len(keep), dtype=bool)
+    mask[rest] = True
+    sub = _subset(raw, mask)
+    bodies = split_bodies(sub.verts, sub.faces, cell)
+    out = np.zeros(len(keep), dtype=bool)
+    out[rest[bodies.labels == 0]] = True
+    return out
 
 
 def _as_sizes(extent: float) -> str:
