@@ -370,6 +370,11 @@ def test_write_mesh_back_in_scan_frame(tmp_path, body, suffix):
     assert np.abs(np.asarray(back.vertices) - truth.to_file(body["verts"])).max() < 1e-3  # mm
     assert np.array_equal(np.asarray(back.faces), body["faces"])
     assert np.array_equal(np.asarray(back.visual.vertex_colors)[:, :3], body["colors"])
+    mesh = scan.to_trimesh()
+    assert np.array_equal(mesh.faces, scan.faces) and np.array_equal(mesh.vertices, scan.verts)
+    cloud = write_mesh(tmp_path / "work" / "points.ply", body["points"], None)
+    assert np.allclose(load_scan(cloud).verts, body["points"], atol=1e-6)
+    (tmp_path / "work" / "points.ply").unlink()
     with pytest.raises(ValueError, match=r"reg\.stl.*use \.ply or \.obj"):
         write_mesh(tmp_path / "work" / "reg.stl", body["verts"], body["faces"])
     with pytest.raises(ValueError, match="face indices outside"):
