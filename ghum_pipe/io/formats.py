@@ -64,7 +64,9 @@ def read_geometry(path: Path) -> RawGeometry:
         if suffix in (".xyz", ".pts", ".txt"):
             return _read_xyz(path)
         return _read_trimesh(path)
-    except ScanError:
+    except ScanError as e:
+        if e.path is None:
+            raise ScanError(e.message, path, e.hint or "Export the body as a mesh or point cloud") from None
         raise
     except Exception as e:  # trimesh/numpy raise many types on damaged files
         what = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
