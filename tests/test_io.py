@@ -404,6 +404,7 @@ def test_floor_removed_and_gives_up(tmp_path, body, kind, size, n_floor):
     scan = load_scan(path)
     assert scan.frame == frame
     assert any(n.startswith("removed a floor plane") for n in scan.notes), scan.notes
+    assert "up axis detected: +y (floor normal 0 deg from it)" in scan.notes
     # No floor point is left; the body loses only soles within the 1.5 cm floor tolerance.
     assert scan.verts[:, 2].min() > floor_z
     near_floor = (expected[:, 2] - floor_z < 0.016).sum()

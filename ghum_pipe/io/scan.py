@@ -108,7 +108,7 @@ def load_scan(path: str | Path, units: str | None = None, up: str | None = None,
         raise ScanError(f"does not look like a person: {problem}", path,
                         "Check the file is a standing body scan (a sitting or lying body is not supported)")
     if up is None:
-        guess = snap_up(floor.normal, 1.0) if floor is not None else detect_up(raw.verts, weights, axes)
+        guess = snap_up(floor.normal, 1.0, "floor normal") if floor is not None else detect_up(raw.verts, weights, axes)
         notes.append(guess.describe())
         frame = Frame.make(units, guess.axis or guess.up)
     else:

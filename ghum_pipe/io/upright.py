@@ -118,12 +118,13 @@ class UpGuess:
     axis: str | None
     angle_deg: float
     margin: float
+    source: str = "body axis"  # or "floor normal"
 
     def describe(self) -> str:
         if self.axis:
-            where = f"{self.axis} (body axis {self.angle_deg:.0f} deg from it)"
+            where = f"{self.axis} ({self.source} {self.angle_deg:.0f} deg from it)"
         else:
-            where = ("the body's long axis " + ",".join(f"{x:.3f}" for x in self.up)
+            where = (f"the {self.source} " + ",".join(f"{x:.3f}" for x in self.up)
                      + f" ({self.angle_deg:.0f} deg from the nearest file axis, kept exact)")
         text = f"up axis detected: {where}"
         if self.margin < UNCERTAIN_MARGIN:
@@ -147,7 +148,7 @@ def detect_up(points: np.ndarray, weights: np.ndarray, axes: PrincipalAxes | Non
     return snap_up(axis, margin)
 
 
-def snap_up(axis: np.ndarray, margin: float) -> UpGuess:
+def snap_up(axis: np.ndarray, margin: float, source: str = "body axis") -> UpGuess:
     """An :class:`UpGuess` for a (3,) file-space up direction, snapped to a file axis within SNAP_DEG."""
     axis = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
     i = int(np.argmax(np.abs(axis)))
@@ -155,5 +156,6 @@ def snap_up(axis: np.ndarray, margin: float) -> UpGuess:
     if angle <= SNAP_DEG:
         snapped = np.zeros(3)
         snapped[i] = np.sign(axis[i])
-        return UpGuess(up=snapped, axis=("+" if axis[i] > 0 else "-") + "xyz"[i], angle_deg=angle, margin=margin)
-    return UpGuess(up=axis, axis=None, angle_deg=angle, margin=margin)
+        return UpGuess(up=snapped, axis=("+" if axis[i] > 0 else "-") + "xyz"[i], angle_deg=angle,
+                       margin=margin, source=source)
+    return UpGuess(up=axis, axis=None, angle_deg=angle, margin=margin, source=source)
