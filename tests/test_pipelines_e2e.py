@@ -59,8 +59,8 @@ def test_run_registers_a_body_scan_and_resumes_by_dependency(tmp_path, template)
     first = {s: r["finished"] for s, r in stage_records(work, "body").items()}
 
     # nothing to do on a rerun
-    res = cli("run", scans, "--work", work, "--workers", "1", "-q", "--no-report")
-    assert res.returncode == 0 and "register: 0 done, 1 up to date" in res.stdout
+    res = cli("run", scans, "--work", work, "--workers", "1", "-v", "--no-report")
+    assert res.returncode == 0 and "register: 0 done, 1 up to date" in res.stdout, res.stdout + res.stderr
     assert {s: r["finished"] for s, r in stage_records(work, "body").items()} == first
 
     # a changed registration config redoes registration only

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -144,8 +145,9 @@ def run_batch(
 
 
 def _plan(manifest: Manifest, ids, plan_stages, configs, forced: set) -> dict:
-    """``{(scan_id, stage): None (up to date) | (key, cfg_hash)}``."""
+    """``{(scan_id, stage): None (up to date) | (key, cfg_hash)}``; logs why stages run."""
     plan: dict = {}
+    why: Counter = Counter()
     cfg_hashes = {s: config_hash(configs[s].to_dict()) for s in plan_stages}
     for scan_id in ids:
         keys: dict[str, str] = {}
@@ -158,7 +160,29 @@ def _plan(manifest: Manifest, ids, plan_stages, configs, forced: set) -> dict:
             current = stage not in forced and not upstream_runs and manifest.is_current(
                 scan_id, stage, key, spec.outputs)
             plan[(scan_id, stage)] = None if current else (key, cfg_hashes[stage])
+            if not current:
+                why[(stage, _reason(manifest, scan_id, stage, cfg_hashes[stage], forced, upstream_runs))] += 1
+    for (stage, reason), n in sorted(why.items()):
+        log.info("%s: %d scan(s) to run (%s)", stage, n, reason)
     return plan
+
+
+def _reason(manifest: Manifest, scan_id: str, stage: str, cfg_hash: str, forced: set, upstream_runs: bool) -> str:
+    """Why a stage that is not up to date runs, for the log (-v)."""
+    rec = manifest.stage(scan_id, stage)
+    if stage in forced:
+        return "--force"
+    if rec is None:
+        return "new"
+    if rec.get("status") != "done":
+        return f"{rec.get('status')} before"
+    if upstream_runs:
+        return "an upstream stage runs"
+    if rec.get("config_hash") != cfg_hash:
+        return "config changed"
+    if not all((manifest.work / "scans" / scan_id / o).exists() for o in STAGES[stage].outputs):
+        return "outputs missing"
+    return "scan or upstream result changed"
 
 
 def _execute(work, manifest, saver, todo, plan_stages, configs, cluster, retries, show_progress, result):
