@@ -409,3 +409,15 @@ def test_floor_removed_and_gives_up(tmp_path, body, kind, size, n_floor):
     assert scan.verts[:, 2].min() > floor_z
     near_floor = (expected[:, 2] - floor_z < 0.016).sum()
     assert len(expected) - 1.1 * near_floor <= len(scan.verts) <= len(expected)
+
+
+def test_scattered_outliers_dropped(tmp_path, body):
+    """3% of the points scattered through a 4 m room (scanner noise): dropped as fragments."""
+    frame = Frame.make("m", "-y")
+    noise = RNG.uniform(-2.0, 2.0, size=(600, 3))
+    path = tmp_path / "noisy.xyz"
+    np.savetxt(path, frame.to_file(np.concatenate([body["points"], noise])), fmt="%.5f")
+    scan = load_scan(path)
+    assert scan.frame == frame
+    assert len(body["points"]) <= len(scan.verts) <= len(body["points"]) + 10  # a few touch the body
+    assert any("small fragments" in n for n in scan.notes)
