@@ -178,7 +178,10 @@ def main() -> None:
         if not ok:
             print(f"{name:<14}{len(recs):>6}  all failed")
             continue
-        mean = lambda key: float(np.nanmean([r[key] for r in ok]))  # noqa: E731
+        def mean(key, ok=ok):
+            v = np.array([r[key] for r in ok], dtype=float)
+            return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
+
         later = [r["total"] for r in ok if r is not first_rec]
         print(f"{name:<14}{len(recs):>6}{mean('body'):>8.1f}{100 * mean('within'):>6.0f}%"
               f"{sum(r['swaps'] for r in ok):>6d}{mean('face'):>8.1f}{mean('hands'):>9.1f}{mean('peer'):>10.1f}"
