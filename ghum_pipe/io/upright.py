@@ -13,12 +13,14 @@
   the template in a few standing poses (:data:`REFERENCE_POSES`); the reading direction
   nearer to its closest reference is up.
 
-  Measured margins (distance of the wrong reading minus the right one): >= 0.023 on eight
-  held-out template poses on random shapes (tests/test_io_detect.py; one raised arm is the
-  hardest) and >= 0.035 on 12 posed synthetic ring-scanner scans (bench/io_ingest.py). Simpler
-  cues fail on real scans: the area in the last 5 % of the height (two flat feet vs a skull
-  cap, 2.6x on the closed template) pointed the wrong way on 5 of those 12 scans (soles
-  unseen, raised hands); the area profile alone had a margin of 0.001 with one arm raised.
+  Measured margins (distance of the wrong reading minus the right one, on the body's long
+  axis): >= 0.019 on eight held-out template poses on random shapes (tests/test_io_detect.py;
+  one raised arm is the hardest, median 0.11), and >= 0.029 (median 0.084) on 27 synthetic
+  ring-scanner scans: posed meshes and point clouds and a primitive mannequin of another
+  topology (bench/io_ingest.py makes such scans). Simpler cues fail on real scans: the area in
+  the last 5 % of the height (two flat feet vs a skull cap, 2.6x on the closed template)
+  pointed the wrong way on 5 of 12 posed scans (soles unseen, raised hands); the area profile
+  alone had a margin of 0.001 with one arm raised.
 * Snapping: scanners write axis-aligned frames, and a posed body's long axis leans (up to
   21 deg on the synthetic scans: a forward bend with raised arms), so an axis within SNAP_DEG
   of a file axis is taken to be that axis; otherwise the exact direction is kept.
