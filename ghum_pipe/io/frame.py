@@ -137,5 +137,8 @@ class Frame:
         return (isinstance(other, Frame) and self.units == other.units and self.up == other.up
                 and np.allclose(self.rotation, other.rotation, atol=1e-9))
 
+    def __hash__(self) -> int:
+        return hash((self.units, self.up))
+
     def __repr__(self) -> str:
         return f"Frame(units={self.units!r}, up={self.up!r})"
