@@ -217,3 +217,26 @@ def test_mixed_frames_and_rigid_placement():
         assert np.linalg.det(R) > 0
         assert np.degrees(np.arccos(np.clip(R[2, 2], -1, 1))) <= 5.0 + 1e-9  # tilt of the up axis
         assert np.linalg.norm(T[:3, 3]) <= 1.0 + 1e-12
+
+
+def test_random_poses_keep_hands_off_the_body(template):
+    """Posed scans must stay scannable: over 20 random poses no forearm or hand vertex comes
+    within 5 mm of the torso/head surface (contacts would glue limbs to the body in a scan)."""
+    t = template
+    sampler = PoseSampler(t.joint_names, t.rest_joints)
+    core_joints = [i for i, n in enumerate(t.joint_names)
+                   if n.startswith(("spine", "neck", "head", "root", "pelvis", "clavicle", "upperleg01"))]
+    arm_joints = [i for i, n in enumerate(t.joint_names) if n.startswith(("lowerarm", "wrist", "finger", "metacarpal"))]
+    dominant = t.skin_indices[np.arange(t.n_verts), np.argmax(t.skin_weights, 1)]
+    core = np.isin(dominant, core_joints) & t.masks["surface"]
+    arm = np.isin(dominant, arm_joints)
+    core_faces = t.faces[core[t.faces].all(1)]
+    lifted = 0
+    for i in range(20):
+        pose = sampler.sample(np.random.default_rng([SEED, i, 1]))
+        v, j = pose_template(t, np.zeros(32), pose, np.zeros(t.n_expression))
+        d = _distance_to_mesh(v, core_faces, v[arm])
+        assert d.min() > 0.005, f"pose {i}: a hand/forearm touches the body ({d.min() * 1000:.1f} mm)"
+        w = [t.joint_index("wrist.L"), t.joint_index("wrist.R")]
+        lifted += int((j[w, 2] > t.rest_joints[w, 2] + 0.2).any())
+    assert lifted >= 3  # and they are really posed: some arms are raised well above the A-pose
