@@ -45,9 +45,10 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     # distributed configures its own loggers at INFO on import; its chatter is not ours to show
     import distributed  # noqa: F401
 
+    dask_level = (logging.ERROR, logging.WARNING, logging.DEBUG)[min(verbose, 2)]
     for name in list(logging.root.manager.loggerDict):
         if name.split(".")[0] in ("distributed", "dask_jobqueue", "bokeh", "tornado"):
-            logging.getLogger(name).setLevel(logging.ERROR if verbose == 0 else (logging.WARNING if verbose == 1 else logging.DEBUG))
+            logging.getLogger(name).setLevel(dask_level)
 
 
 def _stderr_console():
