@@ -211,7 +211,8 @@ def test_two_bodies_keep_larger(tmp_path, body):
     scan = load_scan(path)
     assert scan.frame.units == "mm"
     assert np.abs(scan.verts - big).max() < 1e-6  # the larger body, unchanged, in order
-    assert any("2 bodies found; kept the largest (50% of points)" in n for n in scan.notes)
+    # Same vertex count: "largest" is the surface area (1 : 0.81).
+    assert any("2 bodies found; kept the largest (55% of the surface)" in n for n in scan.notes), scan.notes
     assert len(scan.faces) == len(body["faces"])
 
 
@@ -232,7 +233,8 @@ def test_three_equal_bodies_is_an_error(tmp_path, body):
     verts = np.concatenate([v, v + [1.5, 0, 0], v + [3.0, 0, 0]])
     faces = np.concatenate([body["faces"] + i * len(v) for i in range(3)])
     path = write_mesh(tmp_path / "trio.ply", verts, faces)
-    with pytest.raises(ScanError, match=r"trio\.ply: no single body: 3 separate parts, the largest holds 33%"):
+    with pytest.raises(ScanError, match=r"trio\.ply: no single body: 3 separate parts, "
+                                        r"the largest holds 33% of the surface"):
         load_scan(path)
 
 

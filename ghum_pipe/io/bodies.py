@@ -27,10 +27,12 @@ BODY_SHARE_OF_LARGEST = 0.10
 
 @dataclass(frozen=True)
 class Bodies:
-    """labels (N,) int64 group per point, 0 = largest; sizes (G,) points per group, descending."""
+    """labels (N,) int64 group per point, 0 = largest; sizes (G,) each group's weight (surface
+    area for a mesh, point count for a cloud), descending; measure names that weight."""
 
     labels: np.ndarray
     sizes: np.ndarray
+    measure: str = "points"
 
     @property
     def largest_share(self) -> float:
@@ -48,10 +50,10 @@ class Bodies:
         n_frag = len(self.sizes) - self.n_bodies
         text = []
         if self.n_bodies > 1:
-            text.append(f"{self.n_bodies} bodies found; kept the largest ({share:.0f}% of points)")
+            text.append(f"{self.n_bodies} bodies found; kept the largest ({share:.0f}% of {self.measure})")
         if n_frag:
             frag = 100.0 * self.sizes[self.n_bodies:].sum() / self.sizes.sum()
-            text.append(f"dropped {n_frag} small fragment{'s' * (n_frag > 1)} ({frag:.1f}% of points)")
+            text.append(f"dropped {n_frag} small fragment{'s' * (n_frag > 1)} ({frag:.1f}% of {self.measure})")
         return "; ".join(text)
 
 
@@ -60,13 +62,16 @@ def cell_size_m(n_points: int) -> float:
     return max(MIN_CELL_M, 2.0 * np.sqrt(BODY_AREA_M2 / max(n_points, 1)))
 
 
-def split_bodies(points: np.ndarray, faces: np.ndarray | None, cell: float) -> Bodies | None:
-    """Group points into bodies.
+def split_bodies(points: np.ndarray, faces: np.ndarray | None, cell: float,
+                 weights: np.ndarray | None = None) -> Bodies | None:
+    """Group points into bodies, the largest first.
 
     Args:
         points: (N, 3) finite coordinates, any unit.
         faces: (F, 3) int64 or None; mesh edges always join their vertices' groups.
         cell: voxel edge in the points' unit.
+        weights: (N,) surface area per vertex for a mesh, so "largest" means the most surface
+            whatever the tessellation; None counts points.
     Returns:
         :class:`Bodies`, or None when the grid would be absurdly fine for this extent (more than
         2^20 voxels along an axis): the caller's unit guess is then wrong anyway.
@@ -99,8 +104,9 @@ def split_bodies(points: np.ndarray, faces: np.ndarray | None, cell: float) -> B
     graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n))
     _, voxel_label = connected_components(graph, directed=False)
     label = voxel_label[point_voxel]
-    sizes = np.bincount(label)
+    sizes = np.bincount(label, weights=weights)
     order = np.argsort(-sizes, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
-    return Bodies(labels=rank[label].astype(np.int64), sizes=sizes[order])
+    measure = "points" if weights is None else "the surface"
+    return Bodies(labels=rank[label].astype(np.int64), sizes=sizes[order], measure=measure)

@@ -155,7 +155,8 @@ def _units_and_body(raw: RawGeometry, weights: np.ndarray, path: Path, forced: s
     cell_m = cell_size_m(len(verts))
     largest_extent = None
     for unit in candidates:
-        bodies = split_bodies(verts, raw.faces, cell_m / METRES_PER_UNIT[unit])
+        area = weights if raw.faces is not None else None
+        bodies = split_bodies(verts, raw.faces, cell_m / METRES_PER_UNIT[unit], area)
         if bodies is None:
             continue
         keep = bodies.labels == 0
@@ -172,7 +173,7 @@ def _units_and_body(raw: RawGeometry, weights: np.ndarray, path: Path, forced: s
                             f"a person is {lo}-{hi} m", path, "Check --units, or leave it out to detect")
         if bodies.largest_share < MIN_BODY_SHARE:
             raise ScanError(f"no single body: {bodies.n_bodies} separate parts, the largest holds "
-                            f"{100 * bodies.largest_share:.0f}% of the points", path,
+                            f"{100 * bodies.largest_share:.0f}% of {bodies.measure}", path,
                             "Crop the scan to one person")
         if not forced:
             notes.append(f"units detected: {unit} (body {extent:.4g} {unit} long)")
