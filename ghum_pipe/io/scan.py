@@ -106,9 +106,13 @@ def load_scan(path: str | Path, units: str | None = None, up: str | None = None,
     problem = shape_problem(axes)
     if problem:
         raise ScanError(f"does not look like a person: {problem}", path,
-                        "Check the file is a standing body scan (a sitting or lying body is not supported)")
+                        "Check the file is a scan of one standing person (sitting or crouched bodies are not "
+                        "supported)")
     if up is None:
-        guess = snap_up(floor.normal, 1.0, "floor normal") if floor is not None else detect_up(raw.verts, weights, axes)
+        if floor is not None:
+            guess = snap_up(floor.normal, 1.0, "floor normal")
+        else:
+            guess = detect_up(raw.verts, weights, axes)
         notes.append(guess.describe())
         frame = Frame.make(units, guess.axis or guess.up)
     else:
