@@ -91,9 +91,13 @@ def test_body_ring_frames_the_body():
 
 def test_closeups_frame_their_target():
     nose, le, re = np.array([0, -0.1, 1.6]), np.array([0.08, 0.0, 1.6]), np.array([-0.08, 0.0, 1.6])
-    for cam in head_cameras(np.stack([nose, le, re]), nose - (le + re) / 2):
-        uv, z = cam.project(nose[None])
-        assert z[0] > 0 and np.linalg.norm(uv[0] - [cam.width / 2, cam.height / 2]) < 0.2 * cam.width
+    cams = head_cameras(np.stack([nose, le, re]), nose - (le + re) / 2)
+    for k, cam in enumerate(cams):
+        uv, z = cam.project(np.stack([nose, le, re]))
+        assert (z > 0).all() and (uv > 0).all() and (uv < cam.width).all()  # the whole head in frame
+        if k < 3:  # the preferred views: frontal and +-30 degrees, nose near the centre
+            assert np.linalg.norm(uv[0] - [cam.width / 2, cam.height / 2]) < 0.2 * cam.width
+    assert cams[0].forward @ (le + re - 2 * nose) > 0  # the first view looks at the face
     wrist, index, pinky, elbow = (np.array(p) for p in ([0.5, 0, 1.0], [0.55, -0.03, 0.92], [0.55, 0.03, 0.92],
                                                         [0.35, 0, 1.2]))
     cams = hand_cameras(wrist, index, pinky, elbow)

@@ -86,7 +86,8 @@ def rotate_about(v: np.ndarray, axis: np.ndarray, angle_rad: float) -> np.ndarra
 
 
 def head_cameras(
-    head_points: np.ndarray, forward: np.ndarray, yaws_deg=(0.0, -30.0, 30.0), extent_m: float = 0.34,
+    head_points: np.ndarray, forward: np.ndarray, yaws_deg=(0.0, -30.0, 30.0, -50.0, 50.0, 15.0, -15.0),
+    extent_m: float = 0.34,
     size: int = 384,
 ) -> list[Camera]:
     """Close-ups of the face from first-pass 3D landmarks.
@@ -94,7 +95,8 @@ def head_cameras(
     head_points: (K, 3) metres, the head landmarks found (nose, eyes, ears, mouth; any subset);
     forward: (3,) the face's direction (mid-ears -> nose, or from the shoulders). Views are that
     direction yawed by ``yaws_deg`` about +Z, aimed at the head points' centre pushed 3 cm back
-    (the face is at the front of the head).
+    (the face is at the front of the head). Best first: the caller keeps the first views with a
+    clear line of sight to the face (a hand raised in front of it blocks some).
     """
     forward = np.asarray(forward, dtype=np.float64)
     forward = forward - 0.5 * (forward @ UP) * UP  # a head tilted down is still framed from the front

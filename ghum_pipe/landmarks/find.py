@@ -157,6 +157,15 @@ class _Group:
         return X, inl, rms, confidence(inl, rms, self.thr_px, score)
 
 
+def _clear_views(renderer: MeshRenderer, cands: list[Camera], targets: np.ndarray, n: int) -> list[Camera]:
+    """The first ``n`` candidate cameras from which all (K, 3) ``targets`` are in plain sight
+    (nothing else of the mesh in between), topped up with the rest in order if too few are."""
+    eyes = np.stack([c.center for c in cands])
+    clear = np.all([renderer.unoccluded(eyes, t) for t in targets], axis=0)
+    order = [i for i in range(len(cands)) if clear[i]] + [i for i in range(len(cands)) if not clear[i]]
+    return [cands[i] for i in order[:n]]
+
+
 def _render_group(renderer, cams, group, detector, views, tag, timings, use_colors=True):
     out = []
     for cam in cams:
@@ -250,7 +259,9 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
     forward = _face_forward(p)
     head_pts = np.array([p[n] for n in HEAD_POSE if np.isfinite(p[n]).all()]).reshape(-1, 3)
     if config.face and forward is not None and len(head_pts):
-        cams = camera_rig.head_cameras(head_pts, forward, size=config.closeup_size)
+        cands = camera_rig.head_cameras(head_pts, forward, size=config.closeup_size)
+        face_pts = np.array([p[n] for n in HEAD_POSE if "ear" not in n and np.isfinite(p[n]).all()]).reshape(-1, 3)
+        cams = _clear_views(renderer, cands, face_pts, config.face_views)  # ears are round the side
         face = _Group([f"face_{i}" for i in range(N_FACE)], ["surface"] * N_FACE,
                       config.closeup_thr_frac * config.closeup_size, CLOSEUP_SURFACE_TOL_M, renderer)
         for r, det in _render_group(renderer, cams, face, FaceDetector(), views, "head", timings,
@@ -277,8 +288,7 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
             if not all(np.isfinite(a).all() for a in (w, e, ix, pk)):
                 continue
             cands = camera_rig.hand_cameras(w, ix, pk, e, size=config.closeup_size)
-            clear = renderer.unoccluded(np.stack([c.center for c in cands]), camera_rig.hand_centre(w, ix, pk, e))
-            cams = [c for c, ok in zip(cands, clear) if ok][: config.hand_views] or cands[: config.hand_views]
+            cams = _clear_views(renderer, cands, camera_rig.hand_centre(w, ix, pk, e)[None], config.hand_views)
             hand = _Group([f"{side}_hand_{i}" for i in range(N_HAND)], hand_kinds,
                           config.closeup_thr_frac * config.closeup_size, CLOSEUP_SURFACE_TOL_M, renderer)
             rendered = _render_group(renderer, cams, hand, HandDetector(), views, f"{side}_hand", timings,
