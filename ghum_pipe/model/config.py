@@ -56,7 +56,7 @@ class TrainConfig:
     pose_iters: int = 10
     inner: int = 2
     chunk: int = 8
-    psd_ridge: float = 0.05
+    psd_ridge: float = 1.0
     skin_ridge: float = 1e-4
     vae_steps: int = 600
     kl_weight: float = 1e-3

@@ -84,6 +84,7 @@ class GHUM(nn.Module):
         self.psd = SparsePSD(pairs, V)
         self.joint_regressor = JointRegressor(t.rest_verts, t.rest_joints, t.shape_basis, t.shape_joint_basis)
         self.skin_logits = nn.Parameter(torch.log(f32(t.skin_weights).clamp_min(1e-6)))
+        self.register_buffer("start_skin_weights", f32(t.skin_weights))  # omega's initial value
 
     # ------------------------------------------------------------------ pieces of Eq. 1
     @property

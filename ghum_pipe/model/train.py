@@ -119,10 +119,8 @@ def refresh_shapes(model: GHUM, data: RegistrationSet, state: TrainState, batch:
     vsum = torch.zeros(S, model.n_verts, 3).index_add(0, subj, unposed * mask[..., None])
     seen = wsum > 0
     mean = vsum / wsum.clamp_min(1e-9)[..., None]
-    # Least squares on the seen vertices: rest - mean_rest = B c + delta, with B the template's
-    # shape basis. delta is a gauge (a rest shape shifted by delta and a translation shifted by
-    # R_root delta pose the same): remove it so rest shapes stay in the template's frame; B c
-    # fills the vertices never seen (inside the mouth, eye backs).
+    # Vertices never seen (inside the mouth, eye backs) are filled from the template's shape
+    # space: least squares rest - mean_rest = B c + delta on the seen vertices.
     B = _template_basis(model)  # (K, V, 3)
     K = B.shape[0]
     filled = torch.empty_like(mean)
@@ -131,12 +129,7 @@ def refresh_shapes(model: GHUM, data: RegistrationSet, state: TrainState, batch:
         cols = torch.cat([B[:, sv].reshape(K, -1).T, torch.eye(3).repeat(int(sv.sum()), 1)], 1)
         rhs = (mean[s, sv] - model.mean_rest[sv]).reshape(-1, 1)
         sol = torch.linalg.lstsq(cols.double(), rhs.double()).solution.float()[:, 0]
-        delta = sol[K:]
-        mean[s] -= delta
-        filled[s] = model.mean_rest + torch.einsum("k,kvc->vc", sol[:K], B)
-        scans = torch.nonzero(subj == s)[:, 0]
-        R = model_rotmats(state.pose[scans])[:, 0]
-        state.translation[scans] += torch.einsum("bij,j->bi", R, delta)
+        filled[s] = model.mean_rest + torch.einsum("k,kvc->vc", sol[:K], B) + sol[K:]
     state.rest = torch.where(seen[..., None], mean, filled)
     face = model.face_index
     e = (unposed[:, face] - state.rest[subj][:, face]) * mask[:, face, None]
@@ -214,7 +207,7 @@ def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int) -> fl
     Loss: squared reconstruction error in cm^2 per sample + ``kl_weight`` * KL."""
     torch.manual_seed(seed)
     vae.init_pca(x)
-    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-4)  # small: the PCA start is already good
     for _ in range(steps):
         opt.zero_grad()
         c_hat, c, mu, logvar = vae(x)

@@ -25,8 +25,8 @@ offset field added before skinning, as SMPL/GHUM pose correctives are, for four 
     dX_v(theta) = a_k * g_k(v) * n_v * sin^2(angle_k / 2),   g_k(v) = exp(-|x_v - c_k|^2 / (2 s_k^2))
 
 with ``angle_k`` the rotation angle of joint k's local rotation, ``n_v`` the template's rest
-normal and ``c_k`` a surface point: a biceps bulge (+12 mm, elbow ``lowerarm01.L/R``) and a
-buttock bulge (+10 mm, hip ``upperleg01.L/R``). ``sin^2(a/2) = (3 - tr R) / 4`` is linear in
+normal and ``c_k`` a surface point: a biceps bulge (+25 mm, elbow ``lowerarm01.L/R``) and a
+buttock bulge (+20 mm, hip ``upperleg01.L/R``). ``sin^2(a/2) = (3 - tr R) / 4`` is linear in
 ``R - I``, the pose feature of GHUM's PSD, so a correct sparse PSD can remove all of it.
 
 The generating skinning weights are the template's, with log-weights perturbed by smooth noise
@@ -48,8 +48,8 @@ from ghum_pipe.io.atomic import atomic_path, write_json, write_npz
 
 # (name, joint (without side), where on the surface, gaussian sigma (m), amplitude (m))
 CORRECTIVES = (
-    ("biceps_bulge", "lowerarm01", "mid_upperarm_front", 0.035, 0.012),
-    ("buttock_bulge", "upperleg01", "behind_hip", 0.045, 0.010),
+    ("biceps_bulge", "lowerarm01", "mid_upperarm_front", 0.035, 0.025),
+    ("buttock_bulge", "upperleg01", "behind_hip", 0.045, 0.020),
 )
 
 

