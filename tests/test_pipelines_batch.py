@@ -189,8 +189,8 @@ def test_external_scheduler_survives_a_dead_worker(tmp_path, big_body):
     sched_file = tmp_path / "scheduler.json"
     procs = []
 
-    def start(*args):
-        p = subprocess.Popen([sys.executable, "-m", *args], env=ENV, cwd=REPO, start_new_session=True,
+    def start(*args, env=ENV, cwd=REPO):
+        p = subprocess.Popen([sys.executable, "-m", *args], env=env, cwd=cwd, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(p)
         return p
@@ -198,17 +198,28 @@ def test_external_scheduler_survives_a_dead_worker(tmp_path, big_body):
     try:
         start("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
               "--scheduler-file", str(sched_file))
-        workers = [start("distributed.cli.dask_worker", "--scheduler-file", str(sched_file), "--nthreads", "1",
-                         "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{k}")
-                   for k in range(2)]
+        worker_args = ("distributed.cli.dask_worker", "--scheduler-file", str(sched_file), "--nthreads", "1",
+                       "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1")
+        # first a worker whose environment has a broken ghum_pipe: refused before any task runs
+        shadow = tmp_path / "shadow" / "ghum_pipe"
+        shadow.mkdir(parents=True)
+        (shadow / "__init__.py").write_text("raise ImportError('not this ghum_pipe')\n")
+        stray = start(*worker_args, "--name", "stray", env={**os.environ, "PYTHONPATH": str(shadow.parent)},
+                      cwd=tmp_path)
         deadline = time.monotonic() + 60
         while not sched_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         address = json.loads(sched_file.read_text())["address"]
         assert address.startswith("tcp://127.0.0.1:")
-        _wait_for_workers(address, 2)
-
+        _wait_for_workers(address, 1)
         work = tmp_path / "W"
+        res = cli("ingest", scans, "--work", work, "--scheduler", address, "-q")
+        assert res.returncode == 2 and "cannot import ghum_pipe" in res.stderr, res.stdout + res.stderr
+        os.killpg(stray.pid, signal.SIGTERM)
+        stray.wait(timeout=30)
+
+        workers = [start(*worker_args, "--name", f"w{k}") for k in range(2)]
+        _wait_for_workers(address, 2, exactly=True)
         run = subprocess.Popen([sys.executable, "-m", "ghum_pipe.cli", "ingest", str(scans), "--work", str(work),
                                 "--scheduler", address, "--retries", "2", "-q"],
                                env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -236,8 +247,11 @@ def test_external_scheduler_survives_a_dead_worker(tmp_path, big_body):
                 p.kill()
 
 
-def _wait_for_workers(address: str, n: int) -> None:
+def _wait_for_workers(address: str, n: int, exactly: bool = False) -> None:
     from distributed import Client
 
     with Client(address, timeout="30s") as client:
         client.wait_for_workers(n, timeout=60)
+        deadline = time.monotonic() + 30
+        while exactly and len(client.scheduler_info()["workers"]) != n and time.monotonic() < deadline:
+            time.sleep(0.1)

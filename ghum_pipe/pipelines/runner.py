@@ -193,6 +193,7 @@ def _execute(work, manifest, saver, todo, plan_stages, configs, cluster, retries
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     totals = {s: sum(1 for (_, st) in todo if st == s) for s in plan_stages}
     with open_client(cluster) as client, StageProgress(totals, enabled=show_progress) as bars:
+        check_workers(client, work)
         futures: dict = {}
         meta: dict = {}
         for stage_index, stage in enumerate(plan_stages):
@@ -219,6 +220,25 @@ def _execute(work, manifest, saver, todo, plan_stages, configs, cluster, retries
             log.warning("interrupted: cancelling %d task(s); finished results are saved", len(futures))
             client.cancel(list(futures.values()), force=True)
             raise
+
+
+def check_workers(client, work: Path) -> None:
+    """Fail fast, before submitting thousands of tasks, when a connected worker cannot import
+    ghum_pipe or does not see the work dir (workers on other machines need the same environment
+    and a shared file system). Workers that join later (batch jobs) are not checked here."""
+    from ghum_pipe.pipelines.task import worker_sees
+
+    if not client.scheduler_info().get("workers"):
+        return
+    try:
+        sees = client.run(worker_sees, str(work))  # unpickling it on the worker imports ghum_pipe
+    except Exception as e:  # noqa: BLE001 - whatever the worker says, the cause is its environment
+        raise WorkDirError(f"a Dask worker cannot import ghum_pipe ({type(e).__name__}: {e})", work,
+                           "Start 'dask worker' from the environment where ghum-pipe is installed") from None
+    blind = sorted(a for a, ok in sees.items() if not ok)
+    if blind:
+        raise WorkDirError(f"Dask worker(s) {', '.join(blind[:3])} do not see the work dir", work,
+                           "Put W (and the scans) on a file system all machines share, at the same path")
 
 
 def _collect(fut, work, scan_id, stage, key, cfg_hash, config, run_id) -> dict:

@@ -133,6 +133,11 @@ def run_stage_task(stage: str, scan_id: str, scan_path: str, work: str, config, 
     return record
 
 
+def worker_sees(work: str) -> bool:
+    """Run on each worker before a batch: True when it sees the work dir (a shared file system)."""
+    return os.path.isdir(work)
+
+
 def _process_cpu_s() -> float:
     """CPU seconds (user + system) of this worker process so far, all its threads. With one task
     per worker process at a time, the difference over a task is the task's CPU time; ``cpu_s /
