@@ -11,11 +11,12 @@ the rest-pose template, rendered with skin shading, and store each landmark as
   (K=3 non-zero weights), so it moves with the surface;
 - ``interior`` (shoulders, hips, knees, wrists... joint centres): affine weights over a shell of
   surface vertices around the point (the ring of skin around a limb joint), as close to uniform
-  as reproduces the point exactly, so it moves with the limb like a joint regressor.
+  as reproduces the point exactly, so it moves with the limb like a joint regressor; averaged
+  over the same stage run on a few other adult shapes (``from_found``).
 
 ``TemplateLandmarks.points(verts)`` evaluates them on any posed/shaped template (numpy or torch,
 batched, differentiable). The result is cached in ``ghum_pipe.template.cache_dir()`` per
-template hash, written atomically; building it takes ~10 s once.
+template hash, written atomically; building it takes ~30-60 s once (five stage runs).
 
 >>> tl = load_template_landmarks(load_template())
 >>> tl.names[:3], tl.kinds[:3]                   # ('nose', ...), ('surface', ...)
@@ -25,18 +26,20 @@ template hash, written atomically; building it takes ~10 s once.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from ghum_pipe.errors import LandmarkError
 from ghum_pipe.io.atomic import write_npz
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 INTERIOR_K = 32  # shell vertices per interior landmark
 SHELL = 1.6  # shell radius as a multiple of the distance to the nearest surface vertex
+CALIBRATION_SHAPES = 4  # other adult shapes the interior definitions are averaged over
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,31 +105,45 @@ def surface_row(face: np.ndarray, bary: np.ndarray, k: int) -> tuple[np.ndarray,
     return ids, w
 
 
-def interior_row(point: np.ndarray, verts: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Affine weights over a shell of surface vertices around ``point`` (3,) that reproduce it.
-
-    The shell is the candidate vertices within ``SHELL * d_min`` of the point (d_min: distance to
-    the nearest one): for a limb joint that is the ring of skin around the joint, for the hip
-    the skin around it. ``k`` of them, spread evenly by distance, get the minimum-norm deviation
-    from uniform weights that reproduces the point exactly:
-    ``min ||w - 1/k||^2  s.t.  V^T w = p, sum(w) = 1``  (closed form, A = [V^T; 1]).
-    verts: (V, 3); candidates: (C,) vertex ids allowed (the visible surface).
-    """
+def shell_ids(point: np.ndarray, verts: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """(k,) vertex ids of the shell around ``point`` (3,): the candidate vertices within
+    ``SHELL * d_min`` of it (d_min: distance to the nearest one), k of them spread evenly by
+    distance. For a limb joint that is the ring of skin around the joint, for the hip the skin
+    around it. verts: (V, 3); candidates: (C,) vertex ids allowed (the visible surface)."""
     d = np.linalg.norm(verts[candidates] - point, axis=1)
     order = np.argsort(d)
     n_shell = max(int((d < SHELL * d[order[0]]).sum()), k)
-    ids = candidates[order[np.linspace(0, n_shell - 1, k).round().astype(np.int64)]]
-    A = np.concatenate([verts[ids].T, np.ones((1, k))])  # (4, k)
+    return candidates[order[np.linspace(0, n_shell - 1, k).round().astype(np.int64)]]
+
+
+def shell_weights(point: np.ndarray, shell: np.ndarray) -> np.ndarray:
+    """(k,) affine weights over shell vertices (k, 3) reproducing ``point`` (3,) exactly, with the
+    minimum-norm deviation from uniform weights:
+    ``min ||w - 1/k||^2  s.t.  shell^T w = p, sum(w) = 1``  (closed form, A = [shell^T; 1])."""
+    k = len(shell)
+    A = np.concatenate([shell.T, np.ones((1, k))])  # (4, k)
     b = np.concatenate([point, [1.0]])
     u = np.full(k, 1.0 / k)
-    w = u + A.T @ np.linalg.lstsq(A @ A.T, b - A @ u, rcond=None)[0]
-    return ids, w
+    return u + A.T @ np.linalg.lstsq(A @ A.T, b - A @ u, rcond=None)[0]
 
 
-def from_found(found, template, k: int = INTERIOR_K) -> TemplateLandmarks:
+def interior_row(point: np.ndarray, verts: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shell ids (k,) and weights (k,) reproducing ``point`` on ``verts`` (see ``shell_ids``,
+    ``shell_weights``)."""
+    ids = shell_ids(point, verts, candidates, k)
+    return ids, shell_weights(point, verts[ids])
+
+
+def from_found(found, template, k: int = INTERIOR_K, others=()) -> TemplateLandmarks:
     """Convert landmarks found on the rest-pose template into vertex weights.
 
     found: a ``find.FoundLandmarks`` for ``template.rest_verts`` / ``template.faces``.
+    others: optional ``(verts (V, 3), FoundLandmarks)`` of the same stage run on other body
+    shapes of the template. A detector places a joint centre slightly differently relative to
+    the skin on different bodies (MediaPipe's hips sit 1-3 cm lower on some adult shapes than on
+    the mean one), so an interior landmark's weights are the average of the exact shell weights
+    of every run that found it: one definition that is right on average over shapes instead of
+    exactly right on the mean shape only. Surface landmarks keep the rest template's triangle.
     """
     verts, faces = template.rest_verts, template.faces
     surface_vids = np.flatnonzero(template.masks["surface"])
@@ -136,6 +153,8 @@ def from_found(found, template, k: int = INTERIOR_K) -> TemplateLandmarks:
             ids, w = surface_row(faces[found.tri_ids[i]], found.bary[i], k)
         else:
             ids, w = interior_row(found.points[i], verts, surface_vids, k)
+            runs = [w] + [shell_weights(f.point(name), v[ids]) for v, f in others if name in f.names]
+            w = np.mean(runs, axis=0)
         rows_ids.append(ids)
         rows_w.append(w)
     return TemplateLandmarks(tuple(found.names), np.stack(rows_ids), np.stack(rows_w),
@@ -155,18 +174,32 @@ def cache_path(template) -> Path:
     return cache_dir() / f"template-landmarks-v{CACHE_VERSION}-{template.hash}-{settings}.npz"
 
 
-def build_template_landmarks(template, config=None) -> TemplateLandmarks:
-    """Run the landmark stage on the rest-pose template and convert to vertex weights."""
+def build_template_landmarks(template, config=None, n_shapes: int = CALIBRATION_SHAPES) -> TemplateLandmarks:
+    """Run the landmark stage on the rest-pose template (and, for the interior landmarks, on
+    ``n_shapes`` other adult shapes from the template's phenotype bank, see ``from_found``) and
+    convert to vertex weights."""
+    import torch
+
     from ghum_pipe.landmarks.find import find_landmarks
     from ghum_pipe.landmarks.stage import LandmarkConfig
 
     config = config or LandmarkConfig()
     found = find_landmarks(template.rest_verts, template.faces, None, config, source="template")
-    return from_found(found, template)
+    others = []
+    for row in range(min(n_shapes, len(template.phenotype_bank_betas))):
+        betas = torch.as_tensor(template.phenotype_bank_betas[row : row + 1], dtype=torch.float32)
+        with torch.no_grad():
+            verts = template.pose(shape=betas)[0][0].double().numpy()
+        try:  # face points are all surface points: the face close-ups are not needed here
+            others.append((verts, find_landmarks(verts, template.faces, None, replace(config, face=False),
+                                                 source=f"template shape {row}")))
+        except LandmarkError as e:  # a shape the detector does not read adds nothing
+            log.warning("template landmarks: %s", e)
+    return from_found(found, template, others=others)
 
 
 def load_template_landmarks(template=None) -> TemplateLandmarks:
-    """The template's landmarks, from the cache or built once (~10 s) and cached atomically."""
+    """The template's landmarks, from the cache or built once (~30-60 s) and cached atomically."""
     if template is None:
         from ghum_pipe.template import load_template
 
