@@ -43,3 +43,25 @@ def test_points_numpy_torch_and_round_trip(template, tmp_path):
     assert back.names == tl.names and back.kinds == tl.kinds and back.template_hash == template.hash
     np.testing.assert_array_equal(back.vertex_ids, tl.vertex_ids)
     assert back.subset(["b"]).names == ("b",)
+
+
+def test_interior_definition_averaged_over_shapes(template):
+    from ghum_pipe.landmarks.find import FoundLandmarks
+    from ghum_pipe.landmarks.template_landmarks import from_found
+
+    verts = template.rest_verts
+    surface = np.flatnonzero(template.masks["surface"])
+    ring = surface[(np.abs(verts[surface, 2] + 0.3) < 0.01) & (verts[surface, 0] > 0.02)]
+    p = verts[ring].mean(0)  # inside the left thigh
+    ids, w = interior_row(p, verts, surface, 32)
+    other = verts * [1.1, 0.9, 1.05] + [0.0, 0.0, 0.02]  # another body
+    one = lambda pt: FoundLandmarks(("left_knee",), pt[None], np.ones(1), ("interior",), np.ones(1, int),  # noqa: E731
+                                    np.zeros(1), np.full(1, -1), np.zeros((1, 3)))
+    # A detector that places the point consistently (same weights on the other body): unchanged.
+    tl = from_found(one(p), template, others=[(other, one(w @ other[ids]))])
+    np.testing.assert_allclose(tl.points(verts)[0], p, atol=1e-9)
+    np.testing.assert_allclose(tl.points(other)[0], w @ other[ids], atol=1e-9)
+    # One placing it 2 cm lower on the other body: the definition moves halfway (1 cm) there.
+    tl = from_found(one(p), template, others=[(other, one(w @ other[ids] - [0, 0, 0.02]))])
+    np.testing.assert_allclose(tl.points(other)[0], w @ other[ids] - [0, 0, 0.01], atol=1e-9)
+    np.testing.assert_allclose(tl.points(verts)[0][:2], p[:2], atol=5e-3)
