@@ -126,8 +126,23 @@ def pose_template(t, betas: np.ndarray, pose: np.ndarray, expression: np.ndarray
     return v[0].numpy(), j[0].numpy()
 
 
-def _scan_surface(verts, faces, colors, cameras, scanner: ScannerConfig, rng, point_cloud: bool, keep_faces=None):
-    """Scan one posed mesh: (verts, faces|None, colors, normals|None, observed (V,) bool, info)."""
+@dataclass(frozen=True)
+class Scanned:
+    """A scan in the template's frame (metres, +Z up), before placement: verts (N, 3); faces
+    (F, 3) or None for a point cloud; colors (N, 3) uint8; normals (N, 3) or None (meshes);
+    observed (V,) bool: template vertices with a scanner sample within OBSERVED_M; info: counts."""
+
+    verts: np.ndarray
+    faces: np.ndarray | None
+    colors: np.ndarray
+    normals: np.ndarray | None
+    observed: np.ndarray
+    info: dict
+
+
+def _scan_surface(verts, faces, colors, cameras, scanner: ScannerConfig, rng, point_cloud: bool,
+                  keep_faces=None) -> Scanned:
+    """Scan one posed mesh (V, 3) metres with ``cameras``; mesh it unless ``point_cloud``."""
     samples = scan_samples(verts, faces, colors, cameras, scanner, rng, keep_faces)
     pcd = merge_samples(samples, scanner)
     pts = np.asarray(pcd.points)
@@ -136,16 +151,17 @@ def _scan_surface(verts, faces, colors, cameras, scanner: ScannerConfig, rng, po
     info = {"n_rays": samples.n_rays, "n_samples": samples.n_hits, "n_points_merged": len(pts)}
     if point_cloud:
         cols = (np.asarray(pcd.colors) * 255).round().astype(np.uint8)
-        return pts, None, cols, np.asarray(pcd.normals).copy(), observed, info
+        return Scanned(pts, None, cols, np.asarray(pcd.normals).copy(), observed, info)
     v, f, c = reconstruct(pcd, scanner)
     info.update(n_scan_verts=len(v), n_scan_faces=len(f))
-    return v, f, c, None, observed, info
+    return Scanned(v, f, c, None, observed, info)
 
 
-def _finish(t, scan_id, subject, kind, index, seed, config, pose, expression, verts_t, joints_t, scanned,
-            rng_place) -> SynthScan:
+def _finish(t, scan_id, subject, kind, index, seed, config, pose, expression, verts_t, joints_t,
+            scanned: Scanned, rng_place) -> SynthScan:
     """Place the scan and its truth by a random rigid transform and write them in the file frame."""
-    sv, sf, sc, sn, observed, info = scanned
+    sv, sf, sc, sn, observed, info = (scanned.verts, scanned.faces, scanned.colors, scanned.normals,
+                                      scanned.observed, scanned.info)
     units, up = frames.resolve_frame(config.units, config.up, index)
     rigid = frames.random_rigid(rng_place, config.max_tilt_deg, config.max_translation_m)
     T = frames.file_transform(units, up) @ rigid
@@ -218,9 +234,9 @@ def closeup_scans(t, seed: int, index: int, config: SynthConfig = SynthConfig(),
         cams = sphere_cameras(centre, distance, n=24)
         scanned = _scan_surface(verts, t.faces[scan_faces], subject.colors, cams, scanner, rng_scan,
                                 config.point_cloud, keep_faces=keep)
-        sv, sf, sc, sn, observed, info = scanned
+        scanned = replace(scanned, observed=scanned.observed & region)
         scan = _finish(t, f"{subject.subject_id}-{kind}", subject, kind, index, seed, config, pose, expression,
-                       verts, joints, (sv, sf, sc, sn, observed & region, info), _rng(seed, index, stream + 2))
+                       verts, joints, scanned, _rng(seed, index, stream + 2))
         scan.truth["region_mask"] = region.copy()
         out.append(scan)
     return out
