@@ -32,13 +32,15 @@ CM2 = 1e4  # losses are evaluated in cm^2 so that the weights below read natural
 
 @dataclass(frozen=True)
 class SkeletonConfig:
-    n_shape: int = 16  # leading shape coefficients fitted
+    n_shape: int = 32  # leading shape coefficients fitted (all: heavy bodies need them)
     landmark_iters: int = 200  # L-BFGS iterations, landmarks only
     icp_rounds: int = 5  # correspondence refreshes in the ICP phase
     icp_iters: int = 20  # L-BFGS iterations per round
     # Scans are metric (io converts units), so size is the shape's job; a free global scale
     # makes a flat valley with the height coefficient that Adam crawls along.
     fit_scale: bool = False
+    step_shape: float = 20.0  # L-BFGS preconditioning (unit step of a shape coefficient)
+    step_translation: float = 0.3
     # priors (per rad^2, per unit coefficient^2), relative to landmark/ICP terms in cm^2
     pose_prior: float = 0.02
     twist_prior: float = 0.2
@@ -51,9 +53,11 @@ class SkeletonConfig:
     w_hand: float = 0.5
     w_face: float = 0.5
     # ICP (phase 2)
+    icp_landmark_scale: float = 0.3  # detected landmarks are ~1-2 cm noisy: dense data leads in phase 2
     w_icp: float = 1.0
-    icp_sigma_m: float = 0.02
-    icp_max_dist_m: float = 0.08
+    # annealed over the rounds, wide -> narrow: a heavy belly can be 10 cm out of the mean shape
+    icp_sigma_m: tuple[float, float] = (0.05, 0.01)
+    icp_max_dist_m: tuple[float, float] = (0.15, 0.05)
     icp_max_angle_deg: float = 60.0
     n_icp_verts: int = 4000  # template vertices sampled per ICP refresh
     n_icp_scan: int = 4000  # scan points sampled per ICP refresh
@@ -179,12 +183,17 @@ def fit_skeleton(
     if use_face:
         bounds[-1] = (0.0, 1.0)  # expr is the last of params here
     params, bounds = params + [shape], bounds + [None]
+    # step sizes (see minimize_lbfgs): translation metres, rotations radians, unit-variance
+    # shape coefficients move the skin far less than a joint does
+    scales = [1.0, cfg.step_translation, 1.0] + ([0.1] if cfg.fit_scale else []) + ([1.0] if use_face else []) + [cfg.step_shape]
 
     def objective(poser, lm_local, corr):
+        lm_scale = 1.0 if corr is None else cfg.icp_landmark_scale
+
         def loss_fn():
             verts = forward(poser)
             lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_local])
-            loss = CM2 * landmark_loss(lm_pred, lm_target, lm_w) + priors()
+            loss = lm_scale * CM2 * landmark_loss(lm_pred, lm_target, lm_w) + priors()
             if corr is not None:
                 loss = loss + cfg.w_icp * CM2 * _icp_term(verts, corr, cfg)
             return loss
@@ -193,17 +202,22 @@ def fit_skeleton(
     # phase 1: landmarks only, posing only the landmark vertices (~1-2k of 13.7k)
     poser = SubsetPoser(template, lm_verts, cfg.n_shape, device, dt)
     lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids), device=device)
-    n_eval = minimize_lbfgs(params, objective(poser, lm_local, None), bounds, cfg.landmark_iters)
+    n_eval = minimize_lbfgs(params, objective(poser, lm_local, None), bounds, cfg.landmark_iters, scales)
     # phase 2: + ICP both ways; matches refreshed every round
-    for _ in range(cfg.icp_rounds if target is not None else 0):
+    n_rounds = cfg.icp_rounds if target is not None else 0
+    for r in range(n_rounds):
+        a = r / max(n_rounds - 1, 1)
+        sigma = cfg.icp_sigma_m[0] ** (1 - a) * cfg.icp_sigma_m[1] ** a
+        max_dist = cfg.icp_max_dist_m[0] ** (1 - a) * cfg.icp_max_dist_m[1] ** a
         with torch.no_grad():
             full = forward(full_poser(template, cfg.n_shape, device, dt))
-        corr = _correspondences(full, faces_t, target, surface, cfg, rng, device)
+        corr = _correspondences(full, faces_t, target, surface, cfg, rng, device, max_dist)
+        corr["sigma"] = sigma
         poser = SubsetPoser(template, np.union1d(lm_verts, corr["ids"]), cfg.n_shape, device, dt)
         lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids), device=device)
         corr["fwd_local"] = torch.as_tensor(np.searchsorted(poser.ids, corr["fwd_v"]), device=device)
         corr["bwd_local"] = torch.as_tensor(np.searchsorted(poser.ids, corr["bwd_v"]), device=device)
-        n_eval += minimize_lbfgs(params, objective(poser, lm_local, corr), bounds, cfg.icp_iters)
+        n_eval += minimize_lbfgs(params, objective(poser, lm_local, corr), bounds, cfg.icp_iters, scales)
     total = n_eval
     with torch.no_grad():
         verts = forward(full_poser(template, cfg.n_shape, device, dt))
@@ -220,7 +234,7 @@ def fit_skeleton(
     )
 
 
-def _correspondences(verts, faces_t, target: ScanTarget, surface, cfg: SkeletonConfig, rng, device):
+def _correspondences(verts, faces_t, target: ScanTarget, surface, cfg: SkeletonConfig, rng, device, max_dist):
     """Closest pairs both ways on random subsets, fixed until the next refresh. The template
     normals used by the scan->template point-to-plane term are frozen with them."""
     v_np = verts.cpu().numpy().astype(np.float64)
@@ -228,13 +242,13 @@ def _correspondences(verts, faces_t, target: ScanTarget, surface, cfg: SkeletonC
     tv = rng.choice(surface, size=min(cfg.n_icp_verts, len(surface)), replace=False)
     d, i = target.index.query(v_np[tv], 1)
     keep = correspondence_mask(torch.as_tensor(d[:, 0]), torch.as_tensor(vn[tv]),
-                               torch.as_tensor(target.normals[i[:, 0]]), cfg.icp_max_dist_m, cfg.icp_max_angle_deg).numpy()
+                               torch.as_tensor(target.normals[i[:, 0]]), max_dist, cfg.icp_max_angle_deg).numpy()
     fwd_v, fwd_p = tv[keep], i[keep, 0]
     sp = rng.choice(len(target.points), size=min(cfg.n_icp_scan, len(target.points)), replace=False)
     d2, j = PointIndex(v_np[surface]).query(target.points[sp], 1)
     jv = surface[j[:, 0]]
     keep2 = correspondence_mask(torch.as_tensor(d2[:, 0]), torch.as_tensor(target.normals[sp]),
-                                torch.as_tensor(vn[jv]), cfg.icp_max_dist_m, cfg.icp_max_angle_deg).numpy()
+                                torch.as_tensor(vn[jv]), max_dist, cfg.icp_max_angle_deg).numpy()
     bwd_v, bwd_p = jv[keep2], sp[keep2]
     f32 = lambda a: torch.as_tensor(a, dtype=verts.dtype, device=device)  # noqa: E731
     return {
@@ -247,10 +261,10 @@ def _correspondences(verts, faces_t, target: ScanTarget, surface, cfg: SkeletonC
 def _icp_term(verts, corr, cfg: SkeletonConfig):
     """Both ways, point-to-plane, Geman-McClure; ``verts`` are the poser's subset."""
     fv = verts[corr["fwd_local"]]
-    loss = icp_loss(fv, corr["fwd_p"], corr["fwd_n"], torch.ones(len(fv), dtype=torch.bool, device=fv.device), cfg.icp_sigma_m)
+    loss = icp_loss(fv, corr["fwd_p"], corr["fwd_n"], torch.ones(len(fv), dtype=torch.bool, device=fv.device), corr["sigma"])
     if len(corr["bwd_v"]):
         bv = verts[corr["bwd_local"]]
-        loss = loss + icp_loss(corr["bwd_p"], bv, corr["bwd_n"], torch.ones(len(bv), dtype=torch.bool, device=bv.device), cfg.icp_sigma_m)
+        loss = loss + icp_loss(corr["bwd_p"], bv, corr["bwd_n"], torch.ones(len(bv), dtype=torch.bool, device=bv.device), corr["sigma"])
     return loss
 
 
