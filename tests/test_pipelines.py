@@ -10,10 +10,10 @@ import pytest
 
 from ghum_pipe.pipelines.cluster import ClusterError, ClusterOptions, build_jobqueue_cluster, load_cluster_config
 from ghum_pipe.pipelines.manifest import (
-    Manifest, ManifestLock, ThrottledSaver, WorkDirError, config_hash, file_hash, marker_path, stage_key,
+    Manifest, ManifestLock, ThrottledSaver, WorkDirError, config_hash, file_hash, flatten_numeric, marker_path,
+    stage_key,
     sweep_temp_files,
 )
-from ghum_pipe.pipelines.report import flatten_numeric
 from ghum_pipe.pipelines.scans import discover_scans
 from ghum_pipe.pipelines.stages import STAGES, closure
 
@@ -105,10 +105,12 @@ def test_throttled_saver_and_temp_sweep(tmp_path):
     assert json.loads((tmp_path / "manifest.json").read_text())["scans"] == {"a": {"stages": {}}}
     saver = ThrottledSaver(m, min_interval_s=3600)
     m.scans["b"] = {"stages": {}}
+    saver.touch()  # the first result: written at once
+    m.scans["c"] = {"stages": {}}
     saver.touch()  # within the interval: not written yet
-    assert "b" not in json.loads((tmp_path / "manifest.json").read_text())["scans"]
+    assert "c" not in json.loads((tmp_path / "manifest.json").read_text())["scans"]
     saver.flush()
-    assert "b" in json.loads((tmp_path / "manifest.json").read_text())["scans"]
+    assert "c" in json.loads((tmp_path / "manifest.json").read_text())["scans"]
     (tmp_path / "scans" / "a").mkdir(parents=True)
     tmp = tmp_path / "scans" / "a" / ".registration.x1y2.tmp.ply"
     tmp.write_text("half")
@@ -140,6 +142,21 @@ def test_flatten_numeric():
         "a": 1.0, "b.c": 2.5}
     per_landmark = {f"lm{i}": float(i) for i in range(40)}
     assert flatten_numeric({"mean_mm": 1.5, "residual_mm": per_landmark}) == {"mean_mm": 1.5}
+
+
+def test_manifest_records_are_compact(tmp_path):
+    m = Manifest(tmp_path, {})
+    config = {"ring_views": 8, "units": None}
+    per_landmark = {f"lm{i}": float(i) for i in range(500)}
+    for i in range(3):
+        m.set_stage(f"s{i}", "landmark", {"status": "done", "key": "k", "config_hash": "c1", "config": config,
+                                          "metrics": {"mean_mm": 1.0 + i, "per_landmark_mm": per_landmark}})
+    m.save()
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert data["configs"] == {"c1": config}  # once, not per scan
+    assert data["scans"]["s2"]["stages"]["landmark"]["metrics"] == {"mean_mm": 3.0}
+    assert "config" not in data["scans"]["s2"]["stages"]["landmark"]
+    assert Manifest.load(tmp_path).config("c1") == config
 
 
 def test_cluster_options_validation():

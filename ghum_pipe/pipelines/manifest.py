@@ -4,12 +4,14 @@ input with which config, how it ended and where its log is, so a rerun does only
 Layout (``format`` = 1)::
 
     {"format": 1,
+     "configs": {"<config_hash>": {...the stage config...}},
      "scans": {"<id>": {"path": "/abs/scan.ply", "size": 123, "mtime_ns": 456, "input_hash": "blake2b…",
                         "stages": {"landmark": {"status": "done" | "failed",
-                                                 "key": "…", "config_hash": "…", "config": {...},
-                                                 "started": iso, "finished": iso, "seconds": 1.2,
+                                                 "key": "…", "config_hash": "…",
+                                                 "started": iso, "finished": iso, "seconds": 1.2, "cpu_s": 1.1,
                                                  "error": None | "one line", "error_type": "LandmarkError",
-                                                 "log": "scans/<id>/logs/landmark.log", "metrics": {...},
+                                                 "log": "scans/<id>/logs/landmark.log",
+                                                 "metrics": {"scalar.name": 1.0, ...},
                                                  "worker": "tcp://…", "peak_rss_mb": 812.0, "run": "…"}}}}}
 
 A stage's ``key`` hashes its scan's content hash, its config and the keys of the stages it depends
@@ -27,10 +29,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -78,12 +81,32 @@ def marker_path(work: Path, scan_id: str, stage: str) -> Path:
     return scan_dir(work, scan_id) / "logs" / f"{stage}.done.json"
 
 
+def flatten_numeric(obj, prefix: str = "", max_keys: int = 12) -> dict[str, float]:
+    """Finite numeric leaves of a nested dict as ``{"a.b": value}``. Lists, strings and dicts of
+    more than ``max_keys`` entries (per-landmark tables) are left out: the manifest keeps these
+    compact scalars (tens of thousands of scans), the full metrics stay in each scan's folder."""
+    out: dict[str, float] = {}
+    if isinstance(obj, dict):
+        if prefix and len(obj) > max_keys:
+            return out
+        for k, v in obj.items():
+            out.update(flatten_numeric(v, f"{prefix}{k}.", max_keys))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and math.isfinite(obj):
+        out[prefix.rstrip(".")] = float(obj)
+    return out
+
+
 @dataclass
 class Manifest:
-    """In-memory manifest of work dir ``work``; ``save()`` writes it atomically."""
+    """In-memory manifest of work dir ``work``; ``save()`` writes it atomically.
+
+    scans: ``{id: {"path", "size", "mtime_ns", "input_hash", "stages": {stage: record}}}``;
+    configs: ``{config_hash: config dict}``, each stage config stored once, not per scan.
+    """
 
     work: Path
     scans: dict
+    configs: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, work: str | Path) -> "Manifest":
@@ -99,10 +122,14 @@ class Manifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise WorkDirError(f"manifest format {data.get('format') if isinstance(data, dict) else '?'} "
                                f"is not {FORMAT}", path, "Use a new work dir or move the manifest away")
-        return cls(work, data.get("scans", {}))
+        return cls(work, data.get("scans", {}), data.get("configs", {}))
 
     def save(self) -> None:
-        write_json(self.work / MANIFEST_NAME, {"format": FORMAT, "scans": self.scans})
+        write_json(self.work / MANIFEST_NAME, {"format": FORMAT, "configs": self.configs, "scans": self.scans})
+
+    def config(self, cfg_hash: str) -> dict | None:
+        """The stage config a record's ``config_hash`` stands for."""
+        return self.configs.get(cfg_hash)
 
     # --- scans -------------------------------------------------------------------------------
     def ids(self) -> list[str]:
@@ -166,6 +193,14 @@ class Manifest:
         return False
 
     def set_stage(self, scan_id: str, stage: str, record: dict) -> None:
+        """Store a task's record, compacted: its config goes to ``configs`` (once per hash), its
+        metrics are reduced to scalars (see :func:`flatten_numeric`)."""
+        record = dict(record)
+        config = record.pop("config", None)
+        if config is not None and record.get("config_hash"):
+            self.configs.setdefault(record["config_hash"], config)
+        if record.get("metrics"):
+            record["metrics"] = flatten_numeric(record["metrics"])
         self.scans.setdefault(scan_id, {"stages": {}}).setdefault("stages", {})[stage] = record
 
     def clear_stage(self, scan_id: str, stage: str) -> None:
@@ -216,7 +251,7 @@ class ThrottledSaver:
     def __init__(self, manifest: Manifest, min_interval_s: float = 0.0):
         self.manifest = manifest
         self.min_interval_s = min_interval_s
-        self._last = 0.0
+        self._last = float("-inf")  # the first result is saved at once
         self._cost = 0.0
         self._dirty = False
 

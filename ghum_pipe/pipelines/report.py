@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from ghum_pipe.io.atomic import atomic_path
-from ghum_pipe.pipelines.manifest import Manifest, scan_dir
+from ghum_pipe.pipelines.manifest import Manifest, flatten_numeric, scan_dir
 from ghum_pipe.pipelines.report_plots import histogram_png, render_overlay
 from ghum_pipe.pipelines.stages import ORDER
 from ghum_pipe.pipelines.status import stage_status, status_counts
@@ -56,20 +56,6 @@ document.querySelectorAll('table.sortable th').forEach(function(th, col){
   });
 });
 """
-
-
-def flatten_numeric(obj, prefix: str = "", max_keys: int = 12) -> dict[str, float]:
-    """Finite numeric leaves of a nested dict as ``{"a.b": value}``. Lists, strings and dicts of
-    more than ``max_keys`` entries (per-landmark tables: too many columns) are left out."""
-    out: dict[str, float] = {}
-    if isinstance(obj, dict):
-        if prefix and len(obj) > max_keys:
-            return out
-        for k, v in obj.items():
-            out.update(flatten_numeric(v, f"{prefix}{k}.", max_keys))
-    elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and math.isfinite(obj):
-        out[prefix.rstrip(".")] = float(obj)
-    return out
 
 
 def scan_rows(manifest: Manifest) -> list[dict]:
@@ -123,7 +109,7 @@ def _overlay_jobs(manifest: Manifest, out_dir: Path) -> list[tuple]:
         if out.exists() and out.stat().st_mtime >= reg_file.stat().st_mtime:
             continue
         # the ingest config that made scan.json gives the same frame again (detection is deterministic)
-        cfg = (manifest.stage(scan_id, "ingest") or {}).get("config") or {}
+        cfg = manifest.config((manifest.stage(scan_id, "ingest") or {}).get("config_hash", "")) or {}
         jobs.append((manifest.scans[scan_id]["path"], cfg.get("units"), cfg.get("up"), str(reg_file), str(out)))
     return jobs
 
