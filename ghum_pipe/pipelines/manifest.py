@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ghum_pipe.errors import GhumPipeError
-from ghum_pipe.io.atomic import write_json
+from ghum_pipe.io.atomic import _json_default, atomic_path
 
 FORMAT = 1
 MANIFEST_NAME = "manifest.json"
@@ -125,7 +125,15 @@ class Manifest:
         return cls(work, data.get("scans", {}), data.get("configs", {}))
 
     def save(self) -> None:
-        write_json(self.work / MANIFEST_NAME, {"format": FORMAT, "configs": self.configs, "scans": self.scans})
+        """Write atomically, one scan per line (``grep ID W/manifest.json`` shows a scan; tens of
+        thousands of scans stay a few MB per stage and quick to rewrite)."""
+        compact = {"separators": (",", ":"), "default": _json_default}
+        lines = [f'{{"format":{FORMAT},', f'"configs":{json.dumps(self.configs, **compact)},', '"scans":{']
+        items = [f"{json.dumps(i)}:{json.dumps(self.scans[i], **compact)}" for i in sorted(self.scans)]
+        lines.append(",\n".join(items))
+        lines.append("}}\n")
+        with atomic_path(self.work / MANIFEST_NAME) as tmp:
+            tmp.write_text("\n".join(lines), encoding="utf-8")
 
     def config(self, cfg_hash: str) -> dict | None:
         """The stage config a record's ``config_hash`` stands for."""
