@@ -2,16 +2,20 @@
 
 Recipe (GHUM, Xu et al. 2020, Sec. 3.1, with MediaPipe detectors):
 
-1. Render the body from a two-height ring of cameras (``cameras.body_ring``).
+1. Render the body from a two-height ring of cameras (``cameras.body_ring``), skin-shaded.
 2. Detect the 33 Pose landmarks in every view.
-3. Resolve per-view left/right swaps, triangulate (DLT + RANSAC over views), drop observations
-   the render shows to be occluded (projected depth behind the depth buffer) and triangulate
-   again; fix the global left/right labeling from body chirality.
-4. Place close-up cameras on the head and each hand from those 3D points; FaceMesh on the head
-   views, Hands on the hand views (a detected hand belongs to the side whose wrist the close-up
-   was aimed at, and must have its wrist near that wrist's projection).
-5. Triangulate face and hand points the same way; snap surface landmarks (face, eyes, ears,
-   mouth, heels, toes, fingertips) to the mesh, keep interior ones (joint centres) as
+3. Resolve per-view left/right swaps (``triangulate.resolve_swaps``) and triangulate:
+   surface landmarks from the views whose surface hits agree (a hidden point's guesses land
+   elsewhere on the body), joint centres by DLT + RANSAC, then again without the views where
+   the point lies deep behind the rendered surface; fix the global left/right labeling from
+   body chirality (``triangulate.is_mirrored``).
+4. Place close-up cameras on the face and each hand from those 3D points, keeping the views
+   with a clear line of sight; FaceMesh on the head views, Hands on the hand views (a detected
+   hand belongs to the side whose wrist the close-up was aimed at, and must have its wrist near
+   that wrist's projection: MediaPipe's handedness assumes a mirrored selfie).
+5. Triangulate face and hand points the same way; take Pose's eye, nose and mouth points from
+   FaceMesh; snap surface landmarks (face, eyes, nose, mouth, heels, toes, fingertips) to the
+   mesh, keep joint centres (and ears, which MediaPipe places inside the head's outline) as
    triangulated.
 """
 

@@ -18,7 +18,7 @@ class LandmarkConfig:
 
     ring_views: int = 8  # lower ring, nearly level
     upper_ring_views: int = 4  # upper ring, looking down 35 degrees
-    body_size: int = 512  # px, body views (square)
+    body_size: int = 512  # px, body view height (width cut to the body's projected width)
     fov_deg: float = 40.0
     closeup_size: int = 320  # px, head and hand close-ups
     face_views: int = 3  # head close-ups (the first ones with a clear line of sight)
