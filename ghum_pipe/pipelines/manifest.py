@@ -92,7 +92,7 @@ def flatten_numeric(obj, prefix: str = "", max_keys: int = 12) -> dict[str, floa
         for k, v in obj.items():
             out.update(flatten_numeric(v, f"{prefix}{k}.", max_keys))
     elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and math.isfinite(obj):
-        out[prefix.rstrip(".")] = float(obj)
+        out[prefix.rstrip(".")] = obj if isinstance(obj, int) else float(obj)
     return out
 
 
