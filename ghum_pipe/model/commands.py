@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 
 def _logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    for noisy in ("distributed", "tornado", "bokeh"):  # Dask's own INFO lines drown ours
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @click.command("train")
@@ -24,10 +26,10 @@ def _logging(quiet: bool) -> None:
               help="Model folder: OUT/ghum and OUT/ghuml are written.")
 @click.option("--lowres-only", is_flag=True, help="Train GHUML only.")
 @click.option("--fullres-only", is_flag=True, help="Train GHUM only.")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
               help="Alternations of (a) pose fits and (b) model updates.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Alias of --rounds.")
-@click.option("--pose-iters", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--pose-iters", type=click.IntRange(min=1), default=5, show_default=True,
               help="L-BFGS iterations per scan and round in step (a).")
 @click.option("--ghum-latent", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--ghuml-latent", type=click.IntRange(min=1), default=16, show_default=True)
@@ -89,8 +91,8 @@ def train(work: Path, out: Path, lowres_only: bool, fullres_only: bool, rounds: 
               help="Registrations to evaluate on; subjects used in training are left out.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report folder [default: MODEL/eval].")
-@click.option("--max-scans", type=click.IntRange(min=1), default=24, show_default=True)
-@click.option("--fit-iters", type=click.IntRange(min=1), default=150, show_default=True)
+@click.option("--max-scans", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--fit-iters", type=click.IntRange(min=1), default=60, show_default=True)
 @click.option("--no-curve", is_flag=True, help="Skip the VAE-vs-PCA curve (trains one VAE per latent size).")
 @click.option("--subject-pattern", default=None, metavar="REGEX")
 @click.option("--quiet", "-q", is_flag=True)

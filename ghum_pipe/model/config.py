@@ -52,8 +52,8 @@ class TrainConfig:
     (``vae_steps``). ``holdout``: fraction of subjects kept out of training (for evaluate)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    rounds: int = 3
-    pose_iters: int = 10
+    rounds: int = 2
+    pose_iters: int = 5
     inner: int = 2
     chunk: int = 8
     psd_ridge: float = 1.0

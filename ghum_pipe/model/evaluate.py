@@ -37,11 +37,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """fit_iters: Adam steps of each fit; max_scans: cap on held-out scans (None = all);
+    """fit_iters: L-BFGS iterations of each fit; max_scans: cap on held-out scans (None = all);
     dims: latent sizes of the VAE-vs-PCA curve; vae_steps: training steps per curve VAE."""
 
-    fit_iters: int = 150
-    max_scans: int | None = 24
+    fit_iters: int = 60
+    max_scans: int | None = 12
     dims: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
     vae_steps: int = 400
     batch: int = 8

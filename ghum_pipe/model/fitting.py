@@ -101,15 +101,18 @@ class FitResult:
         return float(e.mean() * 1000)
 
 
-def fit_model(model, mesh_verts, mask=None, init_pose=None, init_translation=None, iters: int = 200,
-              use_psd: bool = True, prior: float = 1e-3) -> FitResult:
+def fit_model(model, mesh_verts, mask=None, init_pose=None, init_translation=None, iters: int = 100,
+              use_psd: bool = True, prior: float = 1e-2) -> FitResult:
     """Fit pose, translation, shape and expression latents to registrations.
+
+    Two L-BFGS stages (scale-aware, so a good initial pose is kept, unlike Adam's first steps):
+    pose + translation with the mean shape (``iters // 3``), then everything (the rest).
 
     Args:
         mesh_verts: (B, V, 3) or (V, 3) metres, the model's topology.
         mask: (B, V) filter F (1 = use the vertex) or None for all.
         init_pose: (B, J, 3) e.g. the registration's pose; None = rigid alignment of the mean shape.
-        iters: Adam steps; the first third fits pose/translation only.
+        prior: weight of |z|^2 (latents are N(0, I)) against the cm^2 data term.
     """
     target = _as_batch(mesh_verts)
     B = target.shape[0]
@@ -127,20 +130,26 @@ def fit_model(model, mesh_verts, mask=None, init_pose=None, init_translation=Non
     zf = torch.zeros(B, model.config.expression_latent, requires_grad=True)
     pose.requires_grad_(True)
     trans.requires_grad_(True)
-    opt_pose = torch.optim.Adam([pose, trans], lr=0.02)
-    opt_all = torch.optim.Adam([{"params": [pose, trans], "lr": 0.01}, {"params": [zb, zf], "lr": 0.05}])
+
+    def objective():
+        rest = model.rest_shape(zb, B)
+        verts, _ = model.articulate(rest, pose, model.expression_offsets(zf, B), trans, use_psd=use_psd)
+        data = masked_sq_error(verts, target, mask) * 1e4 * B  # cm^2, summed over registrations
+        return data + prior * ((zb**2).sum() + (zf**2).sum())
+
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        for it in range(iters):
-            first = it < iters // 3
-            opt = opt_pose if first else opt_all
-            opt.zero_grad()
-            rest = model.rest_shape(zb, B)
-            verts, _ = model.articulate(rest, pose, model.expression_offsets(zf, B), trans, use_psd=use_psd)
-            loss = masked_sq_error(verts, target, mask) * 1e4 + prior * ((zb**2).sum(-1) + (zf**2).sum(-1)).mean()
-            loss.backward()
-            opt.step()
+        for params, n in (([pose, trans], max(1, iters // 3)), ([pose, trans, zb, zf], max(1, iters - iters // 3))):
+            opt = torch.optim.LBFGS(params, lr=1.0, max_iter=n, history_size=20, line_search_fn="strong_wolfe")
+
+            def closure(opt=opt):
+                opt.zero_grad()
+                loss = objective()
+                loss.backward()
+                return loss
+
+            opt.step(closure)
     finally:
         for p in model.parameters():
             p.requires_grad_(True)

@@ -160,7 +160,7 @@ class GHUM(nn.Module):
         pose = torch.zeros(n, self.n_joints, 3) if pose is None else pose
         return self(pose, zb, zf)
 
-    def fit(self, mesh_verts, mask=None, init_pose=None, init_translation=None, iters: int = 200,
+    def fit(self, mesh_verts, mask=None, init_pose=None, init_translation=None, iters: int = 100,
             use_psd: bool = True):
         """Fit pose, translation and latents to registrations (same topology); see ``fitting.fit_model``."""
         from ghum_pipe.model.fitting import fit_model
