@@ -38,6 +38,7 @@ class SkinRegions:
     (float 0..1) weights ``lips``, ``nails``, ``eyelids`` and ``areolae``."""
 
     hair: np.ndarray
+    brows: np.ndarray
     lips: np.ndarray
     nails: np.ndarray
     eyelids: np.ndarray
@@ -58,6 +59,13 @@ class SkinRegions:
         head_y = j("head")[1]
         # Hair: the scalp above the brow line, and the back of the head down to the ears' level.
         hair = head & ((v[:, 2] > eye_z + 0.045) | ((v[:, 2] > eye_z - 0.03) & (v[:, 1] > head_y + 0.045)))
+        # Eyebrows: an arc over each eye on the brow ridge, in front of the eyeball centre.
+        brows = np.zeros(len(v), bool)
+        for side in "LR":
+            e = j(f"eye.{side}")
+            dx = (v[:, 0] - e[0]) * (1 if e[0] > 0 else -1)  # > 0 towards the temple
+            arc = e[2] + 0.014 + 0.004 * (1 - (dx / 0.022) ** 2)
+            brows |= head & (np.abs(dx + 0.002) < 0.022) & (np.abs(v[:, 2] - arc) < 0.0045) & (v[:, 1] < e[1])
         palms = np.zeros(len(v), bool)
         for side, mask in (("L", m["hand_left"]), ("R", m["hand_right"])):
             palms |= mask & ((v - j(f"wrist.{side}")) @ _palm_normal(t, side) > 0.004)
@@ -82,7 +90,7 @@ class SkinRegions:
         knee_z = j("lowerleg01.L")[2]
         body = t.part_mask("body")
         shorts = body & (v[:, 2] < hip_z + 0.06) & (v[:, 2] > hip_z - 0.35 * (hip_z - knee_z))
-        return cls(hair, lips, nails, eyelids, areolae, palms, soles, sclera & ~iris, iris, shorts)
+        return cls(hair, brows, lips, nails, eyelids, areolae, palms, soles, sclera & ~iris, iris, shorts)
 
 
 def _uv_mask_weights(t) -> dict[str, np.ndarray] | None:
@@ -171,6 +179,7 @@ def subject_colors(regions: SkinRegions, rng: np.random.Generator) -> tuple[np.n
     blend(regions.lips, skin * np.array([0.82, 0.6, 0.62]))
     blend(regions.nails, 0.5 * skin + 0.5 * np.array([235, 200, 195]))
     colors[regions.hair] = hair
+    colors[regions.brows] = 0.3 * skin + 0.7 * hair * 0.8
     colors[regions.sclera] = [235, 230, 225]
     colors[regions.iris] = [50, 35, 25]
     colors[regions.shorts] = shorts
