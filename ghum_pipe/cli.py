@@ -189,10 +189,13 @@ def run(scans, device, lowres, no_report, work, cluster, **kw):
       ghum-pipe run scans/ --work W --workers 2
       ghum-pipe run scans/ --work W --scheduler tcp://10.0.0.5:8786 --retries 2
     """
+    from ghum_pipe.pipelines.cluster import ClientSession
+
     extra = {"register": {"device": device, "lowres": lowres or None}}
-    result = _run_stages(("ingest", "landmark", "register"), scans, work, cluster, extra_configs=extra, **kw)
-    if not no_report and not result.interrupted:
-        _write_report(work, quiet=kw["quiet"], cluster=cluster)
+    with ClientSession(cluster) as session:  # one cluster for the batch and the report's images
+        result = _run_stages(("ingest", "landmark", "register"), scans, work, session, extra_configs=extra, **kw)
+        if not no_report and not result.interrupted:
+            _write_report(work, quiet=kw["quiet"], cluster=session)
     _exit_for(result)
 
 

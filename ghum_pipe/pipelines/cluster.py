@@ -219,6 +219,46 @@ def open_client(options: ClusterOptions | None = None) -> Iterator["distributed.
         yield client
 
 
+class ClientSession:
+    """A Dask client opened on first use and shared by the steps that follow (``run``: the batch,
+    then the report's images), so a batch-system cluster is submitted once, and not at all when
+    everything is up to date::
+
+        with ClientSession(options) as session:
+            run_batch(W, scans, stages, cluster=session)   # session.client() when there is work
+            write_report(W, cluster=session)
+    """
+
+    def __init__(self, options: ClusterOptions | None = None):
+        self.options = options or ClusterOptions()
+        self._stack: contextlib.ExitStack | None = None
+        self._client = None
+
+    def client(self):
+        if self._client is None:
+            self._stack = contextlib.ExitStack()
+            self._client = self._stack.enter_context(open_client(self.options))
+        return self._client
+
+    def __enter__(self) -> "ClientSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._stack is not None:
+            self._stack.close()
+        self._stack = self._client = None
+
+
+@contextlib.contextmanager
+def session_client(cluster: "ClusterOptions | ClientSession | None"):
+    """Yield a client from options (opened and closed here) or from a shared session (kept open)."""
+    if isinstance(cluster, ClientSession):
+        yield cluster.client()
+    else:
+        with open_client(cluster) as client:
+            yield client
+
+
 def cluster_click_options(command: Callable) -> Callable:
     """Decorator adding ``--workers``, ``--threads-per-worker``, ``--scheduler``, ``--cluster``,
     ``--cluster-config``, ``--memory`` and ``--dashboard`` to a click command; the command

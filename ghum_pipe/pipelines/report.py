@@ -120,9 +120,9 @@ def _render_overlays(jobs: list[tuple], cluster) -> None:
     if not jobs:
         return
     if cluster is not None and len(jobs) > 1:
-        from ghum_pipe.pipelines.cluster import open_client
+        from ghum_pipe.pipelines.cluster import session_client
 
-        with open_client(cluster) as client:
+        with session_client(cluster) as client:
             errors = client.gather(client.map(render_overlay, *zip(*jobs), pure=False))
     else:
         errors = [render_overlay(*job) for job in jobs]
@@ -223,7 +223,8 @@ def _scan_section(manifest: Manifest, r: dict, stages: list[str], out_dir: Path)
 def write_report(work: str | Path, overlays: bool = True, cluster=None) -> Path:
     """Write ``W/report/index.html`` (+ plots and overlay images); return its path.
 
-    cluster: ``ClusterOptions`` to render the overlay images on Dask workers (None: in this process).
+    cluster: ``ClusterOptions`` or a ``ClientSession`` to render the overlay images on Dask workers
+        (None: in this process).
     """
     work = Path(work).resolve()
     manifest = Manifest.load(work)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ghum_pipe.pipelines.cluster import ClusterOptions, open_client
+from ghum_pipe.pipelines.cluster import ClientSession, ClusterOptions, session_client
 from ghum_pipe.pipelines.manifest import (
     Manifest, ManifestLock, ThrottledSaver, WorkDirError, config_hash, log_path, stage_key, sweep_temp_files,
 )
@@ -86,7 +86,7 @@ def run_batch(
     scans: Mapping[str, Path] | None,
     stages: tuple[str, ...],
     configs: Mapping[str, Any] | None = None,
-    cluster: ClusterOptions | None = None,
+    cluster: ClusterOptions | ClientSession | None = None,
     retries: int = 1,
     force: bool = False,
     only: tuple[str, ...] | None = None,
@@ -96,6 +96,8 @@ def run_batch(
 
     scans: ``{id: path}`` to add to the work dir, or None for the scans it already has.
     configs: ``{stage: config}``; missing ones get the stage's default config.
+    cluster: where to run (``ClusterOptions``), or a ``ClientSession`` shared with later steps; the
+        client is only opened when there is something to run.
     retries: extra attempts for a task that crashed or whose worker died (bad input is not retried).
     force: redo the requested stages even when up to date (upstream stages are kept if current).
     only: restrict to these scan ids.
@@ -192,7 +194,7 @@ def _execute(work, manifest, saver, todo, plan_stages, configs, cluster, retries
 
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     totals = {s: sum(1 for (_, st) in todo if st == s) for s in plan_stages}
-    with open_client(cluster) as client, StageProgress(totals, enabled=show_progress) as bars:
+    with session_client(cluster) as client, StageProgress(totals, enabled=show_progress) as bars:
         check_workers(client, work)
         futures: dict = {}
         meta: dict = {}
