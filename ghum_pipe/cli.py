@@ -214,7 +214,7 @@ def status(work, show_all):
     from ghum_pipe.pipelines.status import print_status
 
     try:
-        print_status(Manifest.load(work), show_all=show_all)
+        print_status(Manifest.load_existing(work), show_all=show_all)
     except GhumPipeError as e:
         raise SetupError(str(e)) from None
 

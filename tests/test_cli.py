@@ -47,6 +47,9 @@ def test_setup_errors_exit_2_with_one_line(tmp_path):
     assert res.exit_code == 2 and "nope.ply: no such scan file or folder" in res.output
     res = CliRunner().invoke(main, ["register", "--work", str(tmp_path / "W2")])
     assert res.exit_code == 2 and "no scans to process" in res.output
+    for command in ("status", "report"):
+        res = CliRunner().invoke(main, [command, "--work", str(tmp_path)])
+        assert res.exit_code == 2 and "not a ghum-pipe work dir (no manifest.json)" in res.output
     res = CliRunner().invoke(main, ["ingest", str(tmp_path), "--work", str(tmp_path / "W"), "--workers", "0"])
     assert res.exit_code == 2
     res = CliRunner().invoke(main, ["ingest", str(tmp_path), "--work", str(tmp_path / "W"),

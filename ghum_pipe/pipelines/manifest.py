@@ -109,6 +109,14 @@ class Manifest:
     configs: dict = field(default_factory=dict)
 
     @classmethod
+    def load_existing(cls, work: str | Path) -> "Manifest":
+        """Like :meth:`load`, for commands that only read a work dir (status, report)."""
+        if not (Path(work) / MANIFEST_NAME).exists():
+            raise WorkDirError("not a ghum-pipe work dir (no manifest.json)", work,
+                               "Run e.g. 'ghum-pipe run SCANS --work W' first")
+        return cls.load(work)
+
+    @classmethod
     def load(cls, work: str | Path) -> "Manifest":
         work = Path(work)
         path = work / MANIFEST_NAME

@@ -227,7 +227,7 @@ def write_report(work: str | Path, overlays: bool = True, cluster=None) -> Path:
         (None: in this process).
     """
     work = Path(work).resolve()
-    manifest = Manifest.load(work)
+    manifest = Manifest.load_existing(work)
     out_dir = work / "report"
     rows = scan_rows(manifest)
     columns = _metric_columns(rows)
