@@ -209,11 +209,11 @@ def _execute(work, manifest, saver, todo, plan_stages, configs, cluster, retries
                     key=f"{stage}-{scan_id}-{run_id}", retries=retries, priority=stage_index, pure=False,
                 )
                 futures[(scan_id, stage)] = fut
-                meta[fut.key] = (scan_id, stage, key, cfg_hash)
+                meta[fut.key] = (scan_id, stage, key, cfg_hash, upstream)
         try:
             for fut in as_completed(list(futures.values())):
-                scan_id, stage, key, cfg_hash = meta[fut.key]
-                record = _collect(fut, work, scan_id, stage, key, cfg_hash, configs[stage], run_id)
+                scan_id, stage, key, cfg_hash, upstream = meta.pop(fut.key)
+                record = _collect(fut, work, scan_id, stage, key, cfg_hash, configs[stage], run_id, upstream)
                 _apply(manifest, result, work, scan_id, stage, record)
                 bars.advance(stage, record["status"])
                 saver.touch()
@@ -243,11 +243,14 @@ def check_workers(client, work: Path) -> None:
                            "Put W (and the scans) on a file system all machines share, at the same path")
 
 
-def _collect(fut, work, scan_id, stage, key, cfg_hash, config, run_id) -> dict:
-    """The task's record, or a ``failed`` one when it crashed on every attempt or its workers died."""
+def _collect(fut, work, scan_id, stage, key, cfg_hash, config, run_id, upstream) -> dict:
+    """The task's record, or a ``failed`` one when it crashed on every attempt or its workers died
+    (``blocked`` when that happened to an upstream task: the failure is reported there, once)."""
     try:
         return fut.result()
     except Exception as e:  # noqa: BLE001 - whatever killed the task is reported per scan
+        if any(up.status == "error" for up in upstream):
+            return {"stage": stage, "status": "blocked", "key": key, "error": "an upstream stage did not finish"}
         first = (str(e).strip().splitlines() or [""])[0][:300]
         kind = type(e).__name__
         reason = (f"worker died running it ({kind}: {first}); out of memory? try fewer --workers or more --memory"
