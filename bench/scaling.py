@@ -10,6 +10,7 @@ processes on a shared machine take cores away from the run.
 
     .venv/bin/python bench/scaling.py                  # 6 scans, landmark, 1 vs 2 workers
     .venv/bin/python bench/scaling.py --count 8 --stage register --scans demo/synth/scans
+    .venv/bin/python bench/scaling.py --stage ingest --count 200 --scans DIR   # scheduling overhead
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main() -> None:
     ap.add_argument("--scans", type=Path, default=None, help="scan folder (default: synthesise --count scans)")
     ap.add_argument("--count", type=int, default=6)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--stage", choices=["landmark", "register"], default="landmark")
+    ap.add_argument("--stage", choices=["ingest", "landmark", "register"], default="landmark")
     ap.add_argument("--out", type=Path, default=Path("/tmp/ghum-pipe-bench-scaling"))
     args = ap.parse_args()
 
@@ -79,9 +80,11 @@ def main() -> None:
     base = args.out / f"base_{args.stage}"
     shutil.rmtree(base, ignore_errors=True)
     # everything upstream of the measured stage, done once and copied into each run's work dir
-    upstream = {"landmark": "ingest", "register": "landmark"}[args.stage]
-    pre = run_batch(base, scans, (upstream,), cluster=ClusterOptions(workers=2), retries=0, progress=False)
-    print(f"{len(scans)} scans; upstream '{upstream}': {pre.summary()}", flush=True)
+    upstream = {"ingest": None, "landmark": "ingest", "register": "landmark"}[args.stage]
+    base.mkdir(parents=True)
+    if upstream:
+        pre = run_batch(base, scans, (upstream,), cluster=ClusterOptions(workers=2), retries=0, progress=False)
+        print(f"{len(scans)} scans; upstream '{upstream}': {pre.summary()}", flush=True)
 
     rows = [measure(base, scans, args.stage, w) for w in (1, 2)]
     one = rows[0]
