@@ -26,6 +26,7 @@ that the stage works on a body it has never seen, not the like-with-like accurac
 
     .venv/bin/python bench/landmarks.py                     # 2 scans per kind, ~3 min
     .venv/bin/python bench/landmarks.py --count 4 --out /tmp/lm_bench
+    .venv/bin/python bench/landmarks.py --clouds             # + posed raw point clouds
 """
 
 from __future__ import annotations
@@ -55,13 +56,14 @@ KINDS = {  # name: (synth options, seed)
     "posed_yup": (["--posed", "--up", "y"], 14),
     "other": (["--other-model"], 15),
 }
+CLOUD_KIND = {"posed_cloud": (["--posed", "--point-cloud"], 16)}  # with --clouds
 TARGETS = "targets: body mean <= 25 mm, >= 95 % within 50 mm, 0 swaps; face <= 6 mm; hands <= 12 mm; <= 8 s/scan"
 
 
-def make_scans(out: Path, count: int) -> list[tuple[str, Path, Path]]:
+def make_scans(out: Path, count: int, kinds: dict = KINDS) -> list[tuple[str, Path, Path]]:
     """(kind, scan file, truth npz) for ``count`` scans of each kind, made once with the CLI."""
     rows = []
-    for kind, (opts, seed) in KINDS.items():
+    for kind, (opts, seed) in kinds.items():
         d = out / kind
         if len(list((d / "scans").glob("*.ply"))) < count:
             print(f"ghum-pipe synth {d} --count {count} {' '.join(opts)} ...", flush=True)
@@ -108,6 +110,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "ghum_bench_landmarks")
     ap.add_argument("--count", type=int, default=2, help="scans per kind")
+    ap.add_argument("--clouds", action="store_true", help="also posed raw point clouds (meshed by the stage)")
     args = ap.parse_args()
 
     import torch
@@ -117,7 +120,7 @@ def main() -> None:
     from ghum_pipe.landmarks.template_landmarks import load_template_landmarks
     from ghum_pipe.template import load_template
 
-    rows = make_scans(args.out, args.count)
+    rows = make_scans(args.out, args.count, {**KINDS, **(CLOUD_KIND if args.clouds else {})})
     t0 = time.perf_counter()
     tl = load_template_landmarks(load_template())
     print(f"template landmarks: {len(tl)} ({time.perf_counter() - t0:.1f} s; cached after the first build)\n")

@@ -92,8 +92,10 @@ class TemplateLandmarks:
     @classmethod
     def load(cls, path: str | Path) -> "TemplateLandmarks":
         with np.load(path) as z:
-            return cls(tuple(str(n) for n in z["names"]), z["vertex_ids"].astype(np.int64),
-                       z["weights"].astype(np.float64), tuple(str(k) for k in z["kinds"]),
+            ids, w = z["vertex_ids"].astype(np.int64), z["weights"].astype(np.float64)
+        ids.setflags(write=False), w.setflags(write=False)  # shared per process by the loader
+        with np.load(path) as z:
+            return cls(tuple(str(n) for n in z["names"]), ids, w, tuple(str(k) for k in z["kinds"]),
                        str(z["template_hash"]))
 
 
@@ -198,16 +200,31 @@ def build_template_landmarks(template, config=None, n_shapes: int = CALIBRATION_
     return from_found(found, template, others=others)
 
 
+_LOADED: dict[str, TemplateLandmarks] = {}
+
+
 def load_template_landmarks(template=None) -> TemplateLandmarks:
-    """The template's landmarks, from the cache or built once (~30-60 s) and cached atomically."""
+    """The template's landmarks: from this process's memory, the cache file, or built once
+    (~30-60 s) and cached atomically. Concurrent processes (Dask workers starting together) wait
+    for one build instead of each doing it."""
     if template is None:
         from ghum_pipe.template import load_template
 
         template = load_template()
     path = cache_path(template)
-    if path.exists():
-        return TemplateLandmarks.load(path)
-    log.info("building template landmarks into %s (once)", path)
-    tl = build_template_landmarks(template)
-    tl.save(path)
-    return tl
+    if str(path) in _LOADED:
+        return _LOADED[str(path)]
+    if not path.exists():
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if not path.exists():  # another process may have built it while we waited
+                    log.info("building template landmarks into %s (once)", path)
+                    build_template_landmarks(template).save(path)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    _LOADED[str(path)] = TemplateLandmarks.load(path)
+    return _LOADED[str(path)]
