@@ -1,8 +1,15 @@
 """Reading registrations from a work dir for training and evaluation.
 
 A work dir holds ``scans/<id>/registration.ply`` (template topology, in the scan file's frame and
-units) and ``scans/<id>/params.npz`` (optional keys: ``transform`` 4x4 internal metres -> file
-frame, ``pose (J,3)``, ``translation (3,)`` root translation in internal metres, ``subject``, ``kind``, ``mask (V,)`` the filter F).
+units) and ``scans/<id>/params.npz``, all keys optional:
+
+- ``verts_internal (V,3)``: the registration in internal metres (else ``transform`` or
+  ``frame_matrix``, 4x4 internal metres -> file frame, converts the PLY; else it is internal);
+- ``pose (J,3)``, ``translation (3,)`` internal metres: the starting pose of training;
+- ``subject``, ``kind`` (``body`` | ``head`` | ``hand_left`` | ...);
+- ``mask``, ``vertex_mask`` or ``region_mask (V,)``: the filter F, 1 where the registration saw
+  scan data (all 1 when absent).
+
 Subjects (all scans of one person share a shape) come from, in order: ``WORK/subjects.csv``
 (``scan_id,subject``), ``params.npz['subject']``, a user regex whose group 1 is the subject
 (``--subject-pattern``), else each scan is its own subject.
@@ -86,10 +93,14 @@ def _read_one(scan_dir: Path, n_verts: int, n_joints: int):
     if (scan_dir / "params.npz").is_file():
         with np.load(scan_dir / "params.npz", allow_pickle=False) as z:
             params = {k: z[k] for k in z.files}
-    if "transform" in params:  # file frame -> internal metres, +Z up
-        T = np.linalg.inv(params["transform"])
+    to_file = params.get("transform", params.get("frame_matrix"))  # 4x4 internal metres -> file frame
+    if "verts_internal" in params and np.shape(params["verts_internal"]) == (n_verts, 3):
+        verts = np.asarray(params["verts_internal"], dtype=np.float64)  # the registration stage writes it
+    elif to_file is not None:
+        T = np.linalg.inv(to_file)
         verts = verts @ T[:3, :3].T + T[:3, 3]
-    mask = np.asarray(params.get("mask", np.ones(n_verts)), dtype=np.float32).reshape(-1)
+    mask = next((params[k] for k in ("mask", "vertex_mask", "region_mask") if k in params), np.ones(n_verts))
+    mask = np.asarray(mask, dtype=np.float32).reshape(-1)
     if mask.shape != (n_verts,):
         mask = np.ones(n_verts, dtype=np.float32)
     pose = np.asarray(params.get("pose", np.zeros((n_joints, 3))), dtype=np.float32)

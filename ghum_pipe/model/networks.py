@@ -86,10 +86,11 @@ class VAE(nn.Module):
         """z (B, L) -> x (B, D) metres."""
         return self.mean + (self.decode_coefficients(z) * self.coef_std) @ self.basis
 
-    def forward(self, x: torch.Tensor, sample: bool = True):
+    def forward(self, x: torch.Tensor, sample: bool = True, is_coefficients: bool = False):
         """Returns reconstructed coefficients (B, M), target coefficients, mu, logvar;
-        reparameterised z = mu + eps * sigma."""
-        c = self.coefficients(x)
+        reparameterised z = mu + eps * sigma. ``is_coefficients``: x is already
+        :meth:`coefficients` (training computes them once)."""
+        c = x if is_coefficients else self.coefficients(x)
         h = self.encoder(c)
         mu, logvar = self.enc_lin(c) + self.mu(h), self.logvar(h)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu

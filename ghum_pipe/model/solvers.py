@@ -50,11 +50,12 @@ def solve_psd(feats: torch.Tensor, residual: torch.Tensor, mask: torch.Tensor, p
         tb = table[lo:lo + chunk]  # (v, Pmax)
         valid = tb >= 0
         joints = pair_joint[tb.clamp_min(0)]  # (v, Pmax)
-        F = feats[:, joints].double() * valid[None, ..., None]  # (N, v, Pmax, 9)
+        F = feats[:, joints].float() * valid[None, ..., None]  # (N, v, Pmax, 9)
         F = F.reshape(F.shape[0], F.shape[1], -1)  # (N, v, D)
-        m = mask[:, lo:lo + chunk].double()
-        G = torch.einsum("nv,nvd,nve->vde", m, F, F)
-        rhs = torch.einsum("nv,nvd,nvc->vdc", m, F, residual[:, lo:lo + chunk].double())
+        m = mask[:, lo:lo + chunk].float()
+        # normal equations assembled in float32 (features are O(1)), solved in float64
+        G = torch.einsum("nvd,nve->vde", F * m[..., None], F).double()
+        rhs = torch.einsum("nvd,nvc->vdc", F * m[..., None], residual[:, lo:lo + chunk].float()).double()
         D = G.shape[-1]
         G = G + ridge * torch.eye(D, dtype=G.dtype)
         W = torch.linalg.solve(G, rhs).reshape(-1, pmax, 9, 3)  # (v, Pmax, 9, 3)

@@ -208,12 +208,21 @@ def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int) -> fl
     torch.manual_seed(seed)
     vae.init_pca(x)
     opt = torch.optim.Adam(vae.parameters(), lr=3e-4)  # small: the PCA start is already good
-    for _ in range(steps):
-        opt.zero_grad()
-        c_hat, c, mu, logvar = vae(x)
-        loss = vae.reconstruction_m2(c_hat, c) * 1e4 + kl_weight * vae.kl(mu, logvar)
-        loss.backward()
-        opt.step()
+    with torch.no_grad():
+        coeffs = vae.coefficients(x)  # the frozen first layer, computed once
+    # Adam's second moments of near-zero gradients become denormal floats, which run ~100x
+    # slower on x86 CPUs: flush them to zero while training (restored afterwards).
+    flush = torch.set_flush_denormal(True)
+    try:
+        for _ in range(steps):
+            opt.zero_grad()
+            c_hat, c, mu, logvar = vae(coeffs, is_coefficients=True)
+            loss = vae.reconstruction_m2(c_hat, c) * 1e4 + kl_weight * vae.kl(mu, logvar)
+            loss.backward()
+            opt.step()
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
     with torch.no_grad():
         recon = vae.decode(vae.encode(x)[0])
         return float((recon - x).reshape(x.shape[0], -1, 3).norm(dim=-1).mean() * 1000)
