@@ -8,6 +8,7 @@ then a summary line), 2 for a usage or set-up error, 130 when interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import logging
@@ -20,7 +21,7 @@ import click
 
 from ghum_pipe import __version__
 from ghum_pipe.errors import GhumPipeError
-from ghum_pipe.pipelines.cluster import cluster_click_options
+from ghum_pipe.pipelines.cluster import ClusterOptions, cluster_click_options
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -80,6 +81,13 @@ def batch_options(command):
     return command
 
 
+def _in_work_dir(cluster, work: Path):
+    """Local Dask workers keep their scratch files in W/.dask-scratch: nothing outside W."""
+    if isinstance(cluster, ClusterOptions) and cluster.local_directory is None:
+        return dataclasses.replace(cluster, local_directory=str(Path(work).resolve() / ".dask-scratch"))
+    return cluster
+
+
 def _run_stages(stages, scans, work, cluster, retries, force, only, units, up, verbose, quiet, extra_configs=None):
     """Shared body of the batch commands: run, print failures and the summary, return the result."""
     from ghum_pipe.pipelines.runner import run_batch
@@ -91,8 +99,8 @@ def _run_stages(stages, scans, work, cluster, retries, force, only, units, up, v
         scan_paths = discover_scans(scans) if scans else None
         configs = {s: STAGES[s].default_config(units=units, up=up, **(extra_configs or {}).get(s, {}))
                    for s in closure(stages)}
-        result = run_batch(work, scan_paths, stages, configs=configs, cluster=cluster, retries=retries,
-                           force=force, only=only or None, progress=not quiet)
+        result = run_batch(work, scan_paths, stages, configs=configs, cluster=_in_work_dir(cluster, work),
+                           retries=retries, force=force, only=only or None, progress=not quiet)
     except GhumPipeError as e:
         raise SetupError(str(e)) from None
     for failure in result.failures:
@@ -192,7 +200,7 @@ def run(scans, device, lowres, no_report, work, cluster, **kw):
     from ghum_pipe.pipelines.cluster import ClientSession
 
     extra = {"register": {"device": device, "lowres": lowres or None}}
-    with ClientSession(cluster) as session:  # one cluster for the batch and the report's images
+    with ClientSession(_in_work_dir(cluster, work)) as session:  # one cluster for the batch and the report's images
         result = _run_stages(("ingest", "landmark", "register"), scans, work, session, extra_configs=extra, **kw)
         if not no_report and not result.interrupted:
             _write_report(work, quiet=kw["quiet"], cluster=session)
@@ -243,7 +251,7 @@ def _write_report(work: Path, quiet: bool, cluster=None) -> None:
 
     _setup_logging(0, quiet)
     try:
-        index = write_report(work, cluster=cluster)
+        index = write_report(work, cluster=_in_work_dir(cluster, work))
     except GhumPipeError as e:
         raise SetupError(str(e)) from None
     if not quiet:

@@ -59,6 +59,8 @@ class ClusterOptions:
     memory: memory limit per worker, e.g. ``"4GB"`` (LocalCluster: None = the machine's memory
         split evenly; jobqueue: overrides the file's ``memory``).
     dashboard: start the Dask dashboard (on a free port; its address is logged).
+    local_directory: LocalCluster workers' scratch space (the batch commands put it in
+        ``W/.dask-scratch``, so nothing is written outside the work dir); None = Dask's default.
     """
 
     workers: int | None = None
@@ -68,6 +70,7 @@ class ClusterOptions:
     cluster_config: str | None = None
     memory: str | None = None
     dashboard: bool = False
+    local_directory: str | None = None
 
     def __post_init__(self):
         if self.workers is not None and self.workers < 1:
@@ -211,6 +214,7 @@ def open_client(options: ClusterOptions | None = None) -> Iterator["distributed.
             dashboard_address=":0",
             scheduler_kwargs={"dashboard": options.dashboard},
             memory_limit=options.memory or "auto",
+            local_directory=options.local_directory,
             silence_logs=logging.ERROR,
         )
     with cluster, distributed.Client(cluster) as client:
