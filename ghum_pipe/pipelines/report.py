@@ -24,7 +24,7 @@ from ghum_pipe.io.atomic import atomic_path
 from ghum_pipe.pipelines.manifest import Manifest, flatten_numeric, scan_dir
 from ghum_pipe.pipelines.report_plots import histogram_png, render_overlay
 from ghum_pipe.pipelines.stages import ORDER
-from ghum_pipe.pipelines.status import stage_status, status_counts
+from ghum_pipe.pipelines.status import short_reason, stage_status, status_counts
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +173,6 @@ def _plots(out_dir: Path, rows: list[dict], stages: list[str], columns: list[str
     return plots
 
 
-def _short_reason(reason: str, scan_path: str | None) -> str:
-    """The error without the scan's path in front (the table row already says which scan)."""
-    if scan_path and reason.startswith(scan_path + ": "):
-        return reason[len(scan_path) + 2:]
-    return reason
-
-
 def _table(rows: list[dict], stages: list[str], columns: list[str], paths: dict[str, str]) -> list[str]:
     out = ["<table class='sortable' id='scans'><thead><tr><th>scan</th>"
            + "".join(f"<th>{s}</th>" for s in stages) + "".join(f"<th>{s} s</th>" for s in stages)
@@ -189,7 +182,7 @@ def _table(rows: list[dict], stages: list[str], columns: list[str], paths: dict[
         cells = [f"<td class='id' data-v='{sid}'><a href='#scan-{sid}'>{sid}</a></td>"]
         for s in stages:
             st = r["status"][s]
-            reason = _short_reason(r["reason"].get(s, ""), paths.get(r["id"]))
+            reason = short_reason(r["reason"].get(s, ""), paths.get(r["id"]))
             cells.append(f"<td class='s {st}' data-v='{st}' title='{html.escape(reason)}'>{st}"
                          + (f": {html.escape(reason[:140])}" if reason else "") + "</td>")
         for v in [r["seconds"].get(s) for s in stages]:

@@ -25,6 +25,13 @@ def stage_status(manifest: Manifest, scan_id: str, stage: str) -> tuple[str, str
     return status, rec.get("error") or ""
 
 
+def short_reason(reason: str, scan_path: str | None) -> str:
+    """The error without the scan's path in front (the row already says which scan)."""
+    if scan_path and reason.startswith(scan_path + ": "):
+        return reason[len(scan_path) + 2:]
+    return reason
+
+
 def status_counts(manifest: Manifest, stages=ORDER) -> dict[str, Counter]:
     """``{stage: Counter(done=.., failed=.., blocked=.., pending=..)}`` over all scans."""
     return {s: Counter(stage_status(manifest, i, s)[0] for i in manifest.ids()) for s in stages}
@@ -47,6 +54,8 @@ def print_status(manifest: Manifest, console: Console | None = None, show_all: b
         cells = []
         for s in stages:
             status, detail = stage_status(manifest, scan_id, s)
+            if status != "done":
+                detail = short_reason(detail, manifest.scans[scan_id].get("path"))
             text = f"[{STATUS_STYLE[status]}]{status}[/]"
             cells.append(f"{text} {detail}".rstrip())
         table.add_row(scan_id, *cells)
