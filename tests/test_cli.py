@@ -134,3 +134,10 @@ def test_a_command_module_that_fails_to_import_does_not_break_the_others():
     assert res.exit_code == 2
     assert "'train' is unavailable: importing ghum_pipe.model.commands failed (ImportError: no module named foo)" \
         in res.output
+
+
+def test_stage_commands_are_registered():
+    for name in ("synth", "train", "evaluate", "sample"):
+        assert name in main.commands, name
+        res = CliRunner().invoke(main, [name, "--help"])
+        assert res.exit_code == 0 and "Usage:" in res.output, (name, res.output)
