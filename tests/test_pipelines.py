@@ -203,3 +203,26 @@ def test_jobqueue_cluster_job_script(tmp_path, kind, directive):
     assert "distributed.cli.dask_worker" in script and "--nthreads 4" in script
     if kind == "slurm":
         assert "#SBATCH --cpus-per-task=4" in script and "#SBATCH -t 02:00:00" in script
+
+
+def test_overlay_of_a_point_cloud_scan(tmp_path, template):
+    """Point-cloud scans are splatted (no mesh to ray cast); the registration is drawn over them."""
+    import numpy as np
+    from PIL import Image
+
+    from ghum_pipe.io import load_scan
+    from ghum_pipe.landmarks.render import BACKGROUND_RGB
+    from ghum_pipe.pipelines.report_plots import overlay_png
+
+    cloud = tmp_path / "cloud.xyz"
+    np.savetxt(cloud, template.rest_verts * 1000.0, fmt="%.3f")  # mm
+    scan = load_scan(cloud)
+    assert scan.is_point_cloud and scan.frame.units == "mm"
+    out = tmp_path / "overlay.png"
+    overlay_png(out, scan, np.asarray(template.rest_verts), np.asarray(template.faces), size=128)
+    img = np.asarray(Image.open(out).convert("RGB"), float)
+    assert img.shape == (256, 512, 3)
+    top, bottom = img[:128], img[128:]
+    background = np.abs(top - np.asarray(BACKGROUND_RGB) * 255).sum(-1) < 6
+    assert 0.02 < (~background).mean() < 0.5  # the splatted body covers part of each view
+    assert (bottom[..., 2] > bottom[..., 0] + 60).mean() > 0.02  # the registration in blue
