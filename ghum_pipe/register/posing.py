@@ -61,12 +61,14 @@ def minimize_lbfgs(tensors: list[torch.Tensor], loss_fn, bounds: list | None = N
 
     sizes = [t.numel() for t in tensors]
     scales = [1.0] * len(tensors) if scales is None else list(scales)
-    k = np.concatenate([np.full(n, float(c)) for n, c in zip(sizes, scales)])
+    k = np.concatenate([np.broadcast_to(np.asarray(c, dtype=np.float64), t.shape).ravel()
+                        for t, c in zip(tensors, scales)])
     x0 = np.concatenate([t.detach().cpu().double().numpy().ravel() for t in tensors]) / k
     box = None
     if bounds is not None:
-        box = [(None, None) if b is None else (b[0] / c, b[1] / c)
-               for b, n, c in zip(bounds, sizes, scales) for _ in range(n)]
+        lo = np.concatenate([np.full(n, -np.inf if b is None else b[0]) for b, n in zip(bounds, sizes)]) / k
+        hi = np.concatenate([np.full(n, np.inf if b is None else b[1]) for b, n in zip(bounds, sizes)]) / k
+        box = [(None if not np.isfinite(a) else a, None if not np.isfinite(b) else b) for a, b in zip(lo, hi)]
 
     def unpack(x):
         with torch.no_grad():
@@ -86,3 +88,28 @@ def minimize_lbfgs(tensors: list[torch.Tensor], loss_fn, bounds: list | None = N
     res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=box, options={"maxiter": maxiter})
     unpack(res.x)
     return int(res.nfev)
+
+
+def jacobi_step_sizes(residual_fn, tensors: list[torch.Tensor], prior_diag: list, n_probe: int = 24,
+                      seed: int = 0, clamp: tuple[float, float] = (1e-3, 1.0)) -> list[np.ndarray]:
+    """Per-variable step sizes 1 / sqrt(diag(J^T J) + prior) for :func:`minimize_lbfgs`.
+
+    ``residual_fn()`` returns the residual vector r (loss ~ |r|^2) built from ``tensors``;
+    diag(J^T J) is estimated with Rademacher probes, E[(J^T v)^2] = diag(J^T J) (Bekas et al.,
+    "An estimator for the diagonal of a matrix", 2007), one backward pass each.
+    ``prior_diag``: per tensor, the curvature of its quadratic prior (scalar or array).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    acc = [torch.zeros_like(t) for t in tensors]
+    r = residual_fn()
+    for i in range(n_probe):
+        v = (torch.randint(0, 2, r.shape, generator=gen) * 2 - 1).to(r.dtype)
+        grads = torch.autograd.grad((r * v).sum(), tensors, retain_graph=i < n_probe - 1, allow_unused=True)
+        for a, g in zip(acc, grads):
+            if g is not None:
+                a += g.detach() ** 2
+    out = []
+    for a, pd in zip(acc, prior_diag):
+        d = a.cpu().double().numpy() / n_probe + np.asarray(pd, dtype=np.float64)
+        out.append(np.clip(1.0 / np.sqrt(np.maximum(d, 1e-12)), *clamp))
+    return out

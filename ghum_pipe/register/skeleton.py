@@ -24,7 +24,7 @@ from ghum_pipe.register.backend import PointIndex, vertex_normals_torch
 from ghum_pipe.register.landmark_pairs import LandmarkPairs
 from ghum_pipe.register.losses import correspondence_mask, icp_loss, landmark_loss
 from ghum_pipe.register.similarity import Similarity
-from ghum_pipe.register.posing import SubsetPoser, full_poser, minimize_lbfgs
+from ghum_pipe.register.posing import SubsetPoser, full_poser, jacobi_step_sizes, minimize_lbfgs
 from ghum_pipe.register.target import ScanTarget
 
 CM2 = 1e4  # losses are evaluated in cm^2 so that the weights below read naturally
@@ -35,12 +35,10 @@ class SkeletonConfig:
     n_shape: int = 32  # leading shape coefficients fitted (all: heavy bodies need them)
     landmark_iters: int = 200  # L-BFGS iterations, landmarks only
     icp_rounds: int = 5  # correspondence refreshes in the ICP phase
-    icp_iters: int = 20  # L-BFGS iterations per round
+    icp_iters: int = 50  # L-BFGS iterations per round
     # Scans are metric (io converts units), so size is the shape's job; a free global scale
     # makes a flat valley with the height coefficient that Adam crawls along.
     fit_scale: bool = False
-    step_shape: float = 20.0  # L-BFGS preconditioning (unit step of a shape coefficient)
-    step_translation: float = 0.3
     # priors (per rad^2, per unit coefficient^2), relative to landmark/ICP terms in cm^2
     pose_prior: float = 0.02
     twist_prior: float = 0.2
@@ -53,7 +51,7 @@ class SkeletonConfig:
     w_hand: float = 0.5
     w_face: float = 0.5
     # ICP (phase 2)
-    icp_landmark_scale: float = 0.3  # detected landmarks are ~1-2 cm noisy: dense data leads in phase 2
+    icp_landmark_scale: float = 0.05  # detected landmarks are ~1-2 cm noisy: dense data leads in phase 2
     w_icp: float = 1.0
     # annealed over the rounds, wide -> narrow: a heavy belly can be 10 cm out of the mean shape
     icp_sigma_m: tuple[float, float] = (0.05, 0.01)
@@ -107,7 +105,7 @@ def _rotvec(R: np.ndarray) -> np.ndarray:
 
 def fit_skeleton(
     template, pairs: LandmarkPairs, init: Similarity, target: ScanTarget | None,
-    config: SkeletonConfig = SkeletonConfig(), device: str | torch.device = "cpu",
+    config: SkeletonConfig = SkeletonConfig(), device: str | torch.device = "cpu", after_landmarks=None,
 ) -> SkeletonFit:
     """Fit pose, shape, expression and the global similarity to landmarks, then + ICP.
 
@@ -117,6 +115,8 @@ def fit_skeleton(
         init: similarity from :func:`ghum_pipe.register.similarity.umeyama` (template rest
             landmarks -> scan landmarks).
         target: the scan's oriented samples, or None to fit landmarks only.
+        after_landmarks: optional check called with the (V, 3) vertices after phase 1 (it may
+            raise, e.g. when the scan covers only part of the posed template).
     """
     cfg = config
     dt = torch.float64  # L-BFGS line searches need more than float32's 7 digits
@@ -183,9 +183,21 @@ def fit_skeleton(
     if use_face:
         bounds[-1] = (0.0, 1.0)  # expr is the last of params here
     params, bounds = params + [shape], bounds + [None]
-    # step sizes (see minimize_lbfgs): translation metres, rotations radians, unit-variance
-    # shape coefficients move the skin far less than a joint does
-    scales = [1.0, cfg.step_translation, 1.0] + ([0.1] if cfg.fit_scale else []) + ([1.0] if use_face else []) + [cfg.step_shape]
+    prior_diag = [0.0, 0.0, prior_w[:, None].expand(-1, 3).numpy()] + ([cfg.scale_prior] if cfg.fit_scale else []) \
+        + ([cfg.expression_prior] if use_face else []) + [cfg.shape_prior]
+
+    def step_sizes(poser, lm_local, corr):
+        """Jacobi preconditioner of the (Gauss-Newton) landmark + ICP least squares: a spine
+        joint moves the whole body, a finger joint a few mm, a shape coefficient ~1 cm."""
+        def residuals():
+            verts = forward(poser)
+            lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_local])
+            r = [((CM2 * lm_w / lm_w.sum()).sqrt()[:, None] * (lm_pred - lm_target)).ravel()]
+            if corr is not None:
+                fv = verts[corr["fwd_local"]]
+                r.append((cfg.w_icp * CM2 / max(len(fv), 1)) ** 0.5 * ((fv - corr["fwd_p"]) * corr["fwd_n"]).sum(-1))
+            return torch.cat(r)
+        return jacobi_step_sizes(residuals, params, prior_diag, seed=cfg.seed)
 
     def objective(poser, lm_local, corr):
         lm_scale = 1.0 if corr is None else cfg.icp_landmark_scale
@@ -202,7 +214,11 @@ def fit_skeleton(
     # phase 1: landmarks only, posing only the landmark vertices (~1-2k of 13.7k)
     poser = SubsetPoser(template, lm_verts, cfg.n_shape, device, dt)
     lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids), device=device)
+    scales = step_sizes(poser, lm_local, None)
     n_eval = minimize_lbfgs(params, objective(poser, lm_local, None), bounds, cfg.landmark_iters, scales)
+    if after_landmarks is not None:
+        with torch.no_grad():
+            after_landmarks(forward(full_poser(template, cfg.n_shape, device, dt)).cpu().numpy())
     # phase 2: + ICP both ways; matches refreshed every round
     n_rounds = cfg.icp_rounds if target is not None else 0
     for r in range(n_rounds):
@@ -217,6 +233,8 @@ def fit_skeleton(
         lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids), device=device)
         corr["fwd_local"] = torch.as_tensor(np.searchsorted(poser.ids, corr["fwd_v"]), device=device)
         corr["bwd_local"] = torch.as_tensor(np.searchsorted(poser.ids, corr["bwd_v"]), device=device)
+        if r == 0:
+            scales = step_sizes(poser, lm_local, corr)
         n_eval += minimize_lbfgs(params, objective(poser, lm_local, corr), bounds, cfg.icp_iters, scales)
     total = n_eval
     with torch.no_grad():

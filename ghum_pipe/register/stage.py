@@ -39,7 +39,8 @@ class RegisterConfig:
     min_confidence: float = 0.3  # scan landmarks below are ignored
     min_body_landmarks: int = 8
     max_init_rms_m: float = 0.06  # shoulder/hip RMS after the similarity: above = inconsistent landmarks
-    min_coverage: float = 0.5  # share of the template near scan data after the skeleton fit
+    min_coverage: float = 0.6  # share of the template near scan data after the landmark fit
+    coverage_dist_m: float = 0.05
     max_scan_to_reg_mm: float = 10.0  # mean scan->registration above this = diverged
     threads: int = 0  # torch threads (0 = leave torch's setting)
 
@@ -106,14 +107,21 @@ def register_scan(
     seconds["prepare"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    fit = fit_skeleton(template, pairs, sim, target, cfg.skeleton, cfg.device)
-    seconds["skeleton"] = time.perf_counter() - t0
     surface = template.masks["surface"]
-    near = target.index.query(fit.verts[surface], 1)[0][:, 0] < 0.03
-    coverage = float(near.mean())
-    if coverage < cfg.min_coverage:
-        _fail(f"partial body: only {coverage:.0%} of the template is within 3 cm of the scan after the "
-              "skeleton fit", path, "Registration needs a whole-body scan; check the scan and its landmarks")
+    coverage = {}
+
+    def check_coverage(verts):
+        """After the landmark fit: is the posed template where the scan is?"""
+        near = target.index.query(verts[surface], 1)[0][:, 0] < cfg.coverage_dist_m
+        coverage["after_landmarks"] = float(near.mean())
+        if near.mean() < cfg.min_coverage:
+            _fail(f"partial body: only {near.mean():.0%} of the template is within {cfg.coverage_dist_m * 100:.0f} cm "
+                  "of the scan after the landmark fit", path,
+                  "Registration needs a whole-body scan; check the scan and its landmarks' contact sheet")
+
+    fit = fit_skeleton(template, pairs, sim, target, cfg.skeleton, cfg.device, after_landmarks=check_coverage)
+    seconds["skeleton"] = time.perf_counter() - t0
+    coverage["after_skeleton"] = float((target.index.query(fit.verts[surface], 1)[0][:, 0] < cfg.coverage_dist_m).mean())
 
     t0 = time.perf_counter()
     nr = refine_nonrigid(fit.verts, template.faces, surface, target, cfg.nonrigid, landmarks=pairs)

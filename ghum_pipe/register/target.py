@@ -53,8 +53,9 @@ def build_target(
         faces = np.asarray(faces, dtype=np.int64)
         mesh = MeshDistance(verts, faces)
         fn = face_normals(verts, faces)
-        if len(verts) <= max_points:
-            pts, nrm = verts, vertex_normals(verts, faces)
+        used = np.unique(faces)
+        if len(used) <= max_points:  # vertices no face uses have no normal: leave them out
+            pts, nrm = verts[used], vertex_normals(verts, faces)[used]
         else:
             area = 0.5 * np.linalg.norm(
                 np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]]), axis=1)
