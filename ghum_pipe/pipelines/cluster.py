@@ -160,7 +160,8 @@ def build_jobqueue_cluster(options: ClusterOptions, scale: bool = True):
     if options.memory:
         kwargs["memory"] = options.memory
     kwargs.setdefault("processes", 1)  # one worker process per job unless the file says otherwise
-    kwargs.setdefault("dashboard_address", ":0")  # a free port: several runs on one login node
+    # the dashboard on a free port: several runs may share a login node
+    kwargs["scheduler_options"] = {"dashboard_address": ":0", **(kwargs.get("scheduler_options") or {})}
     missing = [k for k in ("cores", "memory") if k not in kwargs]
     if missing:
         raise ClusterError(
