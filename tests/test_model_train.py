@@ -28,7 +28,7 @@ def test_train_ghuml_with_dask_recovers_planted_truth(tmp_path):
                       dashboard_address=None) as cluster, Client(cluster) as client:
         summary = train_models(work, tmp_path / "model", {"ghuml": cfg}, client)["ghuml"]
     hist = [h["fit_mm"] for h in summary["history"]]
-    assert hist[-1] < hist[0] and hist[-1] < 1.5, hist  # noise is 0.5 mm per axis (~0.8 mm mean)
+    assert hist[-1] < 0.7 * hist[0] and hist[-1] < 2.0, hist  # noise: 0.5 mm per axis (~0.8 mm mean)
     model = GHUM.load(tmp_path / "model" / "ghuml")
     truth = ev.truth_of(work)
     full = load_registrations(str(work), "full")

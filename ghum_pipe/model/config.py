@@ -13,7 +13,7 @@ class ModelConfig:
     shape_latent: beta_b size (paper: 64 GHUM, 16 GHUML).
     expression_latent: beta_f size (paper: 20).
     hidden: width of the VAE encoder/decoder MLP layers (PReLU).
-    psd_radius_m: a joint's PSD may move only vertices skinned to it, its parent or a child,
+    psd_radius_m: a joint's PSD may move only vertices skinned to it or its parent,
         within this distance of its centre (the sparsity pattern; L1 inside it learns locality).
     top_k: skinning influences per vertex (I).
     """
@@ -56,7 +56,7 @@ class TrainConfig:
     pose_iters: int = 5
     inner: int = 2
     chunk: int = 8
-    psd_ridge: float = 1.0
+    psd_ridge: float = 5.0
     skin_ridge: float = 1e-4
     vae_steps: int = 600
     kl_weight: float = 1e-3

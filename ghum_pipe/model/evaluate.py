@@ -70,7 +70,8 @@ def heldout(data: RegistrationSet, meta: dict, work: Path) -> RegistrationSet:
 
 
 def _cap(data: RegistrationSet, n: int | None) -> RegistrationSet:
-    return data if n is None or len(data) <= n else data.select(np.arange(n))
+    """At most n scans, spread evenly over the (sorted) scans, hence over subjects."""
+    return data if n is None or len(data) <= n else data.select(np.linspace(0, len(data) - 1, n).round().astype(int))
 
 
 def fit_errors(model: GHUM, data: RegistrationSet, cfg: EvalConfig, use_psd: bool = True,

@@ -116,14 +116,11 @@ def psd_pairs(rest_verts: np.ndarray, rest_joints: np.ndarray, parents: np.ndarr
               skin_weights: np.ndarray, radius_m: float, skip_joints: tuple[int, ...] = (0,)) -> np.ndarray:
     """The PSD sparsity pattern: (P, 2) int64 (joint, vertex) pairs.
 
-    A joint may move a vertex if the vertex is skinned (weight > 0) to it, its parent or one of
-    its children, and lies within ``radius_m`` of the joint centre. The root (global rotation)
+    A joint may move a vertex if the vertex is skinned (weight > 0) to it or its parent (a
+    bending elbow bulges the upper arm) and lies within ``radius_m`` of the joint centre. The root (global rotation)
     gets no corrective: a rigid turn of the body does not deform it.
     """
     J = len(parents)
-    children = [[] for _ in range(J)]
-    for j in range(1, J):
-        children[int(parents[j])].append(j)
     infl = np.zeros((rest_verts.shape[0], J), dtype=bool)
     rows = np.repeat(np.arange(rest_verts.shape[0]), skin_indices.shape[1])
     ok = skin_weights.ravel() > 0
@@ -132,7 +129,7 @@ def psd_pairs(rest_verts: np.ndarray, rest_joints: np.ndarray, parents: np.ndarr
     for j in range(J):
         if j in skip_joints:
             continue
-        group = [j] + children[j] + ([int(parents[j])] if parents[j] >= 0 else [])
+        group = [j] + ([int(parents[j])] if parents[j] >= 0 else [])
         near = np.linalg.norm(rest_verts - rest_joints[j], axis=1) < radius_m
         v = np.nonzero(infl[:, group].any(1) & near)[0]
         pairs.append(np.stack([np.full_like(v, j), v], 1))

@@ -4,11 +4,12 @@ Alternating optimisation (Xu et al. 2020, Sec. 3.2):
 
 (a) pose step, model fixed: per-scan pose theta and translation by Adam on the F-masked vertex
     distance (:func:`pose_step`; embarrassingly parallel, ``schedule.py`` runs it as Dask tasks);
-(b) model step, poses fixed (:func:`model_step`): first a closed-form refresh of every subject's
+(b) model step, poses fixed (:func:`model_step`): a closed-form refresh of every subject's
     rest shape X~_s (F-weighted mean of its scans brought to the rest pose by inverse skinning,
     minus the current PSD; vertices never seen are filled from the template's shape space) and
-    of every scan's expression offsets on the face; then Adam on the PSD D (with L1 for
-    locality), the skinning logits omega and the joint regressor C against the posed data.
+    of every scan's expression offsets on the face; then the skinning weights omega and the PSD
+    D, each solved exactly per vertex (``solvers.py``). The joint regressor C keeps its
+    template-derived initialisation (not updated by training yet).
 
 After the last round the shape VAE is fitted to the subjects' rest shapes and the expression VAE
 to the expression offsets (:func:`fit_vaes`). The per-subject rest shapes play the role of the
@@ -137,6 +138,16 @@ def refresh_shapes(model: GHUM, data: RegistrationSet, state: TrainState, batch:
     return raw
 
 
+@torch.no_grad()
+def _unpose_all(model: GHUM, data: RegistrationSet, state: TrainState, batch: int = 16) -> torch.Tensor:
+    out = torch.zeros(len(data), model.n_verts, 3)
+    for lo in range(0, len(data), batch):
+        idx = np.arange(lo, min(len(data), lo + batch))
+        rest = state.rest[torch.as_tensor(data.subject_index[idx])]
+        out[idx] = model.unpose(torch.as_tensor(data.verts[idx]), rest, state.pose[idx], state.translation[idx])
+    return out
+
+
 def _psd_all(model: GHUM, pose: torch.Tensor, batch: int = 32) -> torch.Tensor:
     return torch.cat([model.psd(model_rotmats(pose[lo:lo + batch])) for lo in range(0, len(pose), batch)])
 
@@ -156,8 +167,9 @@ def model_rotmats(pose: torch.Tensor) -> torch.Tensor:
 
 def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig, round_: int) -> None:
     """Step (b) with poses fixed, ``cfg.inner`` times: refresh rest shapes and expressions,
-    solve the PSD on the rest-space residuals, solve the skinning weights on the posed data
-    (``solvers.py``). Updates ``state`` (model weights, shapes, history)."""
+    solve the skinning weights on the posed data, then the PSD on the rest-space residuals
+    that skinning leaves (``solvers.py``; skinning first because its 4 unknowns per vertex are
+    well determined, while D would otherwise soak up skinning errors and overfit). Updates ``state`` (model weights, shapes, history)."""
     model.load_state_dict(state.model)
     mask = torch.as_tensor(data.mask)
     subj = torch.as_tensor(data.subject_index)
@@ -172,16 +184,18 @@ def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: Train
         with torch.no_grad():
             rest = state.rest[subj]
             expr = _expand_face(model, state.expression)
-            # face vertices: expression offsets already absorb their residual, leave D there at 0
-            psd_mask = mask * (~face).float()
-            W = solve_psd(feats, raw - rest - expr, psd_mask, model.psd.pair_joint, table, cfg.psd_ridge)
-            model.psd.weight.copy_(W)
+            # skinning first: 4 unknowns per vertex, well determined; D then fits what is left
             x = rest + expr + _psd_all(model, state.pose)
             joints = model.joint_regressor(rest)
             _, rel = batch_rigid_transform(rot, joints, model.parents, model.levels)
             w = solve_skinning(x, rel, target - state.translation[:, None], mask, model.skin_indices,
                                model.skin_allowed, model.skin_weights, cfg.skin_ridge)
             model.skin_logits.copy_(torch.log(w.clamp_min(1e-8)))
+            raw = _unpose_all(model, data, state)
+            # face vertices: expression offsets already absorb their residual, leave D there at 0
+            psd_mask = mask * (~face).float()
+            W = solve_psd(feats, raw - rest - expr, psd_mask, model.psd.pair_joint, table, cfg.psd_ridge)
+            model.psd.weight.copy_(W)
     state.model = {k: v.detach().clone() for k, v in model.state_dict().items()}
     state.history.append(dict(round=round_, fit_mm=posed_error_mm(model, data, state)))
 
