@@ -1,0 +1,150 @@
+"""Registration benchmark: ghum-pipe vs trimesh's nricp_amberg on synthetic scans with truth.
+
+    .venv/bin/python bench/register.py OUT [--apose 1 --posed 1 --other 1] [--no-peer]
+
+Makes (or reuses) ``ghum-pipe synth`` scans in OUT (A-pose: mm; posed: mixed units / up axes;
+all with the scanner's holes and noise; ``--other``: the other-body-model mannequin, no vertex
+truth), runs the real landmark stage, then per scan:
+- ghum-pipe: ``run_registration`` (writes OUT/work/<id>/registration.ply etc.);
+- peer: ``trimesh.registration.nricp_amberg`` from the same similarity init (Umeyama on the same
+  shoulder/hip landmarks) with the same landmarks (each template landmark's heaviest vertex).
+Prints one table: per-vertex error to the truth vertices (mean / p95, mm), scan->registration
+mean (mm), seconds (landmarks, register), and the peer's numbers with ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def synth(out: Path, n: int, seed: int, *flags: str) -> list[Path]:
+    if n <= 0:
+        return []
+    cmd = [sys.executable, "-m", "ghum_pipe.cli", "synth", str(out), "-n", str(n), "--seed", str(seed), *flags]
+    if not (out / "scans").exists() or len(list((out / "scans").iterdir())) < n:
+        subprocess.run(cmd, check=True)
+    return sorted((out / "scans").iterdir())[:n]
+
+
+def surface_error_mm(template, verts_m, truth_m):
+    e = np.linalg.norm(verts_m - truth_m, axis=1)[template.masks["surface"]] * 1e3
+    return float(e.mean()), float(np.percentile(e, 95))
+
+
+def scan_to_mesh_mm(points_m, verts_m, faces):
+    from ghum_pipe.register.backend import MeshDistance
+
+    return float(MeshDistance(verts_m, faces).closest(points_m)["dist"].mean() * 1e3)
+
+
+def run_peer(template, scan, lm, tl):
+    """trimesh nricp_amberg from the same similarity init and landmarks (internal metres)."""
+    import trimesh
+    from trimesh.registration import nricp_amberg
+
+    from ghum_pipe.register.landmark_pairs import match_landmarks
+    from ghum_pipe.register.similarity import umeyama
+    from ghum_pipe.register.stage import TORSO_LANDMARKS
+
+    pairs = match_landmarks(lm["names"], lm["points"], lm["confidence"], tl, 0.3)
+    rest_lm = pairs.template_points(template.rest_verts)
+    torso = np.isin(pairs.names, TORSO_LANDMARKS)
+    sim = umeyama(rest_lm[torso], pairs.targets[torso], pairs.confidence[torso])
+    src = trimesh.Trimesh(sim.apply(template.rest_verts), template.faces, process=False)
+    heaviest = pairs.vertex_ids[np.arange(len(pairs)), np.argmax(pairs.weights, axis=1)]
+    body = np.array([k != "face" for k in pairs.kinds])  # nricp slows with 500 landmarks; keep body+hands
+    # points, not the mesh: trimesh's closest point on a mesh needs rtree, which ghum-pipe does not
+    # install; nricp then matches to the nearest scan vertex (scans here have ~1-2 mm spacing)
+    target = scan.verts
+    t0 = time.perf_counter()
+    verts = nricp_amberg(src, target, source_landmarks=heaviest[body], target_positions=pairs.targets[body])
+    return np.asarray(verts), time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--apose", type=int, default=1)
+    ap.add_argument("--posed", type=int, default=1)
+    ap.add_argument("--other", type=int, default=1)
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from ghum_pipe.io import load_scan
+    from ghum_pipe.landmarks.stage import run_landmarks
+    from ghum_pipe.register.landmark_pairs import load_template_landmark_set
+    from ghum_pipe.register.stage import RegisterConfig, read_landmarks_json, run_registration
+    from ghum_pipe.template import load_template
+    import trimesh
+
+    template = load_template()
+    tl = load_template_landmark_set(template)
+    cases = [("A-pose", p) for p in synth(args.out / "apose", args.apose, 11, "--units", "mm")]
+    cases += [("posed", p) for p in synth(args.out / "posed", args.posed, 12, "--posed", "--units", "mixed", "--up", "mixed")]
+    cases += [("other", p) for p in synth(args.out / "other", args.other, 13, "--other-model")]
+    rows = []
+    for kind, path in cases:
+        scan_dir = args.out / "work" / f"{path.parent.parent.name}-{path.stem}"
+        t0 = time.perf_counter()
+        run_landmarks(path, scan_dir)
+        t_lm = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        try:
+            m = run_registration(path, scan_dir, RegisterConfig())
+        except Exception as e:  # noqa: BLE001 - report and go on
+            rows.append(dict(kind=kind, id=path.stem, error=str(e)))
+            continue
+        t_reg = time.perf_counter() - t0
+        scan = load_scan(path)
+        reg_m = scan.frame.to_internal(trimesh.load(scan_dir / "registration.ply", process=False).vertices)
+        truth_path = path.parent.parent / "truth" / f"{path.stem}.npz"
+        truth = None
+        if kind != "other" and truth_path.exists():
+            truth = scan.frame.to_internal(np.load(truth_path)["verts"])
+        row = dict(kind=kind, id=path.stem, t_lm=t_lm, t_reg=t_reg, s2r=m["scan_to_reg_mean_mm"])
+        if truth is not None:
+            row["err"], row["p95"] = surface_error_mm(template, reg_m, truth)
+        if not args.no_peer:
+            lm = read_landmarks_json(scan_dir / "landmarks.json", scan.frame)
+            pv, t_peer = run_peer(template, scan, lm, tl)
+            surf_faces = template.faces[template.masks["surface"][template.faces].all(1)]
+            pts = scan.verts if len(scan.verts) <= 60000 else scan.verts[np.random.default_rng(0).choice(len(scan.verts), 60000, replace=False)]
+            row.update(t_peer=t_peer, s2r_peer=scan_to_mesh_mm(pts, pv, surf_faces))
+            if truth is not None:
+                row["err_peer"], row["p95_peer"] = surface_error_mm(template, pv, truth)
+        rows.append(row)
+        print(row, flush=True)
+    print_table(rows)
+
+
+def print_table(rows):
+    f = lambda r, k, fmt="{:.2f}": fmt.format(r[k]) if k in r else "-"  # noqa: E731
+    ratio = lambda r, a, b: f"{r[a] / r[b]:.2f}" if a in r and b in r and r[b] > 0 else "-"  # noqa: E731
+    head = ("kind", "scan", "err mm", "p95 mm", "s2r mm", "lm s", "reg s", "lm+reg s",
+            "| nricp err", "p95", "s2r", "s", "| err ratio", "time ratio")
+    print("\n" + " ".join(f"{h:>10}" for h in head))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['kind']:>10} {r['id']:>10}  FAILED: {r['error']}")
+            continue
+        total = r["t_lm"] + r["t_reg"]
+        cells = (r["kind"], r["id"], f(r, "err"), f(r, "p95"), f(r, "s2r"), f(r, "t_lm", "{:.1f}"), f(r, "t_reg", "{:.1f}"),
+                 f"{total:.1f}", f(r, "err_peer"), f(r, "p95_peer"), f(r, "s2r_peer"), f(r, "t_peer", "{:.1f}"),
+                 ratio(r, "err", "err_peer"), ratio(r, "t_reg", "t_peer"))
+        print(" ".join(f"{c:>10}" for c in cells))
+    print("ratios: ghum-pipe / nricp_amberg (< 1 = ghum-pipe better); targets: err <= 5 mm A-pose, <= 8 mm posed, "
+          "p95 <= 15 mm, s2r <= 1.0 mm (other model <= 3 mm), lm+reg <= 60 s")
+
+
+if __name__ == "__main__":
+    main()
