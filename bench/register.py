@@ -59,11 +59,12 @@ def run_peer(template, scan, lm, tl):
     src = trimesh.Trimesh(sim.apply(template.rest_verts), template.faces, process=False)
     heaviest = pairs.vertex_ids[np.arange(len(pairs)), np.argmax(pairs.weights, axis=1)]
     body = np.array([k != "face" for k in pairs.kinds])  # nricp slows with 500 landmarks; keep body+hands
-    # points, not the mesh: trimesh's closest point on a mesh needs rtree, which ghum-pipe does not
+    # use_faces=False: trimesh's closest point on a mesh needs rtree, which ghum-pipe does not
     # install; nricp then matches to the nearest scan vertex (scans here have ~1-2 mm spacing)
-    target = scan.verts
+    target = trimesh.Trimesh(scan.verts, scan.faces if scan.faces is not None else np.zeros((0, 3), int), process=False)
     t0 = time.perf_counter()
-    verts = nricp_amberg(src, target, source_landmarks=heaviest[body], target_positions=pairs.targets[body])
+    verts = nricp_amberg(src, target, source_landmarks=heaviest[body], target_positions=pairs.targets[body],
+                         use_faces=False)
     return np.asarray(verts), time.perf_counter() - t0
 
 
