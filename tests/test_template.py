@@ -128,3 +128,18 @@ def test_ghuml_round_trip_and_rig():
     vl, _ = low.pose(None, pose)
     up = lr.upsample(vl[0].numpy())
     assert np.linalg.norm(up - vf[0].numpy(), axis=1).mean() < 0.005
+
+
+@pytest.mark.slow
+def test_cache_build_from_anny_is_deterministic_and_leaves_autograd_alone(tmp_path, monkeypatch, template):
+    """A fresh cache dir (a new machine, a new cluster node) rebuilds the same template."""
+    from ghum_pipe.template import template as template_module
+
+    monkeypatch.setenv("GHUM_PIPE_CACHE", str(tmp_path))
+    rebuilt = template_module.load_template.__wrapped__(4)
+    assert torch.is_grad_enabled()
+    assert rebuilt.source.startswith(str(tmp_path)) and not list(tmp_path.glob(".*tmp*"))
+    np.testing.assert_allclose(rebuilt.rest_verts, template.rest_verts, atol=1e-9)
+    np.testing.assert_array_equal(rebuilt.faces, template.faces)
+    np.testing.assert_allclose(rebuilt.skin_weights, template.skin_weights, atol=1e-12)
+    assert rebuilt.hash == template.hash

