@@ -102,7 +102,7 @@ class FitResult:
 
 
 def fit_model(model, mesh_verts, mask=None, init_pose=None, init_translation=None, iters: int = 100,
-              use_psd: bool = True, prior: float = 1e-2) -> FitResult:
+              use_psd: bool = True, prior: float = 1e-4) -> FitResult:
     """Fit pose, translation, shape and expression latents to registrations.
 
     Two L-BFGS stages (scale-aware, so a good initial pose is kept, unlike Adam's first steps):
@@ -126,10 +126,10 @@ def fit_model(model, mesh_verts, mask=None, init_pose=None, init_translation=Non
         with torch.no_grad():
             v, _ = model.articulate(model.mean_rest.expand(B, -1, -1), pose, use_psd=use_psd)
             trans = ((target - v) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-    zb = torch.zeros(B, model.config.shape_latent, requires_grad=True)
-    zf = torch.zeros(B, model.config.expression_latent, requires_grad=True)
     pose.requires_grad_(True)
     trans.requires_grad_(True)
+    zb = torch.zeros(B, model.config.shape_latent, requires_grad=True)
+    zf = torch.zeros(B, model.config.expression_latent, requires_grad=True)
 
     def objective():
         rest = model.rest_shape(zb, B)
