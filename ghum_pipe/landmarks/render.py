@@ -205,16 +205,7 @@ class MeshRenderer:
     def __init__(self, verts: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None):
         import open3d as o3d
 
-        self.verts = np.asarray(verts, dtype=np.float64)
-        self.faces = np.asarray(faces, dtype=np.int64)
-        if colors is None:
-            self.colors = np.broadcast_to(np.asarray(SKIN_RGB), self.verts.shape)
-        else:
-            c = np.asarray(colors)
-            self.colors = c[:, :3] / 255.0 if c.dtype == np.uint8 else c[:, :3].astype(np.float64)
-        self.normals = vertex_normals(self.verts, self.faces)
-        self._colors32 = np.ascontiguousarray(self.colors, dtype=np.float32)
-        self._normals32 = self.normals.astype(np.float32)
+        self._set_surface(verts, faces, colors)
         self._scene = o3d.t.geometry.RaycastingScene()
         self._scene.add_triangles(
             o3d.core.Tensor(self.verts.astype(np.float32)), o3d.core.Tensor(self.faces.astype(np.uint32))
@@ -317,6 +308,20 @@ class MeshRenderer:
         ok = tri >= 0
         pts[ok] = (self.verts[self.faces[tri[ok]]] * result.bary[rows[ok], cols[ok]][..., None]).sum(1)
         return pts, tri
+
+    def _set_surface(self, verts: np.ndarray, faces: np.ndarray, colors: np.ndarray | None) -> None:
+        """Geometry, shading colours (skin without colours) and normals; shared by backends."""
+        self.verts = np.asarray(verts, dtype=np.float64)
+        self.faces = np.asarray(faces, dtype=np.int64)
+        if colors is None:
+            self.colors = np.broadcast_to(np.asarray(SKIN_RGB), self.verts.shape)
+        else:
+            c = np.asarray(colors)
+            self.colors = c[:, :3] / 255.0 if c.dtype == np.uint8 else c[:, :3].astype(np.float64)
+        self.normals = vertex_normals(self.verts, self.faces)
+        self._colors32 = np.ascontiguousarray(self.colors, dtype=np.float32)
+        self._normals32 = self.normals.astype(np.float32)
+
 
 
 def render_mesh(

@@ -19,18 +19,8 @@ class _RasterisedMesh(MeshRenderer):
 
     def __init__(self, verts, faces, colors=None):  # no BVH: skip open3d
         import torch
-        from ghum_pipe.landmarks.render import SKIN_RGB, vertex_normals
 
-        self.verts = np.asarray(verts, dtype=np.float64)
-        self.faces = np.asarray(faces, dtype=np.int64)
-        if colors is None:
-            self.colors = np.broadcast_to(np.asarray(SKIN_RGB), self.verts.shape)
-        else:
-            c = np.asarray(colors)
-            self.colors = c[:, :3] / 255.0 if c.dtype == np.uint8 else c[:, :3].astype(np.float64)
-        self.normals = vertex_normals(self.verts, self.faces)
-        self._colors32 = np.ascontiguousarray(self.colors, dtype=np.float32)
-        self._normals32 = self.normals.astype(np.float32)
+        self._set_surface(verts, faces, colors)
         self._device = torch.device("cuda")
 
     def cast(self, camera: Camera):
