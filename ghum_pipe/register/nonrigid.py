@@ -45,7 +45,9 @@ class NonrigidConfig:
     n_bwd: int = 30000  # scan samples matched per iteration
     anchor: float = 1e-4  # eps above
     conformal: bool = True  # ACAP (per-vertex scale) rather than ARAP
-    w_landmark: float = 2.0  # per landmark (x confidence); keeps the surface from sliding tangentially
+    w_landmark: float = 2.0  # per body/hand landmark (x confidence); keeps limbs and fingers from sliding
+    # face landmarks: 0, their ~5 mm detector noise is larger than what the dense scan data leaves
+    w_landmark_face: float = 0.0
     seed: int = 0
 
 
@@ -92,7 +94,8 @@ def refine_nonrigid(
         L, K = landmarks.vertex_ids.shape
         C = sp.csr_matrix((landmarks.weights.ravel(), (np.repeat(np.arange(L), K), landmarks.vertex_ids.ravel())),
                           shape=(L, V))
-        CW = C.T.multiply(cfg.w_landmark * landmarks.confidence[None, :]).tocsr()
+        kind_w = np.where(np.asarray(landmarks.kinds) == "face", cfg.w_landmark_face, cfg.w_landmark)
+        CW = C.T.multiply((kind_w * landmarks.confidence)[None, :]).tocsr()
         A_lm, rhs_lm = CW @ C, CW @ landmarks.targets
     X = P.copy()
     total = sum(n for _, n in cfg.schedule)
