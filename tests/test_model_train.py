@@ -53,7 +53,9 @@ def test_train_ghuml_with_dask_recovers_planted_truth(tmp_path):
         v0, _ = model.articulate(model.mean_rest[None], torch.as_tensor(held.pose[i][None]))
         v0 = v0[0].numpy()
     start_mm = np.linalg.norm(v0 + (target - v0).mean(0) - target, axis=-1).mean() * 1000
-    # an unseen body shape from a 4-d space learned on 8 subjects: 1-2 cm (measured 9.5-16 mm)
-    assert fit.mean_error_mm() < 0.3 * start_mm and fit.mean_error_mm() < 20.0, (fit.mean_error_mm(), start_mm)
+    # an unseen body shape from a 4-d space learned on 8 subjects; the staged fit (translation,
+    # latents, then pose) reaches a few mm (the joint fit it replaced stalled at 9.5-16 mm)
+    print("runtime fit mm", fit.mean_error_mm(), "start mm", start_mm)
+    assert fit.mean_error_mm() < 0.1 * start_mm and fit.mean_error_mm() < 8.0, (fit.mean_error_mm(), start_mm)
     verts, joints = model.sample(3)
     assert verts.shape == (3, model.n_verts, 3) and torch.isfinite(verts).all()
