@@ -1,1 +1,8 @@
-"""TODO"""
+"""Registration of the rigged template to body scans (GHUM pipeline, Xu et al. CVPR 2020, sec. 3.1).
+
+Stages, each a small pure function (internal frame: metres, +Z up):
+``similarity.umeyama`` (shoulder/hip landmarks) -> ``skeleton.fit_skeleton`` (pose, shape,
+expression through LBS; landmarks first, then robust ICP both ways) -> ``nonrigid.refine_nonrigid``
+(ACAP-regularised free-form surface, hole-aware) -> ``stage.register_scan`` / ``run_registration``.
+``backend`` chooses how neighbours and distances are computed (KD-tree, Embree, PyTorch3D).
+"""
