@@ -226,3 +226,12 @@ def test_overlay_of_a_point_cloud_scan(tmp_path, template):
     background = np.abs(top - np.asarray(BACKGROUND_RGB) * 255).sum(-1) < 6
     assert 0.02 < (~background).mean() < 0.5  # the splatted body covers part of each view
     assert (bottom[..., 2] > bottom[..., 0] + 60).mean() > 0.02  # the registration in blue
+
+
+def test_forced_units_and_up_reach_every_stage_that_reads_the_scan():
+    """`--units/--up` must give ingest, landmark and register the same frame."""
+    from ghum_pipe.pipelines.stages import STAGES
+
+    for name in ("ingest", "landmark", "register"):
+        cfg = STAGES[name].default_config(units="mm", up="+y")
+        assert (cfg.units, cfg.up) == ("mm", "+y"), name

@@ -26,12 +26,14 @@ from ghum_pipe.register.skeleton import SkeletonConfig, fit_skeleton, rest_offse
 from ghum_pipe.register.target import build_target
 
 TORSO_LANDMARKS = ("left_shoulder", "right_shoulder", "left_hip", "right_hip")
-HINT_LANDMARKS = "Re-run `ghum-pipe landmarks` for this scan and check its contact sheet"
+HINT_LANDMARKS = "Re-run `ghum-pipe landmark` for this scan and check its contact sheet"
 
 
 @dataclass(frozen=True)
 class RegisterConfig:
     device: str = "cpu"
+    units: str | None = None  # override the scan's units, as given to `landmark` (else detected)
+    up: str | None = None  # override the scan's up axis, likewise
     lowres: bool = False
     skeleton: SkeletonConfig = field(default_factory=SkeletonConfig)
     nonrigid: NonrigidConfig = field(default_factory=NonrigidConfig)
@@ -170,7 +172,7 @@ def _metrics(template, verts, target, pairs: LandmarkPairs, fit) -> tuple[dict, 
 def read_landmarks_json(path: Path, frame) -> dict:
     """landmarks.json (file frame and units) -> names, points (internal metres), confidence."""
     if not path.exists():
-        _fail("no landmarks.json", path, "Run `ghum-pipe landmarks` on this scan first")
+        _fail("no landmarks.json", path, "Run `ghum-pipe landmark` on this scan first")
     try:
         doc = json.loads(path.read_text())
         names = [str(n) for n in doc["names"]]
@@ -195,7 +197,7 @@ def run_registration(scan_path, scan_dir, config: RegisterConfig = RegisterConfi
 
     scan_dir = Path(scan_dir)
     t_start = time.perf_counter()
-    scan = load_scan(scan_path)
+    scan = load_scan(scan_path, units=config.units, up=config.up)
     lm = read_landmarks_json(scan_dir / "landmarks.json", scan.frame)
     template = load_template()
     res = register_scan(scan.verts, scan.faces, scan.normals, lm, template, config, path=str(scan_path))
