@@ -33,8 +33,15 @@ def pair_table(pair_vert: torch.Tensor, n_verts: int) -> torch.Tensor:
 
 @torch.no_grad()
 def solve_psd(feats: torch.Tensor, residual: torch.Tensor, mask: torch.Tensor, pair_joint: torch.Tensor,
-              table: torch.Tensor, ridge: float, chunk: int = 512) -> torch.Tensor:
+              table: torch.Tensor, ridge: float, chunk: int = 512, groups: torch.Tensor | None = None) -> torch.Tensor:
     """Ridge-regressed PSD weights.
+
+    With ``groups`` (N,) subject indices, features and residuals are centred per subject and
+    vertex (F-weighted) first: that is the exact least-squares slope when every subject also has
+    its own free rest shape (an intercept; Frisch-Waugh), so D is not biased by whatever mean
+    corrective the subjects' rest shapes currently hold. Without it the alternation between rest
+    shapes and D converges very slowly (poses rarely visit theta = 0, so features and intercept
+    are nearly collinear) and D came out anti-correlated with the planted corrective.
 
     Args:
         feats: (N, J, 9) pose features R - I per scan; residual: (N, V, 3) rest-space metres;
@@ -53,9 +60,15 @@ def solve_psd(feats: torch.Tensor, residual: torch.Tensor, mask: torch.Tensor, p
         F = feats[:, joints].float() * valid[None, ..., None]  # (N, v, Pmax, 9)
         F = F.reshape(F.shape[0], F.shape[1], -1)  # (N, v, D)
         m = mask[:, lo:lo + chunk].float()
+        r = residual[:, lo:lo + chunk].float()
+        if groups is not None:
+            S = int(groups.max()) + 1
+            wsum = torch.zeros(S, m.shape[1]).index_add(0, groups, m).clamp_min(1e-9)
+            F = F - (torch.zeros(S, *F.shape[1:]).index_add(0, groups, F * m[..., None]) / wsum[..., None])[groups]
+            r = r - (torch.zeros(S, *r.shape[1:]).index_add(0, groups, r * m[..., None]) / wsum[..., None])[groups]
         # normal equations assembled in float32 (features are O(1)), solved in float64
         G = torch.einsum("nvd,nve->vde", F * m[..., None], F).double()
-        rhs = torch.einsum("nvd,nvc->vdc", F * m[..., None], residual[:, lo:lo + chunk].float()).double()
+        rhs = torch.einsum("nvd,nvc->vdc", F * m[..., None], r).double()
         D = G.shape[-1]
         G = G + ridge * torch.eye(D, dtype=G.dtype)
         W = torch.linalg.solve(G, rhs).reshape(-1, pmax, 9, 3)  # (v, Pmax, 9, 3)

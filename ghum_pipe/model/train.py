@@ -116,8 +116,11 @@ def refresh_shapes(model: GHUM, data: RegistrationSet, state: TrainState, batch:
     unposed = raw - _psd_all(model, state.pose)
     mask = torch.as_tensor(data.mask)
     subj = torch.as_tensor(data.subject_index)
-    wsum = torch.zeros(S, model.n_verts).index_add(0, subj, mask)
-    vsum = torch.zeros(S, model.n_verts, 3).index_add(0, subj, unposed * mask[..., None])
+    # scans near the rest pose dominate each subject's rest shape: there skinning and PSD errors
+    # are smallest, so they cannot hide in the per-subject shape (which would bias D and omega)
+    near = _rest_pose_weight(state.pose, subj)[:, None] * mask
+    wsum = torch.zeros(S, model.n_verts).index_add(0, subj, near)
+    vsum = torch.zeros(S, model.n_verts, 3).index_add(0, subj, unposed * near[..., None])
     seen = wsum > 0
     mean = vsum / wsum.clamp_min(1e-9)[..., None]
     # Vertices never seen (inside the mouth, eye backs) are filled from the template's shape
@@ -136,6 +139,15 @@ def refresh_shapes(model: GHUM, data: RegistrationSet, state: TrainState, batch:
     e = (unposed[:, face] - state.rest[subj][:, face]) * mask[:, face, None]
     state.expression = e
     return raw
+
+
+def _rest_pose_weight(pose: torch.Tensor, subject: torch.Tensor, scale: float = 0.25) -> torch.Tensor:
+    """(N,) weight of each scan in its subject's rest shape: exp(-(d - d_min) / scale), with
+    d = sum_j |R_j - I|_F^2 and d_min the subject's scan closest to the rest pose (weight 1;
+    another joint bent 30 degrees more costs ~exp(-2.1))."""
+    d = ((model_rotmats(pose) - torch.eye(3)) ** 2).sum((-1, -2)).sum(-1)
+    dmin = torch.full((int(subject.max()) + 1,), float("inf")).scatter_reduce(0, subject, d, "amin")
+    return torch.exp(-(d - dmin[subject]) / scale).clamp_min(1e-6)
 
 
 @torch.no_grad()
@@ -194,7 +206,8 @@ def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: Train
             raw = _unpose_all(model, data, state)
             # face vertices: expression offsets already absorb their residual, leave D there at 0
             psd_mask = mask * (~face).float()
-            W = solve_psd(feats, raw - rest - expr, psd_mask, model.psd.pair_joint, table, cfg.psd_ridge)
+            W = solve_psd(feats, raw - rest - expr, psd_mask, model.psd.pair_joint, table, cfg.psd_ridge,
+                          groups=subj)
             model.psd.weight.copy_(W)
     state.model = {k: v.detach().clone() for k, v in model.state_dict().items()}
     state.history.append(dict(round=round_, fit_mm=posed_error_mm(model, data, state)))
