@@ -28,7 +28,9 @@ def test_train_ghuml_with_dask_recovers_planted_truth(tmp_path):
                       dashboard_address=None) as cluster, Client(cluster) as client:
         summary = train_models(work, tmp_path / "model", {"ghuml": cfg}, client)["ghuml"]
     hist = [h["fit_mm"] for h in summary["history"]]
-    assert hist[-1] < 0.7 * hist[0] and hist[-1] < 2.0, hist  # noise: 0.5 mm per axis (~0.8 mm mean)
+    # noise: 0.5 mm per axis (~0.8 mm mean); rest shapes from near-rest scans already fit to ~0.53 mm
+    # after round 0 (it was ~2.9 mm before), so later rounds only have to not get worse
+    assert hist[-1] <= hist[0] + 1e-3 and hist[-1] < 1.0, hist
     model = GHUM.load(tmp_path / "model" / "ghuml")
     truth = ev.truth_of(work)
     full = load_registrations(str(work), "full")
@@ -36,11 +38,12 @@ def test_train_ghuml_with_dask_recovers_planted_truth(tmp_path):
     assert len(held.subjects) == 2 and not set(held.subjects) & set(summary["train_subjects"])
     low = load_lowres()
     body = np.array([k == "body" for k in held.kinds])
-    # PSD recovery through the whole pipeline is NOT asserted here: with 8 training subjects it
-    # is unstable (-0.8..0.4 of the planted corrective). The isolated solver's >= 70 % is
-    # asserted in test_model.py; `evaluate` reports the end-to-end value.
+    # PSD recovery through the whole pipeline (subject rest shapes from near-rest scans, D solved
+    # per subject-centred): measured 0.62-0.64 of the planted corrective removed on held-out poses
+    # (issue target 0.70, not reached yet; before these changes it was negative, -0.3..-1.2)
     removed = ev.psd_removed_fraction(model, truth["corrective"], held.pose[body], low.downsample)
-    assert np.isfinite(removed)
+    print("PSD removed (held-out poses)", removed)
+    assert removed >= 0.5, removed
     rest, joints = ev.subject_truth(work, held.subjects)
     with torch.no_grad():
         pred = model.joint_regressor(torch.as_tensor(low.downsample(rest), dtype=torch.float32)).numpy()
