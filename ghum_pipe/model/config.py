@@ -54,7 +54,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     rounds: int = 2
     pose_iters: int = 5
-    inner: int = 2
+    inner: int = 4
     chunk: int = 8
     psd_ridge: float = 5.0
     skin_ridge: float = 1e-4
