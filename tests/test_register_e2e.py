@@ -37,3 +37,10 @@ def test_synth_scan_registers_within_targets(tmp_path, template):
     assert metrics["scan_to_reg_mean_mm"] <= 1.0
     with np.load(scan_dir / "params.npz") as p:
         assert p["offsets"].shape == (13718, 3) and p["pose"].shape == (template.n_joints, 3)
+        seen = p["vertex_mask"]
+    # the filter F: most of the body saw the scanner, the soles (on the turntable) mostly did not
+    surface, feet = template.masks["surface"], template.masks["feet"] & template.masks["surface"]
+    assert seen.dtype == bool and not seen[~surface].any()
+    assert 0.85 < seen[surface].mean() < 0.995, seen[surface].mean()
+    soles = feet & (template.rest_verts[:, 2] < template.rest_verts[feet, 2].min() + 0.01)
+    assert seen[soles].mean() < 0.6, seen[soles].mean()

@@ -44,6 +44,7 @@ class RegisterConfig:
     min_coverage: float = 0.6  # share of the template near scan data after the landmark fit
     coverage_dist_m: float = 0.05
     max_scan_to_reg_mm: float = 10.0  # mean scan->registration above this = diverged
+    observed_dist_m: float = 0.01  # a vertex "saw scan data" when the scan is this close (params' vertex_mask)
     threads: int = 0  # torch threads (0 = leave torch's setting)
 
     def to_dict(self) -> dict:
@@ -55,7 +56,8 @@ class RegistrationResult:
     """A registration in the internal frame (metres, +Z up)."""
 
     verts: np.ndarray  # (V, 3) template order
-    params: dict  # pose (J,3), shape (S,), expression (E,), scale, translation (3,), offsets (V,3)
+    params: dict  # pose (J,3), shape (S,), expression (E,), scale, translation (3,), offsets (V,3),
+    # vertex_mask (V,) bool: the vertex had scan data within ``observed_dist_m`` (the model's filter F)
     metrics: dict
     scan_points: np.ndarray  # (N, 3) scan samples used for the metrics
     scan_to_reg_m: np.ndarray  # (N,) their distance to the registration
@@ -144,8 +146,11 @@ def register_scan(
     if metrics["scan_to_reg_mean_mm"] > cfg.max_scan_to_reg_mm:
         _fail(f"registration diverged: mean scan->registration distance {metrics['scan_to_reg_mean_mm']:.1f} mm "
               f"(limit {cfg.max_scan_to_reg_mm} mm)", path, HINT_LANDMARKS)
+    # the training filter F: surface vertices with scan data nearby (holes, interior: 0)
+    observed = surface & (target.distance_to_scan(verts) < cfg.observed_dist_m)
+    metrics["observed_fraction"] = float(observed[surface].mean())
     params = dict(pose=fit.pose, shape=fit.shape, expression=fit.expression, scale=np.float64(fit.scale),
-                  translation=fit.translation, offsets=offsets)
+                  translation=fit.translation, offsets=offsets, vertex_mask=observed)
     return RegistrationResult(verts=verts, params=params, metrics=metrics, scan_points=scan_pts, scan_to_reg_m=s2r)
 
 
