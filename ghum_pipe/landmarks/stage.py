@@ -38,16 +38,29 @@ class LandmarkConfig:
     contact_sheet: bool = True
     units: str | None = None  # override the scan's units (else from the file/heuristics)
     up: str | None = None  # override the scan's up axis
+    # body | head | hand_left | hand_right; None = from kinds.csv next to the scan or the id suffix
+    # (ghum_pipe.io.kinds; the batch runner sets it per scan). Close-ups: landmarks/closeup_scan.py
+    kind: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def scan_kind(scan_path, config) -> str:
+    """``config.kind``, else the kind from kinds.csv next to the scan or the id suffix."""
+    from ghum_pipe.io.kinds import check_kind, resolve_kind
+    from pathlib import Path
+
+    if config.kind is not None:
+        return check_kind(config.kind, scan_path)
+    return resolve_kind(Path(scan_path).stem, scan_path)
 
 
 def _load(scan_path, config):
     """The scan in metres, +Z up, via ``ghum_pipe.io.load_scan``."""
     from ghum_pipe.io.scan import load_scan
 
-    return load_scan(scan_path, units=config.units, up=config.up)
+    return load_scan(scan_path, units=config.units, up=config.up, kind=scan_kind(scan_path, config))
 
 
 def landmarks_json(found, frame) -> dict:
@@ -95,8 +108,15 @@ def run_landmarks(scan_path, scan_dir, config: LandmarkConfig | None = None) -> 
         verts, faces, nearest = mesh_point_cloud(scan.verts, scan.normals, source=scan_path)
         colors = None if colors is None else colors[nearest]
     t_load = time.perf_counter() - t0
-    found = find_landmarks(verts, faces, colors, config, source=scan_path)
+    kind = scan_kind(scan_path, config)
+    if kind == "body":
+        found = find_landmarks(verts, faces, colors, config, source=scan_path)
+    else:
+        from ghum_pipe.landmarks.closeup_scan import find_closeup_landmarks
+
+        found = find_closeup_landmarks(verts, faces, colors, kind, config, source=scan_path)
     doc = landmarks_json(found, scan.frame)
+    doc["scan_kind"] = kind
     timings = {"load": t_load, **found.timings}
     doc["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     t0 = time.perf_counter()
@@ -115,6 +135,7 @@ def run_landmarks(scan_path, scan_dir, config: LandmarkConfig | None = None) -> 
               "hands": [n for n in found.names if n.startswith(("left_hand_", "right_hand_"))]}
     return {
         "n_landmarks": len(found.names),
+        "scan_kind": kind,
         **{f"n_{g}": len(v) for g, v in groups.items()},
         "person_views": found.person_views,
         "body_views": found.body_views,
