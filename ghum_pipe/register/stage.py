@@ -3,6 +3,9 @@
     landmarks --Umeyama--> similarity --LBS fit--> skeleton (landmarks, then + ICP)
               --ACAP local-global--> free-form surface --> outputs in the scan file's frame
 
+Close-up scans (kind head / hand_left / hand_right, ``ghum_pipe.io.kinds``) branch to
+``region.register_region``: the same steps restricted to the template's region.
+
 ``register_scan`` works on arrays in the internal frame (metres, +Z up) and can be called from a
 notebook; ``run_registration`` reads the files, calls it and writes the outputs atomically.
 """
@@ -21,6 +24,7 @@ import torch
 from ghum_pipe.errors import RegistrationError
 from ghum_pipe.register.landmark_pairs import LandmarkPairs, load_template_landmark_set, match_landmarks
 from ghum_pipe.register.nonrigid import NonrigidConfig, refine_nonrigid
+from ghum_pipe.register.region import RegionConfig
 from ghum_pipe.register.similarity import umeyama
 from ghum_pipe.register.skeleton import SkeletonConfig, fit_skeleton, rest_offsets
 from ghum_pipe.register.target import build_target
@@ -46,6 +50,10 @@ class RegisterConfig:
     max_scan_to_reg_mm: float = 10.0  # mean scan->registration above this = diverged
     observed_dist_m: float = 0.01  # a vertex "saw scan data" when the scan is this close (params' vertex_mask)
     threads: int = 0  # torch threads (0 = leave torch's setting)
+    # body | head | hand_left | hand_right; None = from kinds.csv next to the scan or the id suffix
+    # (ghum_pipe.io.kinds; the batch runner sets it per scan). Close-ups: region.py
+    kind: str | None = None
+    region: RegionConfig = field(default_factory=RegionConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,7 +78,7 @@ def _fail(msg: str, path, hint: str | None = None):
 def register_scan(
     scan_verts: np.ndarray, scan_faces: np.ndarray | None, scan_normals: np.ndarray | None,
     landmarks: dict, template, config: RegisterConfig = RegisterConfig(), template_landmarks=None,
-    path: str | None = None,
+    path: str | None = None, kind: str | None = None,
 ) -> RegistrationResult:
     """Register the template to one scan (pure core: arrays in, arrays out).
 
@@ -81,12 +89,21 @@ def register_scan(
         template: :class:`ghum_pipe.template.Template`.
         template_landmarks: definitions on the template (default: the landmark stage's).
         path: the file named in errors.
+        kind: "body" | "head" | "hand_left" | "hand_right" (default ``config.kind`` or body);
+            close-ups go to ``region.register_region``.
     Raises:
         RegistrationError: too few / inconsistent landmarks, partial body, divergence.
     """
     cfg = config
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    kind = kind or cfg.kind or "body"
+    if kind != "body":
+        from ghum_pipe.register.region import register_region
+
+        return register_region(scan_verts, scan_faces, scan_normals, landmarks, template, kind, cfg.region,
+                               template_landmarks, path, cfg.max_scan_points, cfg.min_confidence,
+                               cfg.observed_dist_m, cfg.max_scan_to_reg_mm, cfg.device)
     seconds = {}
     t0 = time.perf_counter()
     tl = template_landmarks if template_landmarks is not None else load_template_landmark_set(template)
@@ -150,7 +167,7 @@ def register_scan(
     observed = surface & (target.distance_to_scan(verts) < cfg.observed_dist_m)
     metrics["observed_fraction"] = float(observed[surface].mean())
     params = dict(pose=fit.pose, shape=fit.shape, expression=fit.expression, scale=np.float64(fit.scale),
-                  translation=fit.translation, offsets=offsets, vertex_mask=observed)
+                  translation=fit.translation, offsets=offsets, vertex_mask=observed, kind=np.array("body"))
     return RegistrationResult(verts=verts, params=params, metrics=metrics, scan_points=scan_pts, scan_to_reg_m=s2r)
 
 
@@ -187,7 +204,8 @@ def read_landmarks_json(path: Path, frame) -> dict:
         _fail(f"unreadable landmarks ({e})", path, HINT_LANDMARKS)
     if len(names) != len(pts) or len(conf) != len(names):
         _fail(f"{len(names)} names, {len(pts)} points, {len(conf)} confidences", path, HINT_LANDMARKS)
-    return {"names": names, "points": frame.to_internal(pts), "confidence": conf}
+    return {"names": names, "points": frame.to_internal(pts), "confidence": conf,
+            "scan_kind": str(doc.get("scan_kind", "body"))}
 
 
 def run_registration(scan_path, scan_dir, config: RegisterConfig = RegisterConfig()) -> dict:
@@ -197,17 +215,22 @@ def run_registration(scan_path, scan_dir, config: RegisterConfig = RegisterConfi
     Returns the metrics. Nothing is written when registration fails."""
     from ghum_pipe.io import load_scan, write_mesh
     from ghum_pipe.io.atomic import write_json, write_npz
+    from ghum_pipe.io.kinds import check_kind, resolve_kind
     from ghum_pipe.register.residuals import write_residual_map
     from ghum_pipe.template import load_template
 
     scan_dir = Path(scan_dir)
     t_start = time.perf_counter()
-    scan = load_scan(scan_path, units=config.units, up=config.up)
+    kind = check_kind(config.kind, scan_path) if config.kind else resolve_kind(Path(scan_path).stem, scan_path)
+    scan = load_scan(scan_path, units=config.units, up=config.up, kind=kind)
     lm = read_landmarks_json(scan_dir / "landmarks.json", scan.frame)
+    if lm["scan_kind"] != kind:
+        _fail(f"the landmarks were found for a {lm['scan_kind']} scan, this registration is for a {kind} scan",
+              scan_dir / "landmarks.json", "Re-run `ghum-pipe landmark` after changing a scan's kind")
     template = load_template()
-    res = register_scan(scan.verts, scan.faces, scan.normals, lm, template, config, path=str(scan_path))
+    res = register_scan(scan.verts, scan.faces, scan.normals, lm, template, config, path=str(scan_path), kind=kind)
     frame = scan.frame
-    metrics = dict(res.metrics, scan_id=scan.id, frame=frame.to_dict(), n_verts=int(len(res.verts)),
+    metrics = dict(res.metrics, kind=kind, scan_id=scan.id, frame=frame.to_dict(), n_verts=int(len(res.verts)),
                    template_hash=template.hash)
     low = None
     if config.lowres:

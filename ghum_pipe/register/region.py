@@ -1,0 +1,346 @@
+"""Register one region of the template (head, or one hand) to a close-up scan (issue 8).
+
+GHUM (Xu et al., CVPR 2020, sec. 3.1) adds close-up head and hand scans to the whole-body ones;
+each registration then constrains the model only where its scan has data (the filter F). The
+same three steps as a body registration (stage.py), restricted to the region
+``template.masks[kind]``:
+
+1. similarity from the region's landmarks (Umeyama): the face (all FaceMesh points) or the palm
+   (wrist, thumb base and the four knuckles, which a finger curl does not move);
+2. an LBS fit of only what shapes the region: root rotation + translation, the neck/head
+   joints, the 52 facial actions and the shape for a head; the wrist and finger joints and the
+   shape for a hand. Landmarks first, then + robust point-to-plane ICP both ways with the
+   template side restricted to the region's surface vertices (skeleton.py's correspondence
+   and ICP terms, called with the region as the "surface");
+3. ACAP non-rigid refinement (nonrigid.py) on a sub-mesh: the region grown by ``data_rings``
+   rings takes scan data, ``pin_rings`` further rings are pinned to the LBS fit (as stiff point
+   constraints), the rest of the template is the LBS fit unchanged.
+
+Output as a body registration: all V template vertices (outside the region: the fitted
+template), params with ``vertex_mask`` = region surface vertices with scan data within
+``observed_dist_m`` (the model learns only the region from a close-up) and ``kind``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from ghum_pipe.errors import RegistrationError
+from ghum_pipe.register.landmark_pairs import LandmarkPairs, match_landmarks
+from ghum_pipe.register.losses import landmark_loss
+from ghum_pipe.register.nonrigid import NonrigidConfig, refine_nonrigid
+from ghum_pipe.register.posing import SubsetPoser, full_poser, jacobi_step_sizes, minimize_lbfgs
+from ghum_pipe.register.similarity import Similarity, umeyama
+from ghum_pipe.register.skeleton import SkeletonFit, _correspondences, _icp_term, initial_translation, rest_offsets
+from ghum_pipe.register.target import ScanTarget, build_target
+
+CM2 = 1e4  # losses in cm^2, as in skeleton.py
+HEAD_JOINTS = ("neck01", "neck02", "neck03", "head")
+PALM_POINTS = (0, 1, 5, 9, 13, 17)  # MediaPipe hand: wrist, thumb CMC, index/middle/ring/pinky MCP
+HINT = "Re-run `ghum-pipe landmark` for this scan and check its contact sheet"
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    """Settings of a close-up registration (metres; losses in cm^2 like skeleton.py)."""
+
+    n_shape: int = 32
+    landmark_iters: int = 150
+    icp_rounds: int = 4
+    icp_iters: int = 40
+    icp_landmark_scale: float = 0.1  # detected landmarks are mm-noisy: the dense data leads in the ICP rounds
+    w_icp: float = 1.0
+    # a close-up is ~10x smaller than a body: narrower correspondence windows than skeleton.py's
+    icp_sigma_m: tuple[float, float] = (0.01, 0.003)
+    icp_max_dist_m: tuple[float, float] = (0.03, 0.008)
+    icp_max_angle_deg: float = 60.0
+    n_icp_verts: int = 3000  # region vertices sampled per correspondence refresh
+    n_icp_scan: int = 3000  # scan samples likewise
+    pose_prior: float = 0.05  # per rad^2 (neck, head, wrist)
+    finger_prior: float = 0.02
+    shape_prior: float = 0.005
+    expression_prior: float = 0.05
+    min_face_landmarks: int = 50
+    min_hand_landmarks: int = 10
+    min_coverage: float = 0.5  # share of the region within coverage_dist_m of the scan after the landmark fit
+    coverage_dist_m: float = 0.02
+    data_rings: int = 2  # the region grown by this many rings takes scan data in the non-rigid step
+    pin_rings: int = 2  # then this many rings pinned to the LBS fit
+    pin_weight: float = 50.0  # x nonrigid.w_landmark per pinned vertex
+    nonrigid: NonrigidConfig = field(default_factory=lambda: NonrigidConfig(max_dist_m=(0.02, 0.006), sigma_m=0.004))
+    seed: int = 0
+
+
+def region_landmarks(pairs: LandmarkPairs, kind: str) -> LandmarkPairs:
+    """The pairs that belong to the region: face points (and Pose's face names) for a head, that
+    side's hand points for a hand."""
+    if kind == "head":
+        keep = [k in ("face",) or n in _POSE_FACE for n, k in zip(pairs.names, pairs.kinds)]
+    else:
+        side = "left" if kind == "hand_left" else "right"
+        keep = [n.startswith(f"{side}_hand_") for n in pairs.names]
+    return pairs.subset(np.asarray(keep, dtype=bool))
+
+
+_POSE_FACE = ("nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
+              "right_eye_outer", "mouth_left", "mouth_right")
+
+
+def free_joints(template, kind: str) -> np.ndarray:
+    """(J,) bool: the joints that shape the region (root excluded: it carries the global rotation)."""
+    names = template.joint_names
+    if kind == "head":
+        return np.array([n in HEAD_JOINTS for n in names])
+    suffix = ".L" if kind == "hand_left" else ".R"
+    return np.array([n.endswith(suffix) and n.startswith(("wrist", "finger", "metacarpal")) for n in names])
+
+
+def grow(template, mask: np.ndarray, rings: int) -> np.ndarray:
+    """(V,) bool: ``mask`` grown by ``rings`` rings of the template's faces."""
+    m = mask.copy()
+    for _ in range(rings):
+        m[template.faces[m[template.faces].any(1)].ravel()] = True
+    return m
+
+
+def register_region(
+    scan_verts: np.ndarray, scan_faces: np.ndarray | None, scan_normals: np.ndarray | None,
+    landmarks: dict, template, kind: str, config: RegionConfig = RegionConfig(), template_landmarks=None,
+    path: str | None = None, max_scan_points: int = 60000, min_confidence: float = 0.3,
+    observed_dist_m: float = 0.01, max_scan_to_reg_mm: float = 10.0, device: str = "cpu",
+):
+    """Register the template's ``kind`` region to a close-up scan (pure core: arrays in and out).
+
+    Args:
+        scan_verts: (N, 3) metres, +Z up (a hand may be in any orientation); scan_faces (F, 3) or
+            None; scan_normals (N, 3) or None.
+        landmarks: ``{"names", "points" (L, 3) metres, "confidence" (L,)}``.
+        template: :class:`ghum_pipe.template.Template`; kind: "head" | "hand_left" | "hand_right".
+        template_landmarks: definitions on the template (default: the landmark stage's).
+    Returns:
+        ``stage.RegistrationResult`` (all V vertices, metres). Raises RegistrationError.
+    """
+    from ghum_pipe.register.landmark_pairs import load_template_landmark_set
+    from ghum_pipe.register.stage import RegistrationResult, _metrics
+
+    cfg = config
+    seconds = {}
+    t0 = time.perf_counter()
+    tl = template_landmarks if template_landmarks is not None else load_template_landmark_set(template)
+    pairs = match_landmarks(list(landmarks["names"]), np.asarray(landmarks["points"], dtype=np.float64).reshape(-1, 3),
+                            landmarks.get("confidence"), tl, min_confidence)
+    pairs = region_landmarks(pairs, kind)
+    need = cfg.min_face_landmarks if kind == "head" else cfg.min_hand_landmarks
+    what = "face" if kind == "head" else kind.replace("hand_", "") + " hand"
+    if len(pairs) < need:
+        raise RegistrationError(f"{len(pairs)} usable {what} landmarks, a {kind.replace('_', ' ')} close-up needs "
+                                f"at least {need}", path, HINT + " (and the scan's kind)")
+    init = _initial_similarity(template, pairs, kind, path)
+    target = build_target(scan_verts, scan_faces, scan_normals, max_points=max_scan_points, seed=cfg.seed)
+    region = template.masks[kind] & template.masks["surface"]
+    seconds["prepare"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    coverage = {}
+
+    def check_coverage(verts):
+        near = target.index.query(verts[region], 1)[0][:, 0] < cfg.coverage_dist_m
+        coverage["after_landmarks"] = float(near.mean())
+        if near.mean() < cfg.min_coverage:
+            raise RegistrationError(
+                f"only {near.mean():.0%} of the template's {kind.replace('_', ' ')} is within "
+                f"{cfg.coverage_dist_m * 100:.0f} cm of the scan after the landmark fit", path,
+                HINT + "; check the scan's kind (a left hand given as hand_right?)")
+
+    fit = fit_region_skeleton(template, pairs, init, target, kind, cfg, device, after_landmarks=check_coverage)
+    seconds["skeleton"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    verts, nr = refine_region(template, fit.verts, target, kind, pairs, cfg)
+    seconds["nonrigid"] = time.perf_counter() - t0
+    if not np.isfinite(verts).all():
+        raise RegistrationError("registration diverged (non-finite vertices)", path, "Check the scan's landmarks")
+
+    t0 = time.perf_counter()
+    offsets = rest_offsets(template, fit, verts)
+    metrics, scan_pts, s2r = _metrics(template, verts, target, pairs, fit)
+    r2s = target.distance_to_scan(verts[region])
+    metrics.update(reg_to_scan_mean_mm=float(r2s.mean() * 1e3), reg_to_scan_p95_mm=float(np.percentile(r2s, 95) * 1e3))
+    seconds["metrics"] = time.perf_counter() - t0
+    metrics.update(
+        kind=kind, similarity_scale=init.scale, coverage=coverage, matched_fraction=nr.matched_fraction,
+        iterations={"skeleton": fit.iterations, "nonrigid": nr.iterations}, seconds=seconds,
+        seconds_total=float(sum(seconds.values())),
+    )
+    if metrics["scan_to_reg_mean_mm"] > max_scan_to_reg_mm:
+        raise RegistrationError(f"registration diverged: mean scan->registration distance "
+                                f"{metrics['scan_to_reg_mean_mm']:.1f} mm (limit {max_scan_to_reg_mm} mm)", path, HINT)
+    observed = region & (target.distance_to_scan(verts) < observed_dist_m)
+    metrics["observed_fraction"] = float(observed[region].mean())
+    params = dict(pose=fit.pose, shape=fit.shape, expression=fit.expression, scale=np.float64(fit.scale),
+                  translation=fit.translation, offsets=offsets, vertex_mask=observed, kind=np.array(kind),
+                  region_mask=template.masks[kind].copy())
+    return RegistrationResult(verts=verts, params=params, metrics=metrics, scan_points=scan_pts, scan_to_reg_m=s2r)
+
+
+def _initial_similarity(template, pairs: LandmarkPairs, kind: str, path) -> Similarity:
+    """Umeyama from the template's rest landmarks to the scan's: all face points, or the palm."""
+    use = np.ones(len(pairs), dtype=bool)
+    if kind != "head":
+        use = np.array([int(n.rsplit("_", 1)[1]) in PALM_POINTS for n in pairs.names])
+        if use.sum() < 3:
+            use[:] = True
+    rest = pairs.template_points(template.rest_verts)
+    try:
+        sim = umeyama(rest[use], pairs.targets[use], pairs.confidence[use])
+    except ValueError:
+        raise RegistrationError("degenerate landmarks (all on a line)", path, HINT) from None
+    if not 0.5 < sim.scale < 2.0:
+        raise RegistrationError(f"inconsistent landmarks (similarity scale {sim.scale:.2f} to the template)", path,
+                                HINT + "; check --units")
+    return sim
+
+
+def fit_region_skeleton(template, pairs: LandmarkPairs, init: Similarity, target: ScanTarget | None, kind: str,
+                        config: RegionConfig = RegionConfig(), device="cpu", after_landmarks=None) -> SkeletonFit:
+    """LBS fit of the region (see the module docstring, step 2). Returns a ``skeleton.SkeletonFit``
+    (scale 1: size is the shape's job, as in skeleton.py)."""
+    cfg = config
+    dt = torch.float64
+    J, E = template.n_joints, template.n_expression
+    free = free_joints(template, kind)
+    free_idx = torch.as_tensor(np.flatnonzero(free))
+    is_finger = np.array([n.startswith(("finger", "metacarpal")) for n in template.joint_names])
+    prior_w = torch.as_tensor(np.where(is_finger, cfg.finger_prior, cfg.pose_prior)[free], dtype=dt)
+    use_face = kind == "head"
+    src = pairs.template_points(template.rest_verts).mean(0)
+    init = Similarity(init.rotation, 1.0, pairs.targets.mean(0) - init.rotation @ src)
+    from scipy.spatial.transform import Rotation
+
+    root = torch.tensor(Rotation.from_matrix(init.rotation).as_rotvec(), dtype=dt, device=device, requires_grad=True)
+    transl = torch.tensor(initial_translation(template, init), dtype=dt, device=device, requires_grad=True)
+    joint_aa = torch.zeros(len(free_idx), 3, dtype=dt, device=device, requires_grad=True)
+    shape = torch.zeros(1, cfg.n_shape, dtype=dt, device=device, requires_grad=True)
+    expr = torch.zeros(1, E, dtype=dt, device=device, requires_grad=use_face)
+    params = [root, transl, joint_aa] + ([expr] if use_face else []) + [shape]
+    bounds = [None, None, None] + ([(0.0, 1.0)] if use_face else []) + [None]
+    prior_diag = [0.0, 0.0, prior_w[:, None].expand(-1, 3).numpy()] + ([cfg.expression_prior] if use_face else []) \
+        + [cfg.shape_prior]
+    c = np.clip(pairs.confidence, 1e-3, None)
+    lm_w = torch.as_tensor(c / c.sum(), dtype=dt)
+    lm_target = torch.as_tensor(pairs.targets, dtype=dt)
+    lm_wts = torch.as_tensor(pairs.weights, dtype=dt)
+    region_idx = np.flatnonzero(template.masks[kind] & template.masks["surface"])
+    faces_t = torch.as_tensor(template.faces)
+    rng = np.random.default_rng(cfg.seed)
+    lm_verts = np.unique(pairs.vertex_ids)
+
+    def full_pose():
+        pose = torch.zeros(1, J, 3, dtype=dt, device=device)
+        pose = pose.index_put((torch.zeros_like(free_idx), free_idx), joint_aa)
+        return pose.index_put((torch.tensor([0]), torch.tensor([0])), root[None])
+
+    def forward(poser):
+        return poser(shape, full_pose(), expr if use_face else None) + transl
+
+    def priors():
+        p = (prior_w * (joint_aa**2).sum(-1)).sum() + cfg.shape_prior * (shape**2).sum()
+        return p + cfg.expression_prior * (expr**2).sum() if use_face else p
+
+    def residuals(poser, lm_local, corr):
+        def fn():
+            verts = forward(poser)
+            lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_local])
+            r = [(CM2 * lm_w).sqrt()[:, None] * (lm_pred - lm_target)]
+            if corr is not None:
+                fv = verts[corr["fwd_local"]]
+                r.append(((cfg.w_icp * CM2 / max(len(fv), 1)) ** 0.5 * ((fv - corr["fwd_p"]) * corr["fwd_n"]).sum(-1))[:, None])
+            return torch.cat([x.reshape(-1) for x in r])
+        return fn
+
+    def objective(poser, lm_local, corr):
+        lm_scale = 1.0 if corr is None else cfg.icp_landmark_scale
+
+        def loss_fn():
+            verts = forward(poser)
+            lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_local])
+            loss = lm_scale * CM2 * landmark_loss(lm_pred, lm_target, lm_w) + priors()
+            if corr is not None:
+                loss = loss + cfg.w_icp * CM2 * _icp_term(verts, corr, cfg)
+            return loss
+        return loss_fn
+
+    poser = SubsetPoser(template, lm_verts, cfg.n_shape, device, dt)
+    lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids))
+    scales = jacobi_step_sizes(residuals(poser, lm_local, None), params, prior_diag, seed=cfg.seed)
+    n_eval = minimize_lbfgs(params, objective(poser, lm_local, None), bounds, cfg.landmark_iters, scales)
+    if after_landmarks is not None:
+        with torch.no_grad():
+            after_landmarks(forward(full_poser(template, cfg.n_shape, device, dt)).numpy())
+    n_rounds = cfg.icp_rounds if target is not None else 0
+    for r in range(n_rounds):
+        a = r / max(n_rounds - 1, 1)
+        sigma = cfg.icp_sigma_m[0] ** (1 - a) * cfg.icp_sigma_m[1] ** a
+        max_dist = cfg.icp_max_dist_m[0] ** (1 - a) * cfg.icp_max_dist_m[1] ** a
+        with torch.no_grad():
+            full = forward(full_poser(template, cfg.n_shape, device, dt))
+        corr = _correspondences(full, faces_t, target, region_idx, cfg, rng, device, max_dist)
+        corr["sigma"] = sigma
+        poser = SubsetPoser(template, np.union1d(lm_verts, corr["ids"]), cfg.n_shape, device, dt)
+        lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids))
+        corr["fwd_local"] = torch.as_tensor(np.searchsorted(poser.ids, corr["fwd_v"]))
+        corr["bwd_local"] = torch.as_tensor(np.searchsorted(poser.ids, corr["bwd_v"]))
+        if r == 0:
+            scales = jacobi_step_sizes(residuals(poser, lm_local, corr), params, prior_diag, seed=cfg.seed)
+        n_eval += minimize_lbfgs(params, objective(poser, lm_local, corr), bounds, cfg.icp_iters, scales)
+    with torch.no_grad():
+        verts = forward(full_poser(template, cfg.n_shape, device, dt))
+        lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[torch.as_tensor(pairs.vertex_ids)])
+        rms = float(((lm_pred - lm_target) ** 2).sum(-1).mean().sqrt())
+        pose = full_pose()[0]
+    return SkeletonFit(
+        pose=pose.numpy().astype(np.float64), shape=shape.detach().numpy()[0].astype(np.float64),
+        expression=expr.detach().numpy()[0].astype(np.float64), scale=1.0,
+        translation=transl.detach().numpy().astype(np.float64), verts=verts.numpy().astype(np.float64),
+        landmark_rms_m=rms, iterations=n_eval,
+    )
+
+
+def refine_region(template, posed: np.ndarray, target: ScanTarget, kind: str, pairs: LandmarkPairs,
+                  config: RegionConfig = RegionConfig()):
+    """ACAP refinement of the region on a sub-mesh (module docstring, step 3). Returns the (V, 3)
+    vertices (outside the sub-mesh: ``posed``) and the ``nonrigid.NonrigidResult``."""
+    cfg = config
+    region = template.masks[kind]
+    data = grow(template, region, cfg.data_rings) & template.masks["surface"]
+    inner = grow(template, region, cfg.data_rings)
+    sub = grow(template, inner, cfg.pin_rings)
+    sub_ids = np.flatnonzero(sub)
+    local = np.full(template.n_verts, -1)
+    local[sub_ids] = np.arange(len(sub_ids))
+    faces = local[template.faces[sub[template.faces].all(1)]]
+    pins = np.flatnonzero(sub & ~inner)
+    # pinned ring vertices as stiff one-vertex "landmarks" at their LBS positions
+    K = pairs.vertex_ids.shape[1]
+    pin_ids = np.zeros((len(pins), K), dtype=np.int64)
+    pin_ids[:, :] = local[pins][:, None]
+    pin_w = np.zeros((len(pins), K))
+    pin_w[:, 0] = 1.0
+    lm = pairs if kind != "head" else pairs.subset(np.zeros(len(pairs), dtype=bool))  # face: dense data leads
+    inside = np.isin(lm.vertex_ids, sub_ids).all(1)
+    lm = lm.subset(inside)
+    constraints = LandmarkPairs(
+        names=tuple(lm.names) + tuple(f"pin_{v}" for v in pins), kinds=tuple(lm.kinds) + ("pose",) * len(pins),
+        vertex_ids=np.concatenate([local[lm.vertex_ids], pin_ids]), weights=np.concatenate([lm.weights, pin_w]),
+        targets=np.concatenate([lm.targets, posed[pins]]),
+        confidence=np.concatenate([lm.confidence, np.full(len(pins), cfg.pin_weight)]),
+    )
+    nr_cfg = replace(cfg.nonrigid, w_landmark_face=0.0)
+    nr = refine_nonrigid(posed[sub_ids], faces, data[sub_ids], target, nr_cfg, landmarks=constraints)
+    verts = posed.copy()
+    verts[sub_ids] = nr.verts
+    return verts, nr
