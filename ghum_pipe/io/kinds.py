@@ -80,3 +80,23 @@ def resolve_kind(scan_id: str, scan_path: str | Path | None = None, work: str | 
                 return table[name]
     found = [kind_from_id(n) for n in names]
     return next((k for k in found if k != "body"), "body")
+
+
+def resolve_kinds(scans: dict[str, str | Path], work: str | Path | None = None) -> dict[str, str]:
+    """``{scan_id: kind}`` for ``{scan_id: path}``, reading each kinds.csv once (batch form of
+    :func:`resolve_kind`)."""
+    cache: dict[Path, dict[str, str]] = {}
+
+    def table(folder: Path) -> dict[str, str]:
+        if folder not in cache:
+            f = folder / KINDS_CSV
+            cache[folder] = read_kinds_csv(f) if f.is_file() else {}
+        return cache[folder]
+
+    out = {}
+    for scan_id, path in scans.items():
+        names = [str(scan_id), Path(path).stem]
+        tables = ([table(Path(work))] if work is not None else []) + [table(Path(path).parent)]
+        hit = next((t[n] for t in tables for n in names if n in t), None)
+        out[scan_id] = hit or next((k for k in map(kind_from_id, names) if k != "body"), "body")
+    return out

@@ -19,11 +19,14 @@ from ghum_pipe.io.atomic import write_json
 class IngestConfig:
     """units: force the file's units ("m"|"cm"|"mm"), None = detect from the body's size;
     up: force the file's up axis ("+z", "y", "-y", ...), None = detect;
-    min_points: fewer points than this is not a body scan."""
+    min_points: fewer points than this is not a body scan;
+    kind: body | head | hand_left | hand_right, None = from kinds.csv next to the scan or the id
+    suffix (``ghum_pipe.io.kinds``; the batch runner sets it per scan)."""
 
     units: str | None = None
     up: str | None = None
     min_points: int = 2000
+    kind: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,9 +63,11 @@ def run_ingest(scan_path: str | Path, scan_dir: str | Path, config: IngestConfig
     writes nothing. Returns the summary's scalar metrics.
     """
     from ghum_pipe.io import load_scan
+    from ghum_pipe.io.kinds import check_kind, resolve_kind
 
-    scan = load_scan(scan_path, units=config.units, up=config.up, min_points=config.min_points)
-    summary = scan_summary(scan)
+    kind = check_kind(config.kind, scan_path) if config.kind else resolve_kind(Path(scan_path).stem, scan_path)
+    scan = load_scan(scan_path, units=config.units, up=config.up, min_points=config.min_points, kind=kind)
+    summary = dict(scan_summary(scan), kind=kind)
     write_json(Path(scan_dir) / "scan.json", summary)
-    return {k: summary[k] for k in ("units", "up", "n_points", "n_faces", "height_m", "is_point_cloud")}
+    return {k: summary[k] for k in ("kind", "units", "up", "n_points", "n_faces", "height_m", "is_point_cloud")}
 

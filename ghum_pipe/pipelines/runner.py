@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import uuid
@@ -146,24 +147,42 @@ def run_batch(
     return result
 
 
+def per_scan_config(config, kind: str):
+    """The stage config for one scan: a config with a ``kind`` field left at None (auto) gets the
+    scan's kind (body/head/hand_left/hand_right), so it is hashed into the stage key and a changed
+    kind re-runs the scan."""
+    names = {f.name for f in dataclasses.fields(config)}
+    if "kind" in names and config.kind is None:
+        return dataclasses.replace(config, kind=kind)
+    return config
+
+
 def _plan(manifest: Manifest, ids, plan_stages, configs, forced: set) -> dict:
-    """``{(scan_id, stage): None (up to date) | (key, cfg_hash)}``; logs why stages run."""
+    """``{(scan_id, stage): None (up to date) | (key, cfg_hash, config)}``; logs why stages run.
+    Each scan's config carries its kind (``per_scan_config``, kinds from ``io.kinds``)."""
+    from ghum_pipe.io.kinds import resolve_kinds
+
     plan: dict = {}
     why: Counter = Counter()
-    cfg_hashes = {s: config_hash(configs[s].to_dict()) for s in plan_stages}
+    kinds = resolve_kinds({i: manifest.scans[i]["path"] for i in ids}, manifest.work)
+    cfg_cache: dict = {}
     for scan_id in ids:
         keys: dict[str, str] = {}
         input_hash = manifest.scans[scan_id].get("input_hash", "")
         for stage in plan_stages:
             spec = STAGES[stage]
-            key = stage_key(stage, input_hash, cfg_hashes[stage], [keys[d] for d in spec.depends])
+            if (stage, kinds[scan_id]) not in cfg_cache:
+                cfg = per_scan_config(configs[stage], kinds[scan_id])
+                cfg_cache[(stage, kinds[scan_id])] = (cfg, config_hash(cfg.to_dict()))
+            cfg, cfg_hash = cfg_cache[(stage, kinds[scan_id])]
+            key = stage_key(stage, input_hash, cfg_hash, [keys[d] for d in spec.depends])
             keys[stage] = key
             upstream_runs = any(plan.get((scan_id, d)) is not None for d in spec.depends)
             current = stage not in forced and not upstream_runs and manifest.is_current(
                 scan_id, stage, key, spec.outputs)
-            plan[(scan_id, stage)] = None if current else (key, cfg_hashes[stage])
+            plan[(scan_id, stage)] = None if current else (key, cfg_hash, cfg)
             if not current:
-                why[(stage, _reason(manifest, scan_id, stage, cfg_hashes[stage], forced, upstream_runs))] += 1
+                why[(stage, _reason(manifest, scan_id, stage, cfg_hash, forced, upstream_runs))] += 1
     for (stage, reason), n in sorted(why.items()):
         log.info("%s: %d scan(s) to run (%s)", stage, n, reason)
     return plan
@@ -199,21 +218,21 @@ def _execute(work, manifest, saver, todo, plan_stages, configs, cluster, retries
         futures: dict = {}
         meta: dict = {}
         for stage_index, stage in enumerate(plan_stages):
-            for (scan_id, st), (key, cfg_hash) in todo.items():
+            for (scan_id, st), (key, cfg_hash, cfg) in todo.items():
                 if st != stage:
                     continue
                 upstream = [futures[(scan_id, d)] for d in STAGES[stage].depends if (scan_id, d) in futures]
                 fut = client.submit(
-                    run_stage_task, stage, scan_id, manifest.scans[scan_id]["path"], str(work), configs[stage],
+                    run_stage_task, stage, scan_id, manifest.scans[scan_id]["path"], str(work), cfg,
                     key, cfg_hash, run_id, upstream or None,
                     key=f"{stage}-{scan_id}-{run_id}", retries=retries, priority=stage_index, pure=False,
                 )
                 futures[(scan_id, stage)] = fut
-                meta[fut.key] = (scan_id, stage, key, cfg_hash, upstream)
+                meta[fut.key] = (scan_id, stage, key, cfg_hash, upstream, cfg)
         try:
             for fut in as_completed(list(futures.values())):
-                scan_id, stage, key, cfg_hash, upstream = meta.pop(fut.key)
-                record = _collect(fut, work, scan_id, stage, key, cfg_hash, configs[stage], run_id, upstream)
+                scan_id, stage, key, cfg_hash, upstream, cfg = meta.pop(fut.key)
+                record = _collect(fut, work, scan_id, stage, key, cfg_hash, cfg, run_id, upstream)
                 _apply(manifest, result, work, scan_id, stage, record)
                 bars.advance(stage, record["status"])
                 saver.touch()
