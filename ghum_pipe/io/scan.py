@@ -116,7 +116,8 @@ def load_scan(path: str | Path, units: str | None = None, up: str | None = None,
         if problem:
             raise ScanError(f"does not look like a person: {problem}", path,
                             "Check the file is a scan of one standing person (sitting or crouched bodies are not "
-                            "supported)")
+                            "supported); for a head or hand close-up give its kind (id suffix -head, -hand_left, "
+                            "-hand_right, or kinds.csv)")
         if up is None:
             if floor is not None:
                 guess = snap_up(floor.normal, 1.0, "floor normal")
