@@ -131,31 +131,41 @@ def _head(renderer, verts, config, views, timings, source):
             len(ring) + len(cams))
 
 
-def hand_axes(verts: np.ndarray, faces: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(centre, wrist, finger_dir, palm_normal), each (3,), metres / unit vectors, of a hand
-    close-up: the area-weighted centroid, the wrist cut's centre and the direction from it to
-    the centroid, and the smallest principal axis (a hand is flat). Without a cut (a closed
-    mesh) the longest principal axis is taken, pointing away from the thicker end."""
+def hand_axes(verts: np.ndarray, faces: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """(centre, finger_dir, palm_normal, from_cut) of a hand close-up: the area-weighted
+    centroid (3,) metres, the unit direction from the wrist cut to the centroid, and the
+    smallest principal axis (a hand is flat). Without a cut (a closed mesh, e.g. a meshed point
+    cloud) the longest principal axis is taken and ``from_cut`` is False: its sign is a guess."""
     from ghum_pipe.io.detect import head_up_from_cut, principal_axes, vertex_weights
 
     w = vertex_weights(verts, faces)
     pa = principal_axes(verts, w)
     centre = pa.mean
     finger = head_up_from_cut(verts, faces, w)
+    from_cut = finger is not None
     if finger is None:
         finger = pa.axes[:, 0]
     finger = finger / np.linalg.norm(finger)
     normal = pa.axes[:, 2] - (pa.axes[:, 2] @ finger) * finger
     normal /= np.linalg.norm(normal)
-    s = (verts - centre) @ finger
-    wrist = centre + s.min() * finger
-    return centre, wrist, finger, normal
+    return centre, finger, normal, from_cut
 
 
 def _hand(renderer, verts, faces, kind, config, views, timings, source):
     """Hands on views around the hand (see the module docstring)."""
     side = "left" if kind == "hand_left" else "right"
-    centre, wrist, finger, normal = hand_axes(verts, faces)
+    centre, finger, normal, _ = hand_axes(verts, faces)
+    try:
+        return _hand_views(renderer, verts, centre, finger, normal, side, config, views, timings, source)
+    except LandmarkError:
+        # the finger direction's sign is a guess without a clean wrist cut (a meshed point
+        # cloud's trimmed rim runs round the fingertips too): try the other way before giving up
+        return _hand_views(renderer, verts, centre, -finger, normal, side, config, views, timings, source)
+
+
+def _hand_views(renderer, verts, centre, finger, normal, side, config, views, timings, source):
+    """Render, detect and triangulate one hand with the fingers along ``finger``."""
+    wrist = centre + ((verts - centre) @ finger).min() * finger
     dirs = [camera_rig.rotate_about(normal, finger, np.deg2rad(a)) for a in HAND_VIEW_ANGLES]
     cams = [camera_rig.closeup(centre, d, HAND_EXTENT_M, size=config.closeup_size, up=finger) for d in dirs]
     hand_kinds = ["surface" if i in HAND_TIPS else "interior" for i in range(N_HAND)]
