@@ -40,10 +40,10 @@ def test_recovers_posed_template_with_smooth_offsets(template, tl, posed_subject
     faces = scan_faces(template, s["verts"], holes=False)
     res = register_scan(s["verts"], faces, None, lm, template, RegisterConfig(), template_landmarks=tl)
     mean_mm, p95_mm = _surface_errors(template, res.verts, s["verts"])
-    # issue 6 asks < 2 mm; measured 2.4 mm mean / 8 mm p95 (residual limb twist the skeleton fit
-    # leaves and the surface stage cannot see): the bound guards against regressions until then
-    assert mean_mm < 3.0, (mean_mm, p95_mm)
-    assert p95_mm < 10.0
+    # issue 6: < 2 mm. Measured 1.95 mm mean / 5.1 mm p95: what is left is tangential (torso and
+    # shoulder twist the skeleton fit leaves, which closest points cannot see)
+    assert mean_mm < 2.0, (mean_mm, p95_mm)
+    assert p95_mm < 6.0
     assert res.metrics["scan_to_reg_mean_mm"] < 0.5
     # the parameters re-pose to the registration
     import torch
@@ -90,6 +90,7 @@ def test_same_registration_in_any_units_and_up_axis(tmp_path, template, posed_su
         assert np.median(file_err) * frame.metres_per_unit < 0.005
         regs.append(frame.to_internal(reg.vertices))
     d = np.linalg.norm(regs[0] - regs[1], axis=1)
+    print(f"m/+z vs mm/+y: mean {d.mean() * 1e3:.3f} mm, max {d.max() * 1e3:.3f} mm")
     # issue 6 asks max < 0.5 mm; float32 rounding of the file in m vs mm moves the optimiser's
     # path: measured mean 0.2 mm, max ~2 mm (fingers / limb twist)
     assert d.mean() < 0.0005, d.mean()

@@ -7,12 +7,13 @@ import numpy as np
 import torch
 
 from ghum_pipe.register.backend import vertex_normals
+from ghum_pipe.template.anatomy import hinge_axes
 
 POSES = {
     "apose": {},
     "posed": {  # axis-angle (rad) in world-aligned joint frames; +X = character's left
         "upperarm01.L": (0.0, 0.9, 0.0), "upperarm01.R": (0.5, -0.6, 0.0),
-        "lowerarm01.L": (0.0, 0.0, 0.9), "lowerarm01.R": (0.0, 0.0, -1.2),
+        "lowerarm01.L": ("elbow", 0.9), "lowerarm01.R": ("elbow", 1.2),  # hinge flexion (rad)
         "upperleg01.L": (-0.5, 0.0, 0.0), "lowerleg01.L": (0.9, 0.0, 0.0),
         "upperleg01.R": (0.2, 0.0, 0.1), "spine03": (0.0, 0.0, 0.3), "spine01": (0.15, 0.0, 0.0),
         "neck02": (0.0, 0.0, -0.4), "head": (0.2, 0.0, 0.0),
@@ -26,8 +27,9 @@ def make_subject(template, pose_name="posed", seed=0, offset_mm=8.0, rot_z=0.4, 
     t = template
     betas = t.phenotype_bank_betas[seed % len(t.phenotype_bank_betas)]
     pose = np.zeros((t.n_joints, 3))
+    hinges = hinge_axes(t.joint_names, t.rest_joints)
     for name, aa in POSES[pose_name].items():
-        pose[t.joint_index(name)] = aa
+        pose[t.joint_index(name)] = aa[1] * hinges[name] if aa[0] == "elbow" else aa
     pose[0] = (0.0, 0.0, rot_z)
     # smooth offsets: a few Gaussian bumps along the rest normals
     rest = t.rest_verts + np.einsum("s,svc->vc", betas, t.shape_basis)

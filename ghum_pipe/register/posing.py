@@ -22,8 +22,9 @@ class SubsetPoser:
         t = template.tensors(device, dtype)
         idx = torch.as_tensor(self.ids, device=device)
         self.rest = t["rest_verts"][idx]
-        self.shape_basis = t["shape_basis"][:n_shape, idx]
-        self.expression_basis = t["expression_basis"][:, idx]
+        # flattened (S, 3n): one matrix product each instead of a batched einsum
+        self.shape_basis = t["shape_basis"][:n_shape, idx].reshape(n_shape, -1)
+        self.expression_basis = t["expression_basis"][:, idx].reshape(len(t["expression_basis"]), -1)
         self.skin_indices = t["skin_indices"][idx]
         self.skin_weights = t["skin_weights"][idx]
         self.t = t
@@ -31,10 +32,11 @@ class SubsetPoser:
 
     def __call__(self, shape, pose, expression=None) -> torch.Tensor:
         t = self.t
-        verts = self.rest + torch.einsum("bs,svk->bvk", shape, self.shape_basis)
+        n = len(self.ids)
+        verts = self.rest + (shape @ self.shape_basis).reshape(-1, n, 3)
         joints = t["rest_joints"] + torch.einsum("bs,sjk->bjk", shape, t["shape_joint_basis"][: self.n_shape])
         if expression is not None:
-            verts = verts + torch.einsum("be,evk->bvk", expression, self.expression_basis)
+            verts = verts + (expression @ self.expression_basis).reshape(-1, n, 3)
             joints = joints + torch.einsum("be,ejk->bjk", expression, t["expression_joint_basis"])
         _, rel = batch_rigid_transform(as_rotmats(pose), joints, t["parents"], t["levels"])
         return skin(verts, rel, self.skin_indices, self.skin_weights)[0]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ghum_pipe.errors import RegistrationError
+from ghum_pipe.register.backend import single_threaded_blas
 from ghum_pipe.register.landmark_pairs import LandmarkPairs, load_template_landmark_set, match_landmarks
 from ghum_pipe.register.nonrigid import NonrigidConfig, refine_nonrigid
 from ghum_pipe.register.region import RegionConfig
@@ -75,6 +76,7 @@ def _fail(msg: str, path, hint: str | None = None):
     raise RegistrationError(msg, path=path, hint=hint)
 
 
+@single_threaded_blas
 def register_scan(
     scan_verts: np.ndarray, scan_faces: np.ndarray | None, scan_normals: np.ndarray | None,
     landmarks: dict, template, config: RegisterConfig = RegisterConfig(), template_landmarks=None,

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-MIRROR = np.array([1.0, -1.0, -1.0])  # axis-angle of the mirror image across X = 0
+from ghum_pipe.template.anatomy import MIRROR, elbow_axis
+
 SPINE = ("spine05", "spine04", "spine03", "spine02", "spine01")
 NECK = ("neck01", "neck02", "neck03", "head")
 
@@ -77,13 +78,11 @@ class PoseSampler:
         self.index = {n: i for i, n in enumerate(self.names)}
         self.rest = np.asarray(rest_joints, dtype=np.float64)
         self.config = config
-        # Elbow flexion axis: perpendicular to the upper arm and forearm of the rest pose;
-        # rotating about u x f moves the forearm further from the upper-arm direction.
+        # Elbow flexion axis: perpendicular to the upper arm and forearm of the rest pose
+        # (ghum_pipe.template.anatomy, which the skeleton fit's hinge prior uses too).
         j = lambda n: self.rest[self.index[n]]  # noqa: E731
-        upper = _unit(j("lowerarm01.L") - j("upperarm01.L"))
-        fore = _unit(j("wrist.L") - j("lowerarm01.L"))
-        self.elbow_axis = _unit(np.cross(upper, fore))
-        self.forearm_axis = fore
+        self.elbow_axis = elbow_axis(self.names, self.rest)
+        self.forearm_axis = _unit(j("wrist.L") - j("lowerarm01.L"))
         # Palm normal (left hand): the metacarpal plane's normal, signed towards the thumb
         # base, which sits on the palm side of that plane.
         knuckle_span = j("metacarpal4.L") - j("metacarpal1.L")

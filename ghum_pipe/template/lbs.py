@@ -79,9 +79,12 @@ def skin(
     verts: torch.Tensor, transforms: torch.Tensor, skin_indices: torch.Tensor, skin_weights: torch.Tensor
 ) -> torch.Tensor:
     """Sparse LBS: verts (B, V, 3), transforms (B, J, 4, 4), indices/weights (V, I) -> (B, V, 3)."""
-    T = transforms[:, skin_indices]  # (B, V, I, 4, 4)
-    A = torch.einsum("vi,bvimn->bvmn", skin_weights.to(transforms.dtype), T)  # (B, V, 4, 4)
-    return torch.einsum("bvmn,bvn->bvm", A[..., :3, :3], verts) + A[..., :3, 3]
+    # gather + elementwise products: ~1.5-2x faster on CPU than the equivalent einsums, which
+    # become batches of tiny matrix products (forward + backward, 5k-14k vertices)
+    B, J = transforms.shape[:2]
+    top = transforms[:, :, :3, :].reshape(B, J, 12)[:, skin_indices]  # (B, V, I, 12)
+    A = (skin_weights.to(transforms.dtype)[None, :, :, None] * top).sum(2).reshape(B, -1, 3, 4)  # (B, V, 3, 4)
+    return (A[..., :3] * verts[:, :, None, :]).sum(-1) + A[..., 3]
 
 
 def lbs(
