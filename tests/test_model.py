@@ -101,15 +101,55 @@ def test_skinning_recovers_planted_weights(template, model):
     assert err_learned < 0.5 * err_start, (err_learned, err_start)
 
 
-def test_joint_regressor_recovers_joints(template, model):
-    """C(rest shape) matches Anny's joints of 10 unseen phenotypes within 5 mm mean."""
-    betas = torch.as_tensor(template.phenotype_bank_betas[100:110], dtype=torch.float32)
-    rest, joints = template.shaped(betas, batch=10)
+def test_joint_regressor_learns_planted_joints(template):
+    """C is learned: 8 subjects x 3 poses posed with the planted joint-centre shifts (1.4-2.5 cm
+    at elbows, knees, hips, shoulders, part of it growing with stature), starting poses off by
+    ~0.03 rad; one joint + pose refinement and the ridge refit of C recover the shifted joints
+    of 3 unseen subjects within the issue's 5 mm (measured 3.5 mm: elbows/knees/hips ~2 mm,
+    shoulders 6-10 mm, which clavicle rotations can partly mimic; the template's map is 17 mm
+    off), and leave the other joints within 1.5 mm (measured 0.46)."""
+    from ghum_pipe.model.config import TrainConfig
+    from ghum_pipe.model.data import RegistrationSet
+    from ghum_pipe.model.train import TrainState, update_joint_regressor
+    from ghum_pipe.synth.registrations import joint_shift, planted_joint_shifts
+
+    m = GHUM(ModelConfig(shape_latent=4, hidden=16), template)
+    shifts = planted_joint_shifts(template)
+    rng = np.random.default_rng(4)
+    bank = rng.choice(np.arange(1, 400), size=11, replace=False)
+    rest, joints = [], []
+    for k in bank:
+        r, j = template.shaped(torch.as_tensor(template.phenotype_bank_betas[k][None], dtype=torch.float32))
+        rest.append(r[0])
+        joints.append(j[0] + torch.as_tensor(joint_shift(shifts, template.n_joints, r[0].numpy()), dtype=torch.float32))
+    rest, joints = torch.stack(rest), torch.stack(joints)
+    S, P = 8, 3
+    subj = np.repeat(np.arange(S), P)
+    poses = torch.as_tensor(_poses(template, S * P, 5), dtype=torch.float32)
+    _, rel = batch_rigid_transform(_rot(poses).float(), joints[subj], m.parents, m.levels)
+    from ghum_pipe.model.ghum import blend_skin
+
+    verts = blend_skin(rest[subj], rel, m.skin_indices, m.skin_weights).detach()
+    N = S * P
+    data = RegistrationSet(tuple(f"s{i}" for i in range(N)), ("body",) * N, tuple(f"p{s}" for s in range(S)), subj,
+                           verts.numpy(), np.ones((N, m.n_verts), np.float32), poses.numpy(), np.ones(N, bool),
+                           np.zeros((N, 3), np.float32), np.ones(N, bool))
+    start = poses + torch.randn(poses.shape, generator=torch.Generator().manual_seed(0)) * 0.03
+    state = TrainState(m.state_dict(), start, torch.zeros(N, 3), rest[:S].clone(),
+                       torch.zeros(N, len(m.face_index), 3), [])
+    test = slice(S, None)
+    planted = shifts["joints"]
     with torch.no_grad():
-        pred = model.joint_regressor(rest)
-    err_mm = float((pred - joints).norm(dim=-1).mean() * 1000)
-    assert err_mm <= 5.0, err_mm
-    assert float((joints - joints.mean(0)).norm(dim=-1).mean() * 1000) > 10  # joints really move with shape
+        before = (m.joint_regressor(rest[test]) - joints[test]).norm(dim=-1)
+    update_joint_regressor(m, data, state, TrainConfig())
+    with torch.no_grad():
+        after = (m.joint_regressor(rest[test]) - joints[test]).norm(dim=-1)
+    other = np.setdiff1d(np.arange(m.n_joints), planted)
+    print("C held-out, shifted joints: template", float(before[:, planted].mean()) * 1000, "learned",
+          float(after[:, planted].mean()) * 1000, "others", float(after[:, other].mean()) * 1000)
+    assert float(before[:, planted].mean()) > 0.015  # the planted shifts are real
+    assert float(after[:, planted].mean()) < 0.005, after[:, planted].mean(0)
+    assert float(after[:, other].mean()) < 0.0015
 
 
 def test_forward_is_batched_and_differentiable(model):

@@ -78,9 +78,11 @@ def fit_template(t, target: torch.Tensor, mask: torch.Tensor, init_pose: torch.T
         return (v + trans[:, None] - target).norm(dim=-1)
 
 
-def template_joint_error_mm(t, rest_verts: np.ndarray, rest_joints: np.ndarray) -> float:
-    """The template's own shape->joint map (projection on its basis) vs true joints, mm."""
+def template_joint_error_mm(t, rest_verts: np.ndarray, rest_joints: np.ndarray, joints=None) -> float:
+    """The template's own shape->joint map (projection on its basis) vs true joints, mm (mean
+    over subjects and ``joints``, default all)."""
     B = t.shape_basis.reshape(t.n_shape, -1)
     c = np.linalg.lstsq(B.T, (rest_verts - t.rest_verts).reshape(len(rest_verts), -1).T, rcond=None)[0].T
     j = t.rest_joints + np.einsum("ns,sjc->njc", c, t.shape_joint_basis)
-    return float(np.linalg.norm(j - rest_joints, axis=-1).mean() * 1000)
+    err = np.linalg.norm(j - rest_joints, axis=-1)
+    return float((err if joints is None else err[:, joints]).mean() * 1000)

@@ -48,7 +48,11 @@ class TrainConfig:
     model fixed (``pose_iters`` L-BFGS iterations, one Dask task per ``chunk`` scans) then (b)
     ``inner`` passes of closed-form model updates with poses fixed: per-subject rest shapes and
     per-scan expression offsets by inverse skinning, the PSD by ridge regression (``psd_ridge``)
-    and the skinning weights by constrained least squares (``skin_ridge``), see solvers.py. VAEs are fitted to the rest shapes / expression offsets at the end
+    and the skinning weights by constrained least squares (``skin_ridge``), and (``learn_joints``)
+    the joint regressor C: per-subject joint shifts together with per-scan pose corrections
+    (``joint_iters`` L-BFGS iterations, ridge ``joint_ridge`` on the shifts in cm, at most
+    ``joint_verts`` vertices), then C refitted by ridge regression towards its current
+    linear map (``joint_prior``), see solvers.py. VAEs are fitted to the rest shapes / expression offsets at the end
     (``vae_steps``). ``holdout``: fraction of subjects kept out of training (for evaluate)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -58,6 +62,12 @@ class TrainConfig:
     chunk: int = 8
     psd_ridge: float = 5.0
     skin_ridge: float = 1e-4
+    learn_joints: bool = True
+    joint_ridge: float = 1.0
+    joint_prior: float = 1e-3
+    joint_verts: int = 2000
+    joint_iters: int = 150
+    joint_probes: int = 8
     vae_steps: int = 600
     kl_weight: float = 1e-3
     holdout: float = 0.2

@@ -11,7 +11,9 @@ the model's config.json; a different work dir is all held out). Measured:
   >= 20 % of its peak: ``1 - mean|D(theta) - dX(theta)| / mean|dX(theta)|``;
 - skinning (synthetic): mean vertex displacement from the planted skinning on held-out poses
   and true rest shapes, learned omega vs the template's starting weights;
-- joints (synthetic): C(true rest shape) vs the true rest joints of held-out subjects;
+- joints (synthetic): C(true rest shape) vs the true rest joints of held-out subjects, over the
+  joints with a planted centre shift and over all joints, with the template's own
+  shape->joint map as the peer;
 - VAE vs PCA: held-out shape reconstruction error over latent sizes;
 - speed: forward time at batch 1 and 64 (``bench/model.py`` also prints it).
 """
@@ -102,7 +104,11 @@ def truth_of(work: Path) -> dict | None:
 
     with np.load(Path(work) / "truth" / "skinning.npz") as z:
         skin = {k: z[k] for k in z.files}
-    return dict(corrective=load_truth_corrective(work), skinning=skin)
+    planted = np.zeros(0, dtype=np.int64)
+    if (Path(work) / "truth" / "joints.npz").is_file():
+        with np.load(Path(work) / "truth" / "joints.npz") as z:
+            planted = z["joints"]
+    return dict(corrective=load_truth_corrective(work), skinning=skin, planted_joints=planted)
 
 
 def subject_truth(work: Path, subjects) -> tuple[np.ndarray, np.ndarray]:

@@ -164,8 +164,8 @@ class JointRegressor(nn.Module):
     """C: rest joint centres from the rest shape, c = J0 + B_J (P (X~ - X0)) (rank S).
 
     Initialised from the template's linear shape space (P = pseudo-inverse of the shape basis,
-    B_J = its joint basis), so it starts as the template's own shape->joint map, and is then
-    learned with the rest of the model."""
+    B_J = its joint basis), so it starts as the template's own shape->joint map; training
+    learns ``joint0`` and ``joint_basis`` (``train.update_joint_regressor``)."""
 
     def __init__(self, rest_verts: np.ndarray, rest_joints: np.ndarray, shape_basis: np.ndarray,
                  shape_joint_basis: np.ndarray):
@@ -174,13 +174,19 @@ class JointRegressor(nn.Module):
         B = shape_basis.reshape(S, -1)
         proj = np.linalg.pinv(B).T  # (S, 3V): coefficients = proj @ dx
         self.register_buffer("rest_verts", torch.as_tensor(rest_verts, dtype=torch.float32))
+        # RMS vertex motion (m) per unit coefficient: the scale of each predictor when C is learned
+        self.register_buffer("coef_rms", torch.as_tensor(np.sqrt((B**2).mean(1)), dtype=torch.float32))
         self.joint0 = nn.Parameter(torch.as_tensor(rest_joints, dtype=torch.float32))
         self.proj = nn.Parameter(torch.as_tensor(proj.reshape(S, V, 3), dtype=torch.float32))
         self.joint_basis = nn.Parameter(torch.as_tensor(shape_joint_basis, dtype=torch.float32))
 
+    def coefficients(self, rest: torch.Tensor) -> torch.Tensor:
+        """rest (B, V, 3) -> the rest shape's coefficients (B, S) in the template's shape space."""
+        return torch.einsum("bvc,svc->bs", rest - self.rest_verts, self.proj)
+
     def forward(self, rest: torch.Tensor) -> torch.Tensor:
         """rest (B, V, 3) -> joints (B, J, 3) metres."""
-        coeffs = torch.einsum("bvc,svc->bs", rest - self.rest_verts, self.proj)
+        coeffs = self.coefficients(rest)
         return self.joint0 + torch.einsum("bs,sjc->bjc", coeffs, self.joint_basis)
 
 

@@ -16,7 +16,10 @@ And the truth needed to score what a trained model recovers, under ``OUT/truth/`
 - ``corrective.json`` + ``corrective.npz``: the planted pose-space corrective (below);
 - ``skinning.npz``: ``skin_indices (V,I)``, the planted ``skin_weights`` and the template's
   ``start_weights`` (what a model is initialised with);
-- ``subjects/<subject>.npz``: ``rest_verts (V,3)``, ``rest_joints (J,3)``, ``betas``;
+- ``joints.json`` + ``joints.npz``: the planted joint-centre displacement (below);
+- ``subjects/<subject>.npz``: ``rest_verts (V,3)``, ``rest_joints (J,3)`` (the true, displaced
+  joint centres the scans were posed with), ``template_joints (J,3)`` (the template's own
+  shape->joint map, i.e. before the displacement), ``betas``, ``phenotype``;
 - ``scans/<id>.npz``: ``joints (J,3)`` posed, ``corrective (V,3)`` rest-space offsets applied.
 
 The planted corrective (documented so its recovery can be measured): a pose-dependent rest-space
@@ -28,6 +31,20 @@ with ``angle_k`` the rotation angle of joint k's local rotation, ``n_v`` the tem
 normal and ``c_k`` a surface point: a biceps bulge (+25 mm, elbow ``lowerarm01.L/R``) and a
 buttock bulge (+20 mm, hip ``upperleg01.L/R``). ``sin^2(a/2) = (3 - tr R) / 4`` is linear in
 ``R - I``, the pose feature of GHUM's PSD, so a correct sparse PSD can remove all of it.
+
+The planted joint centres (so that a learned joint regressor C has a known target): the true
+rest joints are the template's shape->joint map plus, for elbows, knees, shoulders and hips,
+
+    c_j = c_j^template(beta) + a_j + b_j * (stature - 1.8 m) / 0.3 m
+
+with ``stature`` the subject's rest-mesh height (the shift grows with body size; over Anny's
+adult phenotypes stature is 1.81 +- 0.31 m), ``|a_j|`` 1.4-2.0 cm and ``|b_j|`` 0.6-0.8 cm
+(:data:`JOINT_SHIFTS`, in a per-joint frame: along the bone towards the child,
+forward, and the hinge axis). Elbows, knees and hips are moved only in the plane they flex in:
+``random_pose`` bends them about a fixed hinge axis, and a joint-centre shift along that axis
+changes no posed vertex (it could not be recovered from any data). The rest meshes are
+unchanged (joint centres act only through the pose), so the shift is visible only in posed
+scans: moving joint a by d moves every vertex skinned to a's subtree by (R_parent(a) - R_a) d.
 
 The generating skinning weights are the template's, with log-weights perturbed by smooth noise
 (sigma 0.6, 10 neighbour-averaging passes) among each vertex's existing influences: learning
@@ -52,6 +69,15 @@ CORRECTIVES = (
     ("buttock_bulge", "upperleg01", "behind_hip", 0.045, 0.020),
 )
 
+# planted joint-centre shifts: (joint without side, a = (along bone, forward, hinge axis) m,
+# b = the same per unit of (stature - 1.8 m) / 0.3 m, the child joint that defines the bone)
+JOINT_SHIFTS = (
+    ("lowerarm01", (0.012, 0.010, 0.0), (0.0, 0.008, 0.0), "wrist"),        # elbow
+    ("lowerleg01", (-0.010, 0.015, 0.0), (0.0, 0.008, 0.0), "foot"),        # knee
+    ("upperleg01", (0.010, -0.012, 0.0), (0.006, 0.0, 0.0), "lowerleg01"),  # hip
+    ("upperarm01", (0.010, 0.008, 0.012), (0.0, 0.0, 0.008), "lowerarm01"),  # shoulder
+)
+
 
 @dataclass(frozen=True)
 class RegistrationSynthOptions:
@@ -59,13 +85,15 @@ class RegistrationSynthOptions:
     closeups: add one head close-up and one left-hand close-up scan per subject (their mask F
     covers only that region and the rest of the mesh is corrupted, as a partial registration is);
     expression_prob: chance a scan has a random facial expression; noise_mm: per-vertex noise;
-    skin_noise: std of the smooth log-weight perturbation."""
+    skin_noise: std of the smooth log-weight perturbation; joint_shifts: plant the joint-centre
+    displacement (False: the true joints are the template's shape->joint map)."""
 
     poses_per_subject: int = 4
     closeups: bool = True
     expression_prob: float = 0.5
     noise_mm: float = 0.5
     skin_noise: float = 0.6
+    joint_shifts: bool = True
 
 
 def _rest_normals(t) -> np.ndarray:
@@ -124,6 +152,37 @@ def planted_corrective(t) -> dict:
                              sigma_m=sigma, amplitude_m=amp, n_vertices=int((g > 0).sum()),
                              law="amplitude * exp(-|x-centre|^2/(2 sigma^2)) * normal * sin^2(angle/2)"))
     return dict(names=names, joints=np.array(joints), fields=np.stack(fields), spec=spec)
+
+
+def planted_joint_shifts(t) -> dict:
+    """The joint-centre displacement's definition: ``joints (K,)`` indices, ``a (K, 3)`` and
+    ``b (K, 3)`` world-space metres (rest pose), ``names``; see :func:`joint_shift`."""
+    J = t.rest_joints
+    front = np.array([0.0, -1.0, 0.0])
+    joints, a_w, b_w, names = [], [], [], []
+    for joint, a, b, child in JOINT_SHIFTS:
+        for side in ("L", "R"):
+            j, c = t.joint_index(f"{joint}.{side}"), t.joint_index(f"{child}.{side}")
+            u = (J[c] - J[j]) / np.linalg.norm(J[c] - J[j])  # along the bone
+            f = front - (front @ u) * u
+            f /= np.linalg.norm(f)  # forward, perpendicular to the bone
+            n = np.cross(u, f)  # the hinge axis of random_pose's flexion (unobservable, kept 0)
+            frame = np.stack([u, f, n])
+            joints.append(j)
+            a_w.append(np.asarray(a) @ frame)
+            b_w.append(np.asarray(b) @ frame)
+            names.append(t.joint_names[j])
+    return dict(joints=np.array(joints), a=np.array(a_w), b=np.array(b_w), names=names)
+
+
+def joint_shift(shifts: dict, n_joints: int, rest_verts: np.ndarray) -> np.ndarray:
+    """(J, 3) rest-space displacement of the joint centres of one subject with rest mesh
+    ``rest_verts`` (V, 3) metres, +Z up: a_j + b_j * (stature - 1.8) / 0.3 on the planted
+    joints, 0 elsewhere."""
+    s = (float(np.ptp(rest_verts[:, 2])) - 1.8) / 0.3
+    out = np.zeros((n_joints, 3))
+    out[shifts["joints"]] = shifts["a"] + s * shifts["b"]
+    return out
 
 
 def corrective_offsets(fields: np.ndarray, joints: np.ndarray, rotmats: np.ndarray) -> np.ndarray:
@@ -196,6 +255,12 @@ def make_registrations(out_dir: Path, count: int, seed: int = 0, **options) -> l
               names=np.array(corr["names"]))
     write_npz(out_dir / "truth" / "skinning.npz", skin_indices=t.skin_indices, skin_weights=skin_w,
               start_weights=t.skin_weights)
+    shifts = planted_joint_shifts(t)
+    write_npz(out_dir / "truth" / "joints.npz", joints=shifts["joints"], a=shifts["a"], b=shifts["b"],
+              names=np.array(shifts["names"]))
+    write_json(out_dir / "truth" / "joints.json", dict(
+        law="rest joint = template shape->joint map + a + b * (stature_m - 1.8) / 0.3",
+        items=[dict(joint=n, a_m=a.tolist(), b_m=b.tolist()) for n, a, b in zip(shifts["names"], shifts["a"], shifts["b"])]))
     bank = rng.choice(np.arange(1, len(t.phenotype_bank)), size=count, replace=count > len(t.phenotype_bank) - 1)
     skin_w_t = torch.as_tensor(skin_w, dtype=torch.float64)
     ids, rows = [], []
@@ -205,8 +270,10 @@ def make_registrations(out_dir: Path, count: int, seed: int = 0, **options) -> l
         betas = t.phenotype_bank_betas[bank[s]]
         shape_t = torch.as_tensor(betas[None], dtype=torch.float64)
         rest_v, rest_j = t.shaped(shape_t, dtype=torch.float64)
+        shift = torch.as_tensor(joint_shift(shifts, t.n_joints, rest_v[0].numpy()) * opts.joint_shifts)
         write_npz(out_dir / "truth" / "subjects" / f"{subject}.npz", rest_verts=rest_v[0].numpy(),
-                  rest_joints=rest_j[0].numpy(), betas=betas, phenotype=t.phenotype_bank[bank[s]])
+                  rest_joints=(rest_j[0] + shift).numpy(), template_joints=rest_j[0].numpy(), betas=betas,
+                  phenotype=t.phenotype_bank[bank[s]])
         kinds = ["body"] * opts.poses_per_subject + (["head", "hand_left"] if opts.closeups else [])
         for k, kind in enumerate(kinds):
             scan_id = f"{subject}_{kind}{k:02d}"
@@ -216,7 +283,7 @@ def make_registrations(out_dir: Path, count: int, seed: int = 0, **options) -> l
             dx = corrective_offsets(corr["fields"], corr["joints"], rot)
             v, j = t.shaped(shape_t, torch.as_tensor(expr[None]), dtype=torch.float64)
             v = v + torch.as_tensor(dx[None])
-            verts, joints = lbs(v, j, torch.as_tensor(rot[None]), tt["parents"], tt["skin_indices"], skin_w_t,
+            verts, joints = lbs(v, j + shift, torch.as_tensor(rot[None]), tt["parents"], tt["skin_indices"], skin_w_t,
                                 tt["levels"])
             trans = np.array([rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), rng.uniform(0.9, 1.1)])
             verts = verts[0].numpy() + trans + rng.normal(scale=opts.noise_mm / 1000, size=(t.n_verts, 3))
