@@ -52,7 +52,7 @@ def run_peer(template, scan, lm, tl, kind):
     inside = local[heaviest] >= 0
     if kind == "head":  # nricp slows with 478 landmarks: every 4th face point
         inside &= np.arange(len(pairs)) % 4 == 0
-    pts = scan.verts if len(scan.verts) <= 60000 else scan.verts[np.random.default_rng(0).choice(len(scan.verts), 60000, replace=False)]
+    pts = scan.verts[np.random.default_rng(0).choice(len(scan.verts), min(60000, len(scan.verts)), replace=False)]
     # use_faces=False: trimesh's closest point on a mesh needs rtree (not installed); the
     # close-ups have sub-mm vertex spacing, so matching scan vertices loses little
     target = trimesh.Trimesh(pts, np.zeros((0, 3), int), process=False)
@@ -118,7 +118,8 @@ def main():
             lm = read_landmarks_json(scan_dir / "landmarks.json", scan.frame)
             pv, row["t_peer"] = run_peer(template, scan, lm, tl, kind)
             row["err_peer"], row["p95_peer"] = region_error_mm(template, kind, pv, truth)
-            pts = scan.verts[np.random.default_rng(0).choice(len(scan.verts), min(60000, len(scan.verts)), replace=False)]
+            n = min(60000, len(scan.verts))
+            pts = scan.verts[np.random.default_rng(0).choice(len(scan.verts), n, replace=False)]
             row["s2r_peer"] = float(MeshDistance(pv, template.faces).closest(pts)["dist"].mean() * 1e3)
         rows.append(row)
         print(row, flush=True)

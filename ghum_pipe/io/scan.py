@@ -222,7 +222,8 @@ def _units_and_body(raw: RawGeometry, weights: np.ndarray, path: Path, forced: s
         notes.extend(n for n in (bodies.describe(), floor and floor.describe()) if n)
         return unit, keep, axes, floor
     size = largest_extent if largest_extent is not None else whole
-    raise ScanError(f"the body is {size:.3g} units long: {_as_sizes(size)}, none is {what.replace(' is', chr(39) + 's')} "
+    whose = what.replace(" is", "'s")  # "a person's", "a head close-up's"
+    raise ScanError(f"the body is {size:.3g} units long: {_as_sizes(size)}, none is {whose} "
                     f"{lo}-{hi} m", path, "Check this is a body scan, or force --units" + kind_hint)
 
 

@@ -258,7 +258,8 @@ def fit_region_skeleton(template, pairs: LandmarkPairs, init: Similarity, target
             r = [(CM2 * lm_w).sqrt()[:, None] * (lm_pred - lm_target)]
             if corr is not None:
                 fv = verts[corr["fwd_local"]]
-                r.append(((cfg.w_icp * CM2 / max(len(fv), 1)) ** 0.5 * ((fv - corr["fwd_p"]) * corr["fwd_n"]).sum(-1))[:, None])
+                plane = ((fv - corr["fwd_p"]) * corr["fwd_n"]).sum(-1)
+                r.append(((cfg.w_icp * CM2 / max(len(fv), 1)) ** 0.5 * plane)[:, None])
             return torch.cat([x.reshape(-1) for x in r])
         return fn
 
