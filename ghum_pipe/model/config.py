@@ -66,7 +66,7 @@ class TrainConfig:
     joint_ridge: float = 1.0
     joint_prior: float = 1e-3
     joint_verts: int = 2000
-    joint_iters: int = 150
+    joint_iters: int = 300
     joint_probes: int = 8
     vae_steps: int = 600
     kl_weight: float = 1e-3

@@ -121,8 +121,15 @@ def subject_truth(work: Path, subjects) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def psd_removed_fraction(model: GHUM, corrective: dict, poses: np.ndarray, to_model=None) -> float:
-    """Fraction of the planted corrective that D removes on ``poses`` (N, J, 3); see module doc."""
+def psd_removed_fraction(model: GHUM, corrective: dict, poses: np.ndarray, to_model=None,
+                         own_joints: bool = False) -> float:
+    """Fraction of the planted corrective that D removes on ``poses`` (N, J, 3); see module doc.
+
+    ``own_joints``: compare only D's response to the corrective's own joints (elbows, hips; the
+    other joints' rotations set to rest). The full D also holds what compensates C's residual
+    joint-centre error (a shoulder centre 5 mm off moves the whole arm by (R - I) d, which the
+    shoulder's D absorbs over the biceps), which is right for the posed model but is not the
+    planted elbow/hip corrective."""
     from ghum_pipe.synth.registrations import corrective_offsets
     from ghum_pipe.template.lbs import batch_rodrigues
 
@@ -132,6 +139,10 @@ def psd_removed_fraction(model: GHUM, corrective: dict, poses: np.ndarray, to_mo
     if to_model is not None:  # GHUML: compare on the low-res vertices
         true, fn = to_model(true), to_model(fn[..., None])[..., 0]
     support = (fn >= 0.2 * fn.max(1, keepdims=True)).any(0)
+    if own_joints:
+        keep = torch.zeros(rot.shape[1], dtype=torch.bool)
+        keep[torch.as_tensor(np.unique(corrective["joints"]))] = True
+        rot = torch.where(keep[None, :, None, None], rot, torch.eye(3, dtype=rot.dtype))
     pred = model.psd(rot.float()).numpy()
     err = np.linalg.norm(pred - true, axis=-1)[:, support].mean()
     return float(1.0 - err / np.linalg.norm(true, axis=-1)[:, support].mean())

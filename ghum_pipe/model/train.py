@@ -10,7 +10,7 @@ Alternating optimisation (Xu et al. 2020, Sec. 3.2):
     of every scan's expression offsets on the face; then the skinning weights omega and the PSD
     D, each solved exactly per vertex, and the joint regressor C: per-subject joint centres
     solved exactly (LBS is affine in them), then C refitted to them by ridge regression from
-    the subjects' rest shapes (``solvers.py``, :func:`update_joint_regressor`).
+    the subjects' rest shapes (``joints.py``).
 
 After the last round the shape VAE is fitted to the subjects' rest shapes and the expression VAE
 to the expression offsets (:func:`fit_vaes`). The per-subject rest shapes play the role of the
@@ -31,7 +31,7 @@ from ghum_pipe.model.data import RegistrationSet
 from ghum_pipe.model.fitting import fit_poses, masked_sq_error, rigid_init
 from ghum_pipe.model.ghum import GHUM
 from ghum_pipe.model.networks import pose_features
-from ghum_pipe.model.solvers import pair_table, solve_joint_regressor, solve_psd, solve_skinning
+from ghum_pipe.model.solvers import pair_table, solve_psd, solve_skinning
 from ghum_pipe.template.lbs import batch_rigid_transform
 
 log = logging.getLogger(__name__)
@@ -178,86 +178,6 @@ def model_rotmats(pose: torch.Tensor) -> torch.Tensor:
     return as_rotmats(pose)
 
 
-def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig) -> float:
-    """C in step (b): every subject's joint centres, jointly with small corrections of every
-    scan's pose and translation, then C refitted to them from the subjects' rest shapes.
-
-    The joint centres and the poses must move together: a pose fitted with wrong joint centres
-    bends to hide them (a knee centre 2 cm off is half compensated by hip and knee angles), and
-    alternating the two blocks then crawls (measured: 15 -> 10 mm in 2 rounds, vs 0.4 mm with
-    the true poses). So L-BFGS minimises the F-masked squared vertex error over per-subject
-    joint shifts d_s (J, 3) and per-scan pose/translation increments together, with rest
-    shapes, expressions, D(theta) (at the current poses), omega fixed, on at most
-    ``cfg.joint_verts`` evenly spaced vertices; a ridge ``cfg.joint_ridge`` |d_s|^2 (cm^2)
-    keeps joints that never rotate (unobservable) where they are, and the root's centre is
-    fixed (the translation plays its part). C (intercept + linear map of the rest shape's
-    coefficients) is then refitted to C(X~_s) + d_s by ridge regression (``cfg.joint_prior``,
-    :func:`~ghum_pipe.model.solvers.solve_joint_regressor`). Updates ``state.pose`` and
-    ``state.translation``; returns the mean joint move (mm) over subjects and joints."""
-    from ghum_pipe.model.fitting import _lbfgs
-    from ghum_pipe.model.ghum import blend_skin
-
-    V, N, S = model.n_verts, len(data), len(data.subjects)
-    sub = torch.as_tensor(np.unique(np.linspace(0, V - 1, min(V, cfg.joint_verts)).round().astype(np.int64)))
-    subj = torch.as_tensor(data.subject_index)
-    target = torch.as_tensor(data.verts[:, sub.numpy()])
-    mask = torch.as_tensor(data.mask[:, sub.numpy()])
-    reg = model.joint_regressor
-    with torch.no_grad():
-        rest = state.rest[subj]
-        x = (rest + _expand_face(model, state.expression) + _psd_all(model, state.pose))[:, sub]
-        joints0 = reg(state.rest)  # (S, J, 3)
-        w = model.skin_weights[sub]
-    idx = model.skin_indices[sub]
-    free = torch.ones(model.n_joints, 1)
-    free[0] = 0.0  # root centre: interchangeable with the translation
-    sqrt_m = mask.sqrt()[..., None]
-
-    def residual(dpose, dtrans, dj_cm):  # (N, v, 3) cm, F-weighted
-        joints = joints0 + 0.01 * dj_cm * free
-        _, rel = batch_rigid_transform(model_rotmats(state.pose + dpose), joints[subj], model.parents, model.levels)
-        verts = blend_skin(x, rel, idx, w) + (state.translation + dtrans)[:, None]
-        return (verts - target) * 100 * sqrt_m
-
-    # Joint shifts move few vertices by little, pose angles move many by much: L-BFGS needs the
-    # variables scaled by the Gauss-Newton diagonal diag(J^T J), estimated with random probes
-    # (Hutchinson: E[(J^T z)^2] = diag(J^T J) for z = +-1).
-    zeros = [torch.zeros_like(state.pose), torch.zeros_like(state.translation), torch.zeros(S, model.n_joints, 3)]
-    diag = [torch.zeros_like(z) for z in zeros]
-    gen = torch.Generator().manual_seed(0)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        for _ in range(cfg.joint_probes):
-            args = [z.clone().requires_grad_(True) for z in zeros]
-            r = residual(*args)
-            probe = torch.randint(0, 2, r.shape, generator=gen).float() * 2 - 1
-            for d, g in zip(diag, torch.autograd.grad((r * probe).sum(), args)):
-                d += g**2 / cfg.joint_probes
-        diag[2] += cfg.joint_ridge
-        scale = [1.0 / (d + 1e-6 * d.max()).sqrt() for d in diag]
-        q = [z.clone().requires_grad_(True) for z in zeros]
-
-        def objective():
-            dpose, dtrans, dj_cm = (qi * si for qi, si in zip(q, scale))
-            return (residual(dpose, dtrans, dj_cm) ** 2).sum() + cfg.joint_ridge * (dj_cm**2).sum()
-
-        _lbfgs(q, objective, cfg.joint_iters)
-    finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
-    dpose, dtrans, dj_cm = (qi.detach() * si for qi, si in zip(q, scale))
-    with torch.no_grad():
-        shifts = 0.01 * dj_cm * free
-        state.pose = state.pose + dpose
-        state.translation = state.translation + dtrans
-        joint0, basis = solve_joint_regressor(reg.coefficients(state.rest), joints0 + shifts, reg.joint0,
-                                              reg.joint_basis, cfg.joint_prior, reg.coef_rms)
-        reg.joint0.copy_(joint0)
-        reg.joint_basis.copy_(basis)
-    return float(shifts.norm(dim=-1).mean() * 1000)
-
-
 def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig, round_: int) -> None:
     """Step (b) with poses fixed, ``cfg.inner`` times: refresh rest shapes and expressions,
     solve the skinning weights on the posed data, then the PSD on the rest-space residuals
@@ -275,6 +195,8 @@ def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: Train
     for i in range(cfg.inner):
         refresh_shapes(model, data, state)
         if cfg.learn_joints and round_ == 0 and i == 0:
+            from ghum_pipe.model.joints import update_joint_regressor
+
             # once, before skinning and D exist: both can locally mimic a joint-centre shift
             # and then absorb it (learning C after them: 14 mm off; repeating it every round
             # walks the shoulders off along pose-compensated directions)
