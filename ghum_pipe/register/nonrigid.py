@@ -48,6 +48,10 @@ class NonrigidConfig:
     w_landmark: float = 2.0  # per body/hand landmark (x confidence); keeps limbs and fingers from sliding
     # face landmarks: 0, their ~5 mm detector noise is larger than what the dense scan data leaves
     w_landmark_face: float = 0.0
+    # the lips' contact surfaces (template vertices this close to the mouth cavity or tongue)
+    # take no matches: a scanner never sees them on a closed mouth, and with matches they flip
+    # between the upper and the lower lip (the same scan in m and mm ended 2-4 mm apart there)
+    mouth_seam_m: float = 0.0045
     seed: int = 0
 
 
@@ -56,6 +60,18 @@ class NonrigidResult:
     verts: np.ndarray  # (V, 3) metres
     iterations: int
     matched_fraction: float  # share of surface vertices with a template->scan match at the end
+
+
+def matchable_vertices(template, config: NonrigidConfig = NonrigidConfig()) -> np.ndarray:
+    """(V,) bool: surface vertices that may take scan matches (the surface minus the mouth seam)."""
+    from scipy.spatial import cKDTree
+
+    m = template.masks["surface"].copy()
+    inside = template.masks["mouth_cavity"] | template.masks["tongue"]
+    if config.mouth_seam_m > 0 and inside.any():
+        d = cKDTree(template.rest_verts[inside]).query(template.rest_verts[m])[0]
+        m[np.flatnonzero(m)[d < config.mouth_seam_m]] = False
+    return m
 
 
 def refine_nonrigid(

@@ -37,6 +37,9 @@ class SkeletonConfig:
     landmark_iters: int = 200  # L-BFGS iterations, landmarks only
     icp_rounds: int = 5  # correspondence refreshes in the ICP phase
     icp_iters: int = 50  # L-BFGS iterations per round
+    # in the last round: converged further, the same scan in m and mm lands closer (mean 0.14 ->
+    # 0.09 mm apart) and the errors drop a little (recovery 1.95 -> 1.86 mm), for ~20 % more steps
+    icp_final_iters: int = 150
     # Scans are metric (io converts units), so size is the shape's job; a free global scale
     # makes a flat valley with the height coefficient that Adam crawls along.
     fit_scale: bool = False
@@ -251,7 +254,8 @@ def fit_skeleton(
         corr["bwd_local"] = torch.as_tensor(np.searchsorted(poser.ids, corr["bwd_v"]), device=device)
         if r == 0:
             scales = step_sizes(poser, lm_local, corr)
-        n_eval += minimize_lbfgs(params, objective(poser, lm_local, corr), bounds, cfg.icp_iters, scales)
+        iters = cfg.icp_final_iters if r == n_rounds - 1 else cfg.icp_iters
+        n_eval += minimize_lbfgs(params, objective(poser, lm_local, corr), bounds, iters, scales)
     total = n_eval
     with torch.no_grad():
         verts = forward(full_poser(template, cfg.n_shape, device, dt))

@@ -24,7 +24,7 @@ import torch
 from ghum_pipe.errors import RegistrationError
 from ghum_pipe.register.backend import single_threaded_blas
 from ghum_pipe.register.landmark_pairs import LandmarkPairs, load_template_landmark_set, match_landmarks
-from ghum_pipe.register.nonrigid import NonrigidConfig, refine_nonrigid
+from ghum_pipe.register.nonrigid import NonrigidConfig, matchable_vertices, refine_nonrigid
 from ghum_pipe.register.region import RegionConfig
 from ghum_pipe.register.similarity import umeyama
 from ghum_pipe.register.skeleton import SkeletonConfig, fit_skeleton, rest_offsets
@@ -147,7 +147,8 @@ def register_scan(
     coverage["after_skeleton"] = float((target.index.query(fit.verts[surface], 1)[0][:, 0] < cfg.coverage_dist_m).mean())
 
     t0 = time.perf_counter()
-    nr = refine_nonrigid(fit.verts, template.faces, surface, target, cfg.nonrigid, landmarks=pairs)
+    nr = refine_nonrigid(fit.verts, template.faces, matchable_vertices(template, cfg.nonrigid), target, cfg.nonrigid,
+                         landmarks=pairs)
     seconds["nonrigid"] = time.perf_counter() - t0
     verts = nr.verts
     if not np.isfinite(verts).all():
