@@ -21,6 +21,7 @@ get no data and follow the regulariser. Interior parts (eyes' backs, mouth) neve
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,12 @@ class NonrigidConfig:
     # take no matches: a scanner never sees them on a closed mouth, and with matches they flip
     # between the upper and the lower lip (the same scan in m and mm ended 2-4 mm apart there)
     mouth_seam_m: float = 0.0045
+    # the global step's sparse SPD solve: "direct" (scipy SuperLU, CPU: ~40 ms for the full
+    # template), "cg" (Jacobi-preconditioned conjugate gradients in torch on the device, warm
+    # started from the last iterate: for CUDA), "auto" = cg on CUDA, direct otherwise
+    solver: str = "auto"
+    cg_tol: float = 1e-10  # relative residual
+    cg_max_iter: int = 3000
     seed: int = 0
 
 
@@ -76,7 +83,7 @@ def matchable_vertices(template, config: NonrigidConfig = NonrigidConfig()) -> n
 
 def refine_nonrigid(
     posed: np.ndarray, faces: np.ndarray, surface: np.ndarray, target: ScanTarget,
-    config: NonrigidConfig = NonrigidConfig(), landmarks=None,
+    config: NonrigidConfig = NonrigidConfig(), landmarks=None, device: str | torch.device = "cpu",
 ) -> NonrigidResult:
     """ACAP-regularised non-rigid ICP from the posed template towards the scan.
 
@@ -87,8 +94,14 @@ def refine_nonrigid(
         target: the scan.
         landmarks: optional :class:`~ghum_pipe.register.landmark_pairs.LandmarkPairs` kept as
             soft constraints ``w |sum_k w_lk x_k - target_l|^2``.
+        device: where the local step (per-vertex SVDs) and a "cg" global step run; the
+            correspondences (Open3D closest points) are found on the CPU.
     """
     cfg = config
+    device = torch.device(device)
+    method = cfg.solver if cfg.solver != "auto" else ("cg" if device.type == "cuda" else "direct")
+    if method not in ("direct", "cg"):
+        raise ValueError(f"NonrigidConfig.solver must be auto, direct or cg, not {cfg.solver!r}")
     rng = np.random.default_rng(cfg.seed)
     P = np.asarray(posed, dtype=np.float64)
     V = len(P)
@@ -97,9 +110,9 @@ def refine_nonrigid(
                        (np.r_[np.arange(len(edges)), np.arange(len(edges))], np.r_[edges[:, 0], edges[:, 1]])),
                       shape=(len(edges), V))
     DtD = (D.T @ D).tocsc()
-    e_t = torch.as_tensor(edges)
-    w_e = torch.ones(len(edges), dtype=torch.float64)
-    P_t = torch.as_tensor(P)
+    e_t = torch.as_tensor(edges, device=device)
+    w_e = torch.ones(len(edges), dtype=torch.float64, device=device)
+    P_t = torch.as_tensor(P, device=device)
     e_rest = (P[edges[:, 0]] - P[edges[:, 1]])
     surf_faces = faces[surface[faces].all(1)]
     surf_idx = np.flatnonzero(surface)
@@ -122,8 +135,8 @@ def refine_nonrigid(
             frac = it / max(total - 1, 1)
             max_d = float(np.exp((1 - frac) * np.log(cfg.max_dist_m[0]) + frac * np.log(cfg.max_dist_m[1])))
             # local step: per-vertex similarity of the one-ring
-            R, s = fit_vertex_similarities(torch.as_tensor(X), P_t, e_t, w_e, cfg.conformal)
-            R, s = R.numpy(), s.numpy()
+            R, s = fit_vertex_similarities(torch.as_tensor(X, device=device), P_t, e_t, w_e, cfg.conformal)
+            R, s = R.cpu().numpy(), s.cpu().numpy()
             b = s[edges[:, 0], None] * np.einsum("eab,eb->ea", R[edges[:, 0]], e_rest)
             # data: template -> scan
             fwd_rows, fwd_w, fwd_y = _forward_matches(X, faces, surf_idx, target, max_d, cfg)
@@ -141,10 +154,49 @@ def refine_nonrigid(
                 CW = C.T.multiply(bwd_w[None, :]).tocsr()
                 A = A + cfg.w_bwd * (CW @ C)
                 rhs = rhs + cfg.w_bwd * (CW @ bwd_q)
-            solve = spla.factorized(A.tocsc())
-            X = np.stack([solve(rhs[:, c]) for c in range(3)], axis=1)
+            X = solve_spd(A, rhs, X, method, device, cfg.cg_tol, cfg.cg_max_iter)
             it += 1
     return NonrigidResult(verts=X, iterations=it, matched_fraction=float(matched))
+
+
+def solve_spd(A: sp.spmatrix, rhs: np.ndarray, x0: np.ndarray, method: str = "direct", device="cpu",
+              tol: float = 1e-10, max_iter: int = 3000) -> np.ndarray:
+    """Solve ``A X = rhs`` for a sparse SPD (V, V) ``A`` and (V, 3) ``rhs``, float64.
+
+    ``direct``: one sparse LU factorisation (scipy SuperLU), three back-substitutions (CPU).
+    ``cg``: Jacobi-preconditioned conjugate gradients on ``device`` (torch sparse CSR), the three
+    columns at once, started from ``x0`` (the last iterate: the solves of a local-global loop
+    change little); stops at a relative residual ``tol`` in every column.
+    """
+    if method == "direct":
+        solve = spla.factorized(sp.csc_matrix(A))
+        return np.stack([solve(rhs[:, c]) for c in range(rhs.shape[1])], axis=1)
+    A = sp.csr_matrix(A)
+    dev = torch.device(device)
+    with torch.sparse.check_sparse_tensor_invariants(False), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        At = torch.sparse_csr_tensor(torch.as_tensor(A.indptr, device=dev), torch.as_tensor(A.indices, device=dev),
+                                     torch.as_tensor(A.data, dtype=torch.float64, device=dev), size=A.shape)
+    b = torch.as_tensor(rhs, dtype=torch.float64, device=dev)
+    x = torch.as_tensor(x0, dtype=torch.float64, device=dev).clone()
+    m_inv = 1.0 / torch.as_tensor(A.diagonal(), dtype=torch.float64, device=dev)[:, None]
+    r = b - At @ x
+    z = m_inv * r
+    p = z.clone()
+    rz = (r * z).sum(0)
+    b_norm = b.norm(dim=0).clamp_min(1e-300)
+    for _ in range(max_iter):
+        if float((r.norm(dim=0) / b_norm).max()) < tol:
+            break
+        Ap = At @ p
+        alpha = rz / (p * Ap).sum(0)
+        x += alpha * p
+        r -= alpha * Ap
+        z = m_inv * r
+        rz_new = (r * z).sum(0)
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    return x.cpu().numpy()
 
 
 def _gm_weight(d: np.ndarray, sigma: float) -> np.ndarray:

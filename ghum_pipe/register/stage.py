@@ -148,7 +148,7 @@ def register_scan(
 
     t0 = time.perf_counter()
     nr = refine_nonrigid(fit.verts, template.faces, matchable_vertices(template, cfg.nonrigid), target, cfg.nonrigid,
-                         landmarks=pairs)
+                         landmarks=pairs, device=cfg.device)
     seconds["nonrigid"] = time.perf_counter() - t0
     verts = nr.verts
     if not np.isfinite(verts).all():
