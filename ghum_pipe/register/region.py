@@ -29,13 +29,13 @@ import numpy as np
 import torch
 
 from ghum_pipe.errors import RegistrationError
-from ghum_pipe.register.backend import PointIndex, vertex_normals_torch
 from ghum_pipe.register.landmark_pairs import LandmarkPairs, match_landmarks
-from ghum_pipe.register.losses import correspondence_mask, icp_loss, landmark_loss
+from ghum_pipe.register.losses import landmark_loss
 from ghum_pipe.register.nonrigid import NonrigidConfig, refine_nonrigid
 from ghum_pipe.register.posing import SubsetPoser, full_poser, jacobi_step_sizes, minimize_lbfgs
 from ghum_pipe.register.similarity import Similarity, umeyama
-from ghum_pipe.register.skeleton import SkeletonFit, initial_translation, rest_offsets
+from ghum_pipe.register.skeleton import (SkeletonFit, icp_both_ways, icp_correspondences, initial_translation,
+                                         rest_offsets)
 from ghum_pipe.register.target import ScanTarget, build_target
 
 CM2 = 1e4  # losses in cm^2, as in skeleton.py
@@ -289,7 +289,7 @@ def fit_region_skeleton(template, pairs: LandmarkPairs, init: Similarity, target
         max_dist = cfg.icp_max_dist_m[0] ** (1 - a) * cfg.icp_max_dist_m[1] ** a
         with torch.no_grad():
             full = forward(full_poser(template, cfg.n_shape, device, dt))
-        corr = region_correspondences(full, faces_t, target, region_idx, cfg, rng, max_dist)
+        corr = icp_correspondences(full, faces_t, target, region_idx, cfg, rng, max_dist)
         corr["sigma"] = sigma
         poser = SubsetPoser(template, np.union1d(lm_verts, corr["ids"]), cfg.n_shape, device, dt)
         lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids))
@@ -309,44 +309,6 @@ def fit_region_skeleton(template, pairs: LandmarkPairs, init: Similarity, target
         translation=transl.detach().numpy().astype(np.float64), verts=verts.numpy().astype(np.float64),
         landmark_rms_m=rms, iterations=n_eval,
     )
-
-
-def region_correspondences(verts: torch.Tensor, faces_t: torch.Tensor, target: ScanTarget, region_idx: np.ndarray,
-                           cfg: RegionConfig, rng, max_dist: float) -> dict:
-    """Closest pairs both ways between the region's vertices and the scan, on random subsets,
-    rejected by distance and normal angle, fixed until the next refresh.
-
-    verts: (V, 3) posed template (torch, metres); region_idx: (R,) the region's surface vertices.
-    Returns ``ids`` (vertices involved), ``fwd_v`` (vertex ids) -> ``fwd_p``/``fwd_n`` (scan points
-    and normals) and ``bwd_v`` (vertex ids) <- ``bwd_p`` (scan points) with ``bwd_n`` (the
-    vertices' normals, frozen), as torch tensors of ``verts``' dtype.
-    """
-    v_np = verts.cpu().numpy().astype(np.float64)
-    vn = vertex_normals_torch(verts[None], faces_t)[0].cpu().numpy()
-    tv = rng.choice(region_idx, size=min(cfg.n_icp_verts, len(region_idx)), replace=False)
-    d, i = target.index.query(v_np[tv], 1)
-    keep = correspondence_mask(torch.as_tensor(d[:, 0]), torch.as_tensor(vn[tv]),
-                               torch.as_tensor(target.normals[i[:, 0]]), max_dist, cfg.icp_max_angle_deg).numpy()
-    sp = rng.choice(len(target.points), size=min(cfg.n_icp_scan, len(target.points)), replace=False)
-    d2, j = PointIndex(v_np[region_idx]).query(target.points[sp], 1)
-    jv = region_idx[j[:, 0]]
-    keep2 = correspondence_mask(torch.as_tensor(d2[:, 0]), torch.as_tensor(target.normals[sp]),
-                                torch.as_tensor(vn[jv]), max_dist, cfg.icp_max_angle_deg).numpy()
-    as_t = lambda a: torch.as_tensor(a, dtype=verts.dtype)  # noqa: E731
-    return {"ids": np.union1d(tv[keep], jv[keep2]), "fwd_v": tv[keep], "bwd_v": jv[keep2],
-            "fwd_p": as_t(target.points[i[keep, 0]]), "fwd_n": as_t(target.normals[i[keep, 0]]),
-            "bwd_p": as_t(target.points[sp[keep2]]), "bwd_n": as_t(vn[jv[keep2]])}
-
-
-def icp_both_ways(verts: torch.Tensor, corr: dict) -> torch.Tensor:
-    """Point-to-plane Geman-McClure ICP (metres^2) template->scan plus scan->template; ``verts``
-    are a poser subset indexed by ``corr["fwd_local"]`` / ``corr["bwd_local"]``."""
-    fv = verts[corr["fwd_local"]]
-    loss = icp_loss(fv, corr["fwd_p"], corr["fwd_n"], torch.ones(len(fv), dtype=torch.bool), corr["sigma"])
-    if len(corr["bwd_v"]):
-        bv = verts[corr["bwd_local"]]
-        loss = loss + icp_loss(corr["bwd_p"], bv, corr["bwd_n"], torch.ones(len(bv), dtype=torch.bool), corr["sigma"])
-    return loss
 
 
 def refine_region(template, posed: np.ndarray, target: ScanTarget, kind: str, pairs: LandmarkPairs,

@@ -226,7 +226,7 @@ def fit_skeleton(
             lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_local])
             loss = lm_scale * CM2 * landmark_loss(lm_pred, lm_target, lm_w) + priors()
             if corr is not None:
-                loss = loss + cfg.w_icp * CM2 * _icp_term(verts, corr, cfg)
+                loss = loss + cfg.w_icp * CM2 * icp_both_ways(verts, corr)
             return loss
         return loss_fn
 
@@ -246,7 +246,7 @@ def fit_skeleton(
         max_dist = cfg.icp_max_dist_m[0] ** (1 - a) * cfg.icp_max_dist_m[1] ** a
         with torch.no_grad():
             full = forward(full_poser(template, cfg.n_shape, device, dt))
-        corr = _correspondences(full, faces_t, target, surface, cfg, rng, device, max_dist)
+        corr = icp_correspondences(full, faces_t, target, surface, cfg, rng, max_dist)
         corr["sigma"] = sigma
         poser = SubsetPoser(template, np.union1d(lm_verts, corr["ids"]), cfg.n_shape, device, dt)
         lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids), device=device)
@@ -272,37 +272,47 @@ def fit_skeleton(
     )
 
 
-def _correspondences(verts, faces_t, target: ScanTarget, surface, cfg: SkeletonConfig, rng, device, max_dist):
-    """Closest pairs both ways on random subsets, fixed until the next refresh. The template
-    normals used by the scan->template point-to-plane term are frozen with them."""
+def icp_correspondences(verts: torch.Tensor, faces_t: torch.Tensor, target: ScanTarget, pool: np.ndarray, cfg, rng,
+                        max_dist: float) -> dict:
+    """Closest pairs both ways between template vertices ``pool`` (surface, or a close-up's region)
+    and the scan, on random subsets (``cfg.n_icp_verts`` / ``cfg.n_icp_scan``), rejected by
+    distance and normal angle (``cfg.icp_max_angle_deg``), fixed until the next refresh.
+
+    verts: (V, 3) posed template (torch, metres). Returns ``ids`` (the vertices involved),
+    ``fwd_v`` (vertex ids) -> ``fwd_p``/``fwd_n`` (scan points, normals) and ``bwd_v`` (vertex
+    ids) <- ``bwd_p`` (scan points) with ``bwd_n`` (the vertices' normals, frozen), as tensors
+    of ``verts``' dtype and device.
+    """
     v_np = verts.cpu().numpy().astype(np.float64)
     vn = vertex_normals_torch(verts[None], faces_t)[0].cpu().numpy()
-    tv = rng.choice(surface, size=min(cfg.n_icp_verts, len(surface)), replace=False)
+    tv = rng.choice(pool, size=min(cfg.n_icp_verts, len(pool)), replace=False)
     d, i = target.index.query(v_np[tv], 1)
     keep = correspondence_mask(torch.as_tensor(d[:, 0]), torch.as_tensor(vn[tv]),
                                torch.as_tensor(target.normals[i[:, 0]]), max_dist, cfg.icp_max_angle_deg).numpy()
     fwd_v, fwd_p = tv[keep], i[keep, 0]
     sp = rng.choice(len(target.points), size=min(cfg.n_icp_scan, len(target.points)), replace=False)
-    d2, j = PointIndex(v_np[surface]).query(target.points[sp], 1)
-    jv = surface[j[:, 0]]
+    d2, j = PointIndex(v_np[pool]).query(target.points[sp], 1)
+    jv = pool[j[:, 0]]
     keep2 = correspondence_mask(torch.as_tensor(d2[:, 0]), torch.as_tensor(target.normals[sp]),
                                 torch.as_tensor(vn[jv]), max_dist, cfg.icp_max_angle_deg).numpy()
     bwd_v, bwd_p = jv[keep2], sp[keep2]
-    f32 = lambda a: torch.as_tensor(a, dtype=verts.dtype, device=device)  # noqa: E731
+    as_t = lambda a: torch.as_tensor(a, dtype=verts.dtype, device=verts.device)  # noqa: E731
     return {
         "ids": np.union1d(fwd_v, bwd_v), "fwd_v": fwd_v, "bwd_v": bwd_v,
-        "fwd_p": f32(target.points[fwd_p]), "fwd_n": f32(target.normals[fwd_p]),
-        "bwd_p": f32(target.points[bwd_p]), "bwd_n": f32(vn[bwd_v]),
+        "fwd_p": as_t(target.points[fwd_p]), "fwd_n": as_t(target.normals[fwd_p]),
+        "bwd_p": as_t(target.points[bwd_p]), "bwd_n": as_t(vn[bwd_v]),
     }
 
 
-def _icp_term(verts, corr, cfg: SkeletonConfig):
-    """Both ways, point-to-plane, Geman-McClure; ``verts`` are the poser's subset."""
+def icp_both_ways(verts: torch.Tensor, corr: dict) -> torch.Tensor:
+    """Point-to-plane Geman-McClure ICP (metres^2), template->scan plus scan->template; ``verts``
+    are a poser's subset, indexed by ``corr["fwd_local"]`` / ``corr["bwd_local"]``."""
     fv = verts[corr["fwd_local"]]
     loss = icp_loss(fv, corr["fwd_p"], corr["fwd_n"], torch.ones(len(fv), dtype=torch.bool, device=fv.device), corr["sigma"])
     if len(corr["bwd_v"]):
         bv = verts[corr["bwd_local"]]
-        loss = loss + icp_loss(corr["bwd_p"], bv, corr["bwd_n"], torch.ones(len(bv), dtype=torch.bool, device=bv.device), corr["sigma"])
+        loss = loss + icp_loss(corr["bwd_p"], bv, corr["bwd_n"], torch.ones(len(bv), dtype=torch.bool, device=bv.device),
+                               corr["sigma"])
     return loss
 
 
