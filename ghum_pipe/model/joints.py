@@ -35,22 +35,31 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
     skinning solve follows). So L-BFGS minimises the F-masked squared vertex error over
     per-subject joint shifts d_s (J, 3), per-scan pose/translation increments and skinning
     logits together, with rest shapes, expressions and D(theta) (at the current poses) fixed,
-    on at most ``cfg.joint_verts`` evenly spaced vertices; a ridge ``cfg.joint_ridge`` (cm^-2)
+    on at most ``cfg.joint_verts`` evenly spaced vertices of the scans whose filter F covers at
+    least half the body (close-ups cost time and say little about limb joints); a ridge
+    ``cfg.joint_ridge`` (cm^-2)
     pulls the joints towards the template's shape->joint map (joints that never rotate are
     unobservable and stay there), and the root's centre is fixed (the translation plays its
     part). C (intercept + linear map of the rest shape's
     coefficients) is then refitted to C(X~_s) + d_s by ridge regression (``cfg.joint_prior``,
     :func:`~ghum_pipe.model.solvers.solve_joint_regressor`). Updates ``state.pose`` and
     ``state.translation``; returns the mean joint move (mm) over subjects and joints."""
-    V, N, S = model.n_verts, len(data), len(data.subjects)
+    V, S = model.n_verts, len(data.subjects)
+    # scans that saw most of the body (close-ups add cost, not information on the limb joints)
+    scans = np.nonzero(data.mask.mean(1) >= 0.5)[0]
+    if len(scans) == 0:
+        return 0.0
+    sc = torch.as_tensor(scans)
+    present = torch.as_tensor(np.unique(data.subject_index[scans]))
     sub = torch.as_tensor(np.unique(np.linspace(0, V - 1, min(V, cfg.joint_verts)).round().astype(np.int64)))
-    subj = torch.as_tensor(data.subject_index)
-    target = torch.as_tensor(data.verts[:, sub.numpy()])
-    mask = torch.as_tensor(data.mask[:, sub.numpy()])
+    subj = torch.as_tensor(data.subject_index[scans])
+    target = torch.as_tensor(data.verts[scans][:, sub.numpy()])
+    mask = torch.as_tensor(data.mask[scans][:, sub.numpy()])
+    pose0, trans0 = state.pose[sc], state.translation[sc]
     reg = model.joint_regressor
     with torch.no_grad():
         rest = state.rest[subj]
-        x = (rest + _expand_face(model, state.expression) + _psd_all(model, state.pose))[:, sub]
+        x = (rest + _expand_face(model, state.expression[sc]) + _psd_all(model, pose0))[:, sub]
         joints0 = reg(state.rest)  # (S, J, 3)
         # the prior: the template's own shape->joint map (a ridge towards the current value
         # instead lets repeated updates walk along directions the poses can compensate)
@@ -68,15 +77,15 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
 
     def residual(dpose, dtrans, dj_cm, dlogits):  # (N, v, 3) cm, F-weighted
         joints = joints0 + 0.01 * dj_cm * free
-        _, rel = batch_rigid_transform(model_rotmats(state.pose + dpose), joints[subj], model.parents, model.levels)
+        _, rel = batch_rigid_transform(model_rotmats(pose0 + dpose), joints[subj], model.parents, model.levels)
         w = skinning_weights(logits0 + dlogits, allowed)
-        verts = blend_skin(x, rel, idx, w) + (state.translation + dtrans)[:, None]
+        verts = blend_skin(x, rel, idx, w) + (trans0 + dtrans)[:, None]
         return (verts - target) * 100 * sqrt_m
 
     # Joint shifts move few vertices by little, pose angles move many by much: L-BFGS needs the
     # variables scaled by the Gauss-Newton diagonal diag(J^T J), estimated with random probes
     # (Hutchinson: E[(J^T z)^2] = diag(J^T J) for z = +-1).
-    zeros = [torch.zeros_like(state.pose), torch.zeros_like(state.translation), torch.zeros(S, model.n_joints, 3),
+    zeros = [torch.zeros_like(pose0), torch.zeros_like(trans0), torch.zeros(S, model.n_joints, 3),
              torch.zeros_like(logits0)]
     diag = [torch.zeros_like(z) for z in zeros]
     gen = torch.Generator().manual_seed(0)
@@ -97,7 +106,7 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
         def objective():
             dpose, dtrans, dj_cm, dlogits = (qi * si for qi, si in zip(q, scale))
             return ((residual(dpose, dtrans, dj_cm, dlogits) ** 2).sum() + cfg.joint_ridge * ((dj_cm - prior_cm)**2).sum()
-                    + 1e-2 * (dlogits**2).sum())
+                    + 1e-2 * (dlogits**2).sum())  # logits: only a weak pull, they are nuisance here
 
         _lbfgs(q, objective, cfg.joint_iters)
     finally:
@@ -106,10 +115,10 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
     dpose, dtrans, dj_cm, _ = (qi.detach() * si for qi, si in zip(q, scale))
     with torch.no_grad():
         shifts = 0.01 * dj_cm * free
-        state.pose = state.pose + dpose
-        state.translation = state.translation + dtrans
-        joint0, basis = solve_joint_regressor(reg.coefficients(state.rest), joints0 + shifts, reg.joint0,
-                                              reg.joint_basis, cfg.joint_prior, reg.coef_rms)
+        state.pose[sc] = pose0 + dpose
+        state.translation[sc] = trans0 + dtrans
+        joint0, basis = solve_joint_regressor(reg.coefficients(state.rest[present]), (joints0 + shifts)[present],
+                                              reg.joint0, reg.joint_basis, cfg.joint_prior, reg.coef_rms)
         reg.joint0.copy_(joint0)
         reg.joint_basis.copy_(basis)
-    return float(shifts.norm(dim=-1).mean() * 1000)
+    return float(shifts[present].norm(dim=-1).mean() * 1000)
