@@ -48,12 +48,14 @@ class TrainConfig:
     model fixed (``pose_iters`` L-BFGS iterations, one Dask task per ``chunk`` scans) then (b)
     ``inner`` passes of closed-form model updates with poses fixed: per-subject rest shapes and
     per-scan expression offsets by inverse skinning, the PSD by ridge regression (``psd_ridge``)
-    and the skinning weights by constrained least squares (``skin_ridge``), and (``learn_joints``)
-    the joint regressor C: per-subject joint shifts together with per-scan pose corrections
-    (``joint_iters`` L-BFGS iterations, ridge ``joint_ridge`` on the shifts in cm, at most
-    ``joint_verts`` vertices), then C refitted by ridge regression towards its current
-    linear map (``joint_prior``), see solvers.py. VAEs are fitted to the rest shapes / expression offsets at the end
-    (``vae_steps``). ``holdout``: fraction of subjects kept out of training (for evaluate)."""
+    and the skinning weights by constrained least squares (``skin_ridge``), see solvers.py.
+    With ``learn_joints``, round 0 first learns the joint regressor C (joints.py): per-subject
+    joint shifts, per-scan pose corrections and skinning logits together (``joint_iters``
+    L-BFGS iterations after ``joint_probes`` Hutchinson probes for the preconditioner, on at
+    most ``joint_verts`` vertices, ridge ``joint_ridge`` per cm^2 towards the template's
+    joints), then C refitted by ridge regression (``joint_prior``, m^2). VAEs are fitted to
+    the rest shapes / expression offsets at the end (``vae_steps``). ``holdout``: fraction of
+    subjects kept out of training (for evaluate)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     rounds: int = 2
