@@ -190,6 +190,7 @@ def vae_vs_pca(train_shapes: torch.Tensor, test_shapes: torch.Tensor, dims, step
     y = (test_shapes - mean).reshape(test_shapes.shape[0], -1)
     rows = []
     for d in dims:
+        torch.manual_seed(d)  # its MLPs start random
         vae = VAE(x.shape[1], d, hidden)
         fit_vae(vae, x, steps, 1e-3, seed=d)
         with torch.no_grad():

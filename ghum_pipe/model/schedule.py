@@ -37,6 +37,7 @@ def _init_task(work, resolution, pattern, subjects, cfg: TrainConfig):
 
     data = _training_set(work, resolution, pattern, subjects)
     model = model_from_state(cfg.model, None)
+    torch.manual_seed(cfg.seed)  # the VAEs' MLPs start random: same seed, same model
     model.load_state_dict(type(model)(cfg.model).state_dict())  # a fresh start, not a cached one
     state = init_state(model, data)
     for _ in range(3):

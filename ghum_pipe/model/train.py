@@ -279,6 +279,7 @@ def fit_vaes(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainCo
 def train_inline(data: RegistrationSet, cfg: TrainConfig) -> tuple[GHUM, TrainState, dict]:
     """The whole alternating training in this process (tests, notebooks); ``schedule.py`` runs
     the same steps as Dask tasks."""
+    torch.manual_seed(cfg.seed)  # the VAEs' MLPs start random: same seed, same model
     model = GHUM(cfg.model)
     state = init_state(model, data)
     for _ in range(3):  # rest shapes and translations settle together (joints depend on shape)
