@@ -57,6 +57,34 @@ def rigid_init(model, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.T
     return pose, t + torch.einsum("bij,bj->bi", R, j0) - j0
 
 
+def part_pose_init(model, target: torch.Tensor, mask: torch.Tensor, min_verts: int = 12,
+                   min_weight: float = 0.6) -> torch.Tensor:
+    """Pose (B, J, 3) from the parts of each target (B, V, 3): registrations share the model's
+    topology, so every body part's rotation is the Kabsch rotation of its vertices (those a
+    joint skins with weight >= ``min_weight``) from the mean rest shape to the target; a joint
+    with fewer than ``min_verts`` such vertices (seen by ``mask``) turns with its parent; the
+    root takes the whole body's rotation. Local rotations are ``G_parent^T G_j``. An initial
+    guess for :func:`fit_model` when no registration pose is known."""
+    B, J = target.shape[0], model.n_joints
+    rest = model.mean_rest.expand(B, -1, -1)
+    w = model.skin_weights.detach()
+    best = w.argmax(1)
+    dom = model.skin_indices[torch.arange(len(best)), best]
+    strong = w.max(1).values >= min_weight
+    parents = model.parents.tolist()
+    G = [None] * J
+    G[0] = kabsch(rest, target, mask)[0]
+    for j in range(1, J):
+        sel = torch.nonzero((dom == j) & strong).flatten()
+        m = mask[:, sel]
+        if len(sel) >= min_verts and bool((m.sum(1) >= min_verts).all()):
+            G[j] = kabsch(rest[:, sel], target[:, sel], m)[0]
+        else:
+            G[j] = G[parents[j]]
+    local = [G[0]] + [G[parents[j]].transpose(1, 2) @ G[j] for j in range(1, J)]
+    return rotmat_to_axis_angle(torch.stack(local, 1).reshape(-1, 3, 3)).reshape(B, J, 3)
+
+
 def fit_poses(model, target: torch.Tensor, mask: torch.Tensor, rest: torch.Tensor, expression: torch.Tensor | None,
               pose: torch.Tensor, translation: torch.Tensor, iters: int):
     """Step (a) of training: optimise pose (B, J, 3) and translation (B, 3) with everything else
@@ -130,7 +158,8 @@ def fit_model(model, mesh_verts, mask=None, init_pose=None, init_translation=Non
     Args:
         mesh_verts: (B, V, 3) or (V, 3) metres, the model's topology.
         mask: (B, V) filter F (1 = use the vertex) or None for all.
-        init_pose: (B, J, 3) e.g. the registration's pose; None = rigid alignment of the mean shape.
+        init_pose: (B, J, 3) e.g. the registration's pose; None = :func:`part_pose_init` (each body
+            part's rotation from its vertices).
         prior: weight of |z|^2 (latents are N(0, I)) against the cm^2 data term.
     """
     target = _as_batch(mesh_verts)
@@ -138,11 +167,12 @@ def fit_model(model, mesh_verts, mask=None, init_pose=None, init_translation=Non
     mask = torch.ones(B, model.n_verts) if mask is None else _as_batch(mask).reshape(B, -1).float()
     with torch.no_grad():
         if init_pose is None:
-            pose, trans = rigid_init(model, target, mask)
+            pose = part_pose_init(model, target, mask)
+            init_translation = None
         else:
             pose = _as_batch(init_pose).reshape(B, model.n_joints, 3).clone()
-            trans = torch.zeros(B, 3) if init_translation is None else _as_batch(init_translation).reshape(B, 3).clone()
-        if init_pose is not None and init_translation is None:
+        trans = torch.zeros(B, 3) if init_translation is None else _as_batch(init_translation).reshape(B, 3).clone()
+        if init_translation is None:
             v, _ = model.articulate(model.rest_shape(torch.zeros(B, model.config.shape_latent), B), pose,
                                     use_psd=use_psd)
             trans = ((target - v) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
