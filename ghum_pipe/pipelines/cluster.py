@@ -221,7 +221,22 @@ def open_client(options: ClusterOptions | None = None) -> Iterator["distributed.
     with cluster, distributed.Client(cluster) as client:
         if options.dashboard:
             log.warning("dask dashboard: %s", client.dashboard_link)
-        yield client
+        try:
+            yield client
+        finally:
+            _quiet_shutdown(client)
+
+
+def _quiet_shutdown(client) -> None:
+    """Before a cluster we started is closed: a worker whose heartbeat fires after the scheduler
+    went away logs an ERROR traceback ("Failed to communicate with scheduler during heartbeat")
+    after the batch's summary. Errors during the run are still logged; only shutdown is muted."""
+    def mute():
+        for name in ("distributed.worker", "distributed.core", "distributed.nanny"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+    with contextlib.suppress(Exception):
+        client.run(mute)
 
 
 class ClientSession:
