@@ -30,6 +30,7 @@ from ghum_pipe.landmarks import cameras as camera_rig
 from ghum_pipe.landmarks.detect import HAND_TIPS, N_FACE, N_HAND, FaceDetector, HandDetector
 from ghum_pipe.landmarks.find import (
     CLOSEUP_SURFACE_TOL_M, FACE_FOR_POSE, FoundLandmarks, View, _clear_views, _Group, _render_group,
+    snap_and_collect,
 )
 from ghum_pipe.landmarks.render import MeshRenderer
 
@@ -64,20 +65,8 @@ def find_closeup_landmarks(verts, faces, colors, kind: str, config, source="scan
                                                                  timings, source)
     else:
         raise ValueError(f"find_closeup_landmarks: kind must be head, hand_left or hand_right, not {kind!r}")
-    t0 = time.perf_counter()
-    keep = np.isfinite(X).all(1)
-    tri_ids = np.full(len(names), -1, dtype=np.int64)
-    bary = np.zeros((len(names), 3))
-    surf = keep & (np.asarray(kinds) == "surface")
-    if surf.any():
-        X[surf], tri_ids[surf], bary[surf] = renderer.closest_points(X[surf])
-    timings["triangulate"] += time.perf_counter() - t0
-    idx = np.flatnonzero(keep)
-    return FoundLandmarks(
-        names=tuple(names[i] for i in idx), points=X[idx], confidence=conf[idx], kinds=tuple(kinds[i] for i in idx),
-        views_used=inl.sum(1)[idx], reproj_error_px=rms[idx], tri_ids=tri_ids[idx], bary=bary[idx], views=views,
-        person_views=n_seen, body_views=n_views, swapped_views=0, timings=timings,
-    )
+    return snap_and_collect(renderer, names, X, conf, kinds, inl.sum(1), rms, timings, views=views,
+                            person_views=n_seen, body_views=n_views, swapped_views=0)
 
 
 def _face_group(renderer, config) -> _Group:

@@ -309,21 +309,30 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
             points.append(Xh), confs.append(conf_h), kinds_out.extend(hand_kinds), used.append(inl_h.sum(1)), errs.append(rms_h)
             timings["triangulate"] += time.perf_counter() - t0
 
-    # Snap surface points to the mesh; drop what could not be triangulated.
-    t0 = time.perf_counter()
     points, confs = np.concatenate(points), np.concatenate(confs)
     used, errs = np.concatenate(used), np.concatenate(errs)
+    return snap_and_collect(renderer, names, points, confs, kinds_out, used, errs, timings, views=views,
+                            person_views=len(person), body_views=len(ring), swapped_views=swapped,
+                            raw_body=raw_body)
+
+
+def snap_and_collect(renderer, names, points, confs, kinds, used, errs, timings, **extra) -> FoundLandmarks:
+    """Snap the "surface" points onto the mesh (keeping their triangle and barycentrics), drop the
+    points that could not be triangulated, and return them as :class:`FoundLandmarks`.
+
+    points (L, 3) metres (non-finite = not found); confs, used, errs: (L,) per point; ``extra``:
+    the remaining FoundLandmarks fields (views, counts, raw_body)."""
+    t0 = time.perf_counter()
     keep = np.isfinite(points).all(1)
     tri_ids = np.full(len(names), -1, dtype=np.int64)
     bary = np.zeros((len(names), 3))
-    surf = keep & (np.array(kinds_out) == "surface")
+    surf = keep & (np.asarray(kinds) == "surface")
     if surf.any():
         points[surf], tri_ids[surf], bary[surf] = renderer.closest_points(points[surf])
     timings["triangulate"] += time.perf_counter() - t0
     idx = np.flatnonzero(keep)
     return FoundLandmarks(
         names=tuple(names[i] for i in idx), points=points[idx], confidence=confs[idx],
-        kinds=tuple(kinds_out[i] for i in idx), views_used=used[idx], reproj_error_px=errs[idx],
-        tri_ids=tri_ids[idx], bary=bary[idx], views=views, person_views=len(person),
-        body_views=len(ring), swapped_views=swapped, timings=timings, raw_body=raw_body,
+        kinds=tuple(kinds[i] for i in idx), views_used=used[idx], reproj_error_px=errs[idx],
+        tri_ids=tri_ids[idx], bary=bary[idx], timings=timings, **extra,
     )
