@@ -69,9 +69,16 @@ def find_closeup_landmarks(verts, faces, colors, kind: str, config, source="scan
                             person_views=n_seen, body_views=n_views, swapped_views=0)
 
 
-def _face_group(renderer, config) -> _Group:
-    return _Group([f"face_{i}" for i in range(N_FACE)], ["surface"] * N_FACE,
+def _face_pass(renderer, cams, config, views, timings) -> tuple[_Group, tuple]:
+    """FaceMesh on the views ``cams`` -> the face group and its triangulation (X, inliers, rms, conf)."""
+    face = _Group([f"face_{i}" for i in range(N_FACE)], ["surface"] * N_FACE,
                   config.closeup_thr_frac * config.closeup_size, CLOSEUP_SURFACE_TOL_M, renderer)
+    for r, det in _render_group(renderer, cams, face, FaceDetector(), views, "head", timings, config.face_colors):
+        face.add(r, None if det is None else det.uv, None if det is None else det.score)
+    t0 = time.perf_counter()
+    tri = face.triangulate(config.min_score)
+    timings["triangulate"] += time.perf_counter() - t0
+    return face, tri
 
 
 def _head(renderer, verts, config, views, timings, source):
@@ -85,12 +92,7 @@ def _head(renderer, verts, config, views, timings, source):
         el = np.deg2rad(HEAD_RING_ELEVATION_DEG)
         d = np.array([np.sin(az) * np.cos(el), -np.cos(az) * np.cos(el), np.sin(el)])
         ring.append(camera_rig.closeup(centre, d, 1.1 * extent, size=config.closeup_size))
-    face1 = _face_group(renderer, config)
-    for r, det in _render_group(renderer, ring, face1, FaceDetector(), views, "head", timings, config.face_colors):
-        face1.add(r, None if det is None else det.uv, None if det is None else det.score)
-    t0 = time.perf_counter()
-    X1, _, _, _ = face1.triangulate(config.min_score)
-    timings["triangulate"] += time.perf_counter() - t0
+    _, (X1, _, _, _) = _face_pass(renderer, ring, config, views, timings)
     n_seen = sum(v.uv is not None for v in views)
     found = np.isfinite(X1).all(1)
     if found.sum() < MIN_FACE_POINTS:
@@ -108,12 +110,7 @@ def _head(renderer, verts, config, views, timings, source):
     cands = camera_rig.head_cameras(face_centre[None] + 0.03 * forward, forward, size=config.closeup_size)
     cams = _clear_views(renderer, cands, X1[[i for i in FACE_FOR_POSE.values() if found[i]]].reshape(-1, 3),
                         config.face_views)
-    face = _face_group(renderer, config)
-    for r, det in _render_group(renderer, cams, face, FaceDetector(), views, "head", timings, config.face_colors):
-        face.add(r, None if det is None else det.uv, None if det is None else det.score)
-    t0 = time.perf_counter()
-    X, inl, rms, conf = face.triangulate(config.min_score)
-    timings["triangulate"] += time.perf_counter() - t0
+    face, (X, inl, rms, conf) = _face_pass(renderer, cams, config, views, timings)
     # Pose's face names from FaceMesh, as the body path does
     pose_ids = list(FACE_FOR_POSE.values())
     names = list(face.names) + list(FACE_FOR_POSE)
