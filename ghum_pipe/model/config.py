@@ -47,13 +47,17 @@ class TrainConfig:
     """Alternating training (paper Sec. 3.2): ``rounds`` of (a) per-scan pose fits with the
     model fixed (``pose_iters`` L-BFGS iterations, one Dask task per ``chunk`` scans) then (b)
     ``inner`` passes of closed-form model updates with poses fixed: per-subject rest shapes and
-    per-scan expression offsets by inverse skinning, the PSD by ridge regression (``psd_ridge``)
-    and the skinning weights by constrained least squares (``skin_ridge``), see solvers.py.
-    With ``learn_joints``, round 0 first learns the joint regressor C (joints.py): per-subject
-    joint shifts, per-scan pose corrections and skinning logits together (``joint_iters``
-    L-BFGS iterations after ``joint_probes`` Hutchinson probes for the preconditioner, on at
-    most ``joint_verts`` vertices, ridge ``joint_ridge`` per cm^2 towards the template's
-    joints), then C refitted by ridge regression (``joint_prior``, m^2). VAEs are fitted to
+    per-scan expression offsets by inverse skinning, then the skinning weights (ridge
+    ``skin_ridge`` towards the current ones) and the PSD (ridge ``psd_ridge``) together by one
+    least-squares problem per vertex (solvers.py). With ``learn_joints``, round 0 first learns
+    the joint regressor C (joints.py): per-subject joint shifts, per-scan pose corrections and
+    skinning logits together (``joint_iters`` L-BFGS iterations per pass after ``joint_probes``
+    Hutchinson probes for the preconditioner, on at most ``joint_verts`` vertices), with a ridge
+    towards the template's joints of ``joint_ridge`` per cm^2 along the directions the data
+    barely sees (Gauss-Newton eigenvalue below ``joint_weak_ratio`` of the largest) and
+    ``joint_ridge_seen`` along the others; ``joint_passes`` - 1 more passes with Cauchy weights
+    (``joint_robust_k`` robust sigmas) so that pose correctives do not lean the centres; then
+    C refitted by ridge regression (``joint_prior``, m^2). VAEs are fitted to
     the rest shapes / expression offsets at the end (``vae_steps``). ``holdout``: fraction of
     subjects kept out of training (for evaluate)."""
 
@@ -62,10 +66,14 @@ class TrainConfig:
     pose_iters: int = 5
     inner: int = 4
     chunk: int = 8
-    psd_ridge: float = 5.0
+    psd_ridge: float = 0.2
     skin_ridge: float = 1e-4
     learn_joints: bool = True
     joint_ridge: float = 1.0
+    joint_ridge_seen: float = 0.05
+    joint_weak_ratio: float = 0.05
+    joint_passes: int = 2
+    joint_robust_k: float = 3.0
     joint_prior: float = 1e-3
     joint_verts: int = 2000
     joint_iters: int = 300

@@ -8,8 +8,9 @@ Alternating optimisation (Xu et al. 2020, Sec. 3.2):
     rest shape X~_s (F-weighted mean of its scans brought to the rest pose by inverse skinning,
     minus the current PSD; vertices never seen are filled from the template's shape space) and
     of every scan's expression offsets on the face; then the skinning weights omega and the PSD
-    D, each solved exactly per vertex, and the joint regressor C: per-subject joint centres
-    solved exactly (LBS is affine in them), then C refitted to them by ridge regression from
+    D together, by one least-squares problem per vertex (``solvers.solve_skinning_psd``), and,
+    in round 0 before them, the joint regressor C: per-subject joint centres (with the poses),
+    then C refitted to them by ridge regression from
     the subjects' rest shapes (``joints.py``).
 
 After the last round the shape VAE is fitted to the subjects' rest shapes and the expression VAE
@@ -31,7 +32,7 @@ from ghum_pipe.model.data import RegistrationSet
 from ghum_pipe.model.fitting import fit_poses, masked_sq_error, rigid_init
 from ghum_pipe.model.ghum import GHUM
 from ghum_pipe.model.networks import pose_features
-from ghum_pipe.model.solvers import pair_table, solve_psd, solve_skinning
+from ghum_pipe.model.solvers import pair_table, solve_skinning_psd
 from ghum_pipe.template.lbs import batch_rigid_transform
 
 log = logging.getLogger(__name__)
@@ -151,16 +152,6 @@ def _rest_pose_weight(pose: torch.Tensor, subject: torch.Tensor, scale: float = 
     return torch.exp(-(d - dmin[subject]) / scale).clamp_min(1e-6)
 
 
-@torch.no_grad()
-def _unpose_all(model: GHUM, data: RegistrationSet, state: TrainState, batch: int = 16) -> torch.Tensor:
-    out = torch.zeros(len(data), model.n_verts, 3)
-    for lo in range(0, len(data), batch):
-        idx = np.arange(lo, min(len(data), lo + batch))
-        rest = state.rest[torch.as_tensor(data.subject_index[idx])]
-        out[idx] = model.unpose(torch.as_tensor(data.verts[idx]), rest, state.pose[idx], state.translation[idx])
-    return out
-
-
 def _psd_all(model: GHUM, pose: torch.Tensor, batch: int = 32) -> torch.Tensor:
     return torch.cat([model.psd(model_rotmats(pose[lo:lo + batch])) for lo in range(0, len(pose), batch)])
 
@@ -180,9 +171,10 @@ def model_rotmats(pose: torch.Tensor) -> torch.Tensor:
 
 def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig, round_: int) -> None:
     """Step (b) with poses fixed, ``cfg.inner`` times: refresh rest shapes and expressions,
-    solve the skinning weights on the posed data, then the PSD on the rest-space residuals
-    that skinning leaves (``solvers.py``; skinning first because its 4 unknowns per vertex are
-    well determined, while D would otherwise soak up skinning errors and overfit). Updates ``state`` (model weights, shapes, history)."""
+    then solve the skinning weights and the PSD together on the posed data (each pass is one
+    Gauss-Newton step of that bilinear problem; ``solvers.solve_skinning_psd`` says why not one
+    after the other). In round 0, C is learned first (``joints.py``). Updates ``state`` (model
+    weights, shapes, history)."""
     model.load_state_dict(state.model)
     mask = torch.as_tensor(data.mask)
     subj = torch.as_tensor(data.subject_index)
@@ -203,19 +195,16 @@ def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: Train
             update_joint_regressor(model, data, state, cfg)
         with torch.no_grad():
             rest = state.rest[subj]
-            expr = _expand_face(model, state.expression)
-            # skinning first: 4 unknowns per vertex, well determined; D then fits what is left
-            x = rest + expr + _psd_all(model, state.pose)
+            x = rest + _expand_face(model, state.expression)
             joints = model.joint_regressor(rest)
             _, rel = batch_rigid_transform(rot, joints, model.parents, model.levels)
-            w = solve_skinning(x, rel, target - state.translation[:, None], mask, model.skin_indices,
-                               model.skin_allowed, model.skin_weights, cfg.skin_ridge)
+            # omega and D from one least-squares problem (solvers.solve_skinning_psd); face
+            # vertices: expression offsets already absorb their residual, D stays 0 there
+            w, W = solve_skinning_psd(feats, x, _psd_all(model, state.pose), rel, target - state.translation[:, None],
+                                      mask, model.skin_indices, model.skin_allowed, model.skin_weights,
+                                      model.psd.pair_joint, table, cfg.skin_ridge, cfg.psd_ridge,
+                                      psd_vertices=~face, groups=subj)
             model.skin_logits.copy_(torch.log(w.clamp_min(1e-8)))
-            raw = _unpose_all(model, data, state)
-            # face vertices: expression offsets already absorb their residual, leave D there at 0
-            psd_mask = mask * (~face).float()
-            W = solve_psd(feats, raw - rest - expr, psd_mask, model.psd.pair_joint, table, cfg.psd_ridge,
-                          groups=subj)
             model.psd.weight.copy_(W)
     state.model = {k: v.detach().clone() for k, v in model.state_dict().items()}
     state.history.append(dict(round=round_, fit_mm=posed_error_mm(model, data, state)))
