@@ -161,9 +161,10 @@ def test_joint_regressor_learns_planted_joints(template):
     """C is learned: 8 subjects x 3 poses posed with the planted joint-centre shifts (1.4-2.5 cm
     at elbows, knees, hips, shoulders, part of it growing with stature), starting poses off by
     ~0.03 rad; one joint + pose refinement and the ridge refit of C recover the shifted joints
-    of 3 unseen subjects within the issue's 5 mm (measured 3.8 mm: elbows/knees/hips ~2 mm,
-    shoulders 6-10 mm, which clavicle rotations can partly mimic; the template's map is 17 mm
-    off), and leave the other joints within 1.5 mm (measured 0.57)."""
+    of 3 unseen subjects within 3 mm (issue: 5 mm; measured 2.2 mm, the template's map is 17 mm
+    off; shoulders are the worst, clavicle rotations can partly mimic them), and leave the other
+    joints within 1.5 mm (measured 1.2: the ridge towards the template is weak along the
+    directions the data sees)."""
     from ghum_pipe.model.config import TrainConfig
     from ghum_pipe.model.data import RegistrationSet
     from ghum_pipe.model.joints import update_joint_regressor
@@ -205,7 +206,7 @@ def test_joint_regressor_learns_planted_joints(template):
     print("C held-out, shifted joints: template", float(before[:, planted].mean()) * 1000, "learned",
           float(after[:, planted].mean()) * 1000, "others", float(after[:, other].mean()) * 1000)
     assert float(before[:, planted].mean()) > 0.015  # the planted shifts are real
-    assert float(after[:, planted].mean()) < 0.005, after[:, planted].mean(0)
+    assert float(after[:, planted].mean()) < 0.003, after[:, planted].mean(0)
     assert float(after[:, other].mean()) < 0.0015
 
 
@@ -287,3 +288,35 @@ def test_fit_without_a_start_pose_finds_the_parts():
     print("part init mm", parts.tolist(), "rigid init mm", rigid.tolist())
     assert float(parts.max()) < 8.0, parts  # measured 3.5-6.8 mm (fingers, twist)
     assert float(parts.mean()) < 0.5 * float(rigid.mean()), (parts, rigid)
+
+
+def test_training_starts_scans_without_a_pose_from_their_parts(tmp_path):
+    """Registrations without a pose in params.npz: training's start (per-part rotations, then
+    the masked mean offset) puts the posed mean shape much closer to them than a whole-body
+    rigid start does (measured on 40 scans: 77 vs 187 mm; the mean shape itself is most of
+    what is left, the subjects are 1.5-2.1 m tall)."""
+    import dataclasses
+
+    from ghum_pipe.model import ghuml_config
+    from ghum_pipe.model.data import load_registrations
+    from ghum_pipe.model.fitting import rigid_init
+    from ghum_pipe.model.train import init_state
+    from ghum_pipe.synth.registrations import make_registrations
+
+    make_registrations(tmp_path / "regs", 3, seed=2, poses_per_subject=3, closeups=False)
+    data = load_registrations(tmp_path / "regs", "low")
+    none = dataclasses.replace(data, pose=np.zeros_like(data.pose), has_pose=np.zeros(len(data), bool),
+                               has_translation=np.zeros(len(data), bool))
+    m = GHUM(ghuml_config(shape_latent=4, hidden=16))
+    state = init_state(m, none)
+    target, mask = torch.as_tensor(data.verts), torch.as_tensor(data.mask)
+    rig_pose, rig_t = rigid_init(m, target, mask)
+
+    def start_mm(pose, trans):
+        with torch.no_grad():
+            v, _ = m.articulate(m.mean_rest.expand(len(data), -1, -1), pose, translation=trans)
+        return float((v - target).norm(dim=-1).mean() * 1000)
+
+    part, rigid = start_mm(state.pose, state.translation), start_mm(rig_pose, rig_t)
+    print("start from parts", part, "rigid", rigid)
+    assert part < 0.6 * rigid, (part, rigid)

@@ -29,7 +29,7 @@ import torch
 
 from ghum_pipe.model.config import ModelConfig, TrainConfig
 from ghum_pipe.model.data import RegistrationSet
-from ghum_pipe.model.fitting import fit_poses, masked_sq_error, rigid_init
+from ghum_pipe.model.fitting import fit_poses, part_pose_init
 from ghum_pipe.model.ghum import GHUM
 from ghum_pipe.model.networks import pose_features
 from ghum_pipe.model.solvers import pair_table, solve_skinning_psd
@@ -77,16 +77,17 @@ def _expand_face(model: GHUM, face: torch.Tensor) -> torch.Tensor:
 
 
 def init_state(model: GHUM, data: RegistrationSet) -> TrainState:
-    """Poses from the registrations' params (else a rigid alignment), mean rest shapes."""
+    """Poses from the registrations' params; scans without one start from each body part's own
+    rotation (``fitting.part_pose_init``; registrations share the model's topology). Translations
+    from the params, else the F-masked mean offset of the posed mean shape. Mean rest shapes."""
     target, mask = _tensors(data)
     pose = torch.as_tensor(data.pose).clone()
     with torch.no_grad():
-        rig_pose, rig_t = rigid_init(model, target, mask)
         has = torch.as_tensor(data.has_pose)
-        pose[~has] = rig_pose[~has]
+        if not bool(has.all()):
+            pose[~has] = part_pose_init(model, target[~has], mask[~has])
         v, _ = model.articulate(model.mean_rest.expand(len(data), -1, -1), pose)
         trans = ((target - v) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
-        trans[~has] = rig_t[~has]
         given = torch.as_tensor(data.has_translation & data.has_pose)
         trans[given] = torch.as_tensor(data.translation)[given]
     S = len(data.subjects)
