@@ -30,15 +30,12 @@ import torch
 
 from ghum_pipe.errors import RegistrationError
 from ghum_pipe.register.landmark_pairs import LandmarkPairs, match_landmarks
-from ghum_pipe.register.losses import landmark_loss
 from ghum_pipe.register.nonrigid import NonrigidConfig, refine_nonrigid
-from ghum_pipe.register.posing import SubsetPoser, full_poser, jacobi_step_sizes, minimize_lbfgs
+from ghum_pipe.register.posing import full_poser
 from ghum_pipe.register.similarity import Similarity, umeyama
-from ghum_pipe.register.skeleton import (SkeletonFit, icp_both_ways, icp_correspondences, initial_translation,
-                                         rest_offsets)
+from ghum_pipe.register.skeleton import SkeletonFit, initial_translation, landmark_icp_fit, rest_offsets
 from ghum_pipe.register.target import ScanTarget, build_target
 
-CM2 = 1e4  # losses in cm^2, as in skeleton.py
 HEAD_JOINTS = ("neck01", "neck02", "neck03", "head")
 PALM_POINTS = (0, 1, 5, 9, 13, 17)  # MediaPipe hand: wrist, thumb CMC, index/middle/ring/pinky MCP
 HINT = "Re-run `ghum-pipe landmark` for this scan and check its contact sheet"
@@ -235,9 +232,7 @@ def fit_region_skeleton(template, pairs: LandmarkPairs, init: Similarity, target
     lm_target = torch.as_tensor(pairs.targets, dtype=dt)
     lm_wts = torch.as_tensor(pairs.weights, dtype=dt)
     region_idx = np.flatnonzero(template.masks[kind] & template.masks["surface"])
-    faces_t = torch.as_tensor(template.faces)
     rng = np.random.default_rng(cfg.seed)
-    lm_verts = np.unique(pairs.vertex_ids)
 
     def full_pose():
         pose = torch.zeros(1, J, 3, dtype=dt, device=device)
@@ -251,53 +246,9 @@ def fit_region_skeleton(template, pairs: LandmarkPairs, init: Similarity, target
         p = (prior_w * (joint_aa**2).sum(-1)).sum() + cfg.shape_prior * (shape**2).sum()
         return p + cfg.expression_prior * (expr**2).sum() if use_face else p
 
-    def residuals(poser, lm_local, corr):
-        def fn():
-            verts = forward(poser)
-            lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_local])
-            r = [(CM2 * lm_w).sqrt()[:, None] * (lm_pred - lm_target)]
-            if corr is not None:
-                fv = verts[corr["fwd_local"]]
-                plane = ((fv - corr["fwd_p"]) * corr["fwd_n"]).sum(-1)
-                r.append(((cfg.w_icp * CM2 / max(len(fv), 1)) ** 0.5 * plane)[:, None])
-            return torch.cat([x.reshape(-1) for x in r])
-        return fn
-
-    def objective(poser, lm_local, corr):
-        lm_scale = 1.0 if corr is None else cfg.icp_landmark_scale
-
-        def loss_fn():
-            verts = forward(poser)
-            lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_local])
-            loss = lm_scale * CM2 * landmark_loss(lm_pred, lm_target, lm_w) + priors()
-            if corr is not None:
-                loss = loss + cfg.w_icp * CM2 * icp_both_ways(verts, corr)
-            return loss
-        return loss_fn
-
-    poser = SubsetPoser(template, lm_verts, cfg.n_shape, device, dt)
-    lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids))
-    scales = jacobi_step_sizes(residuals(poser, lm_local, None), params, prior_diag, seed=cfg.seed)
-    n_eval = minimize_lbfgs(params, objective(poser, lm_local, None), bounds, cfg.landmark_iters, scales)
-    if after_landmarks is not None:
-        with torch.no_grad():
-            after_landmarks(forward(full_poser(template, cfg.n_shape, device, dt)).numpy())
-    n_rounds = cfg.icp_rounds if target is not None else 0
-    for r in range(n_rounds):
-        a = r / max(n_rounds - 1, 1)
-        sigma = cfg.icp_sigma_m[0] ** (1 - a) * cfg.icp_sigma_m[1] ** a
-        max_dist = cfg.icp_max_dist_m[0] ** (1 - a) * cfg.icp_max_dist_m[1] ** a
-        with torch.no_grad():
-            full = forward(full_poser(template, cfg.n_shape, device, dt))
-        corr = icp_correspondences(full, faces_t, target, region_idx, cfg, rng, max_dist)
-        corr["sigma"] = sigma
-        poser = SubsetPoser(template, np.union1d(lm_verts, corr["ids"]), cfg.n_shape, device, dt)
-        lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids))
-        corr["fwd_local"] = torch.as_tensor(np.searchsorted(poser.ids, corr["fwd_v"]))
-        corr["bwd_local"] = torch.as_tensor(np.searchsorted(poser.ids, corr["bwd_v"]))
-        if r == 0:
-            scales = jacobi_step_sizes(residuals(poser, lm_local, corr), params, prior_diag, seed=cfg.seed)
-        n_eval += minimize_lbfgs(params, objective(poser, lm_local, corr), bounds, cfg.icp_iters, scales)
+    # the body fit's two phases (landmarks, then + ICP on the region); all ICP rounds equally long
+    n_eval = landmark_icp_fit(template, forward, priors, params, bounds, prior_diag, pairs, lm_wts, lm_target, lm_w,
+                              target, region_idx, cfg, rng, device, dt, cfg.icp_iters, after_landmarks)
     with torch.no_grad():
         verts = forward(full_poser(template, cfg.n_shape, device, dt))
         lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[torch.as_tensor(pairs.vertex_ids)])

@@ -170,10 +170,8 @@ def fit_skeleton(
     lm_target = torch.as_tensor(pairs.targets, dtype=dt, device=device)
     lm_ids = torch.as_tensor(pairs.vertex_ids, device=device)
     lm_wts = torch.as_tensor(pairs.weights, dtype=dt, device=device)
-    faces_t = torch.as_tensor(template.faces, device=device)
     surface = np.flatnonzero(template.masks["surface"])
     rng = np.random.default_rng(cfg.seed)
-    lm_verts = np.unique(pairs.vertex_ids)
 
     def full_pose():
         pose = torch.zeros(1, J, 3, dtype=dt, device=device)
@@ -205,9 +203,50 @@ def fit_skeleton(
     prior_diag = [0.0, 0.0, aa_diag] + ([cfg.scale_prior] if cfg.fit_scale else []) \
         + ([cfg.expression_prior] if use_face else []) + [cfg.shape_prior]
 
+    total = landmark_icp_fit(template, forward, priors, params, bounds, prior_diag, pairs, lm_wts, lm_target, lm_w,
+                             target, surface, cfg, rng, device, dt, cfg.icp_final_iters, after_landmarks)
+    with torch.no_grad():
+        verts = forward(full_poser(template, cfg.n_shape, device, dt))
+        pose = full_pose()[0]
+        lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_ids])
+        body = torch.as_tensor(kinds == "pose", device=device)
+        rms = float(((lm_pred - lm_target)[body] ** 2).sum(-1).mean().sqrt()) if body.any() else float("nan")
+    return SkeletonFit(
+        pose=pose.detach().cpu().numpy().astype(np.float64),
+        shape=shape.detach().cpu().numpy()[0].astype(np.float64),
+        expression=expr.detach().cpu().numpy()[0].astype(np.float64),
+        scale=float(torch.exp(log_scale.detach())), translation=transl.detach().cpu().numpy().astype(np.float64),
+        verts=verts.detach().cpu().numpy().astype(np.float64), landmark_rms_m=rms, iterations=total,
+    )
+
+
+def landmark_icp_fit(template, forward, priors, params: list, bounds: list, prior_diag: list, pairs: LandmarkPairs,
+                     lm_wts: torch.Tensor, lm_target: torch.Tensor, lm_w: torch.Tensor, target: ScanTarget | None,
+                     pool: np.ndarray, cfg, rng, device, dt, final_iters: int, after_landmarks=None) -> int:
+    """The two phases of the body fit (:func:`fit_skeleton`) and the close-up fit
+    (``region.fit_region_skeleton``), which differ only in their variables and priors.
+
+    Phase 1: landmarks only, posing only the landmark vertices (~1-2k of 13.7k). Phase 2:
+    ``cfg.icp_rounds`` rounds of landmarks + ICP both ways with the template vertices ``pool``,
+    matches refreshed every round, ``sigma`` and the match distance annealed, ``cfg.icp_iters``
+    L-BFGS iterations a round (``final_iters`` in the last). L-BFGS steps are scaled by a
+    Jacobi preconditioner of the landmark + ICP least squares (a spine joint moves the whole
+    body, a finger joint a few mm, a shape coefficient ~1 cm), estimated once per phase.
+
+    Args:
+        forward: ``forward(poser)`` -> the posed vertices (n, 3) of a ``SubsetPoser``'s subset;
+        priors: ``priors()`` -> the scalar prior term; params/bounds/prior_diag: the L-BFGS
+        variables, their box bounds and their priors' Hessian diagonals;
+        lm_wts/lm_target/lm_w: landmark barycentric weights, targets (metres) and weights;
+        target: the scan (None: phase 1 only); after_landmarks: optional check of the (V, 3)
+        vertices after phase 1 (it may raise).
+    Returns:
+        the number of objective evaluations.
+    """
+    faces_t = torch.as_tensor(template.faces, device=device)
+    lm_verts = np.unique(pairs.vertex_ids)
+
     def step_sizes(poser, lm_local, corr):
-        """Jacobi preconditioner of the (Gauss-Newton) landmark + ICP least squares: a spine
-        joint moves the whole body, a finger joint a few mm, a shape coefficient ~1 cm."""
         def residuals():
             verts = forward(poser)
             lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_local])
@@ -230,46 +269,34 @@ def fit_skeleton(
             return loss
         return loss_fn
 
-    # phase 1: landmarks only, posing only the landmark vertices (~1-2k of 13.7k)
-    poser = SubsetPoser(template, lm_verts, cfg.n_shape, device, dt)
-    lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids), device=device)
+    def subset(ids, corr=None):
+        poser = SubsetPoser(template, ids, cfg.n_shape, device, dt)
+        lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids), device=device)
+        if corr is not None:
+            for side in ("fwd", "bwd"):
+                corr[f"{side}_local"] = torch.as_tensor(np.searchsorted(poser.ids, corr[f"{side}_v"]), device=device)
+        return poser, lm_local
+
+    poser, lm_local = subset(lm_verts)
     scales = step_sizes(poser, lm_local, None)
     n_eval = minimize_lbfgs(params, objective(poser, lm_local, None), bounds, cfg.landmark_iters, scales)
     if after_landmarks is not None:
         with torch.no_grad():
             after_landmarks(forward(full_poser(template, cfg.n_shape, device, dt)).cpu().numpy())
-    # phase 2: + ICP both ways; matches refreshed every round
     n_rounds = cfg.icp_rounds if target is not None else 0
     for r in range(n_rounds):
         a = r / max(n_rounds - 1, 1)
-        sigma = cfg.icp_sigma_m[0] ** (1 - a) * cfg.icp_sigma_m[1] ** a
-        max_dist = cfg.icp_max_dist_m[0] ** (1 - a) * cfg.icp_max_dist_m[1] ** a
         with torch.no_grad():
             full = forward(full_poser(template, cfg.n_shape, device, dt))
-        corr = icp_correspondences(full, faces_t, target, surface, cfg, rng, max_dist)
-        corr["sigma"] = sigma
-        poser = SubsetPoser(template, np.union1d(lm_verts, corr["ids"]), cfg.n_shape, device, dt)
-        lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids), device=device)
-        corr["fwd_local"] = torch.as_tensor(np.searchsorted(poser.ids, corr["fwd_v"]), device=device)
-        corr["bwd_local"] = torch.as_tensor(np.searchsorted(poser.ids, corr["bwd_v"]), device=device)
+        max_dist = cfg.icp_max_dist_m[0] ** (1 - a) * cfg.icp_max_dist_m[1] ** a
+        corr = icp_correspondences(full, faces_t, target, pool, cfg, rng, max_dist)
+        corr["sigma"] = cfg.icp_sigma_m[0] ** (1 - a) * cfg.icp_sigma_m[1] ** a
+        poser, lm_local = subset(np.union1d(lm_verts, corr["ids"]), corr)
         if r == 0:
             scales = step_sizes(poser, lm_local, corr)
-        iters = cfg.icp_final_iters if r == n_rounds - 1 else cfg.icp_iters
+        iters = final_iters if r == n_rounds - 1 else cfg.icp_iters
         n_eval += minimize_lbfgs(params, objective(poser, lm_local, corr), bounds, iters, scales)
-    total = n_eval
-    with torch.no_grad():
-        verts = forward(full_poser(template, cfg.n_shape, device, dt))
-        pose = full_pose()[0]
-        lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_ids])
-        body = torch.as_tensor(kinds == "pose", device=device)
-        rms = float(((lm_pred - lm_target)[body] ** 2).sum(-1).mean().sqrt()) if body.any() else float("nan")
-    return SkeletonFit(
-        pose=pose.detach().cpu().numpy().astype(np.float64),
-        shape=shape.detach().cpu().numpy()[0].astype(np.float64),
-        expression=expr.detach().cpu().numpy()[0].astype(np.float64),
-        scale=float(torch.exp(log_scale.detach())), translation=transl.detach().cpu().numpy().astype(np.float64),
-        verts=verts.detach().cpu().numpy().astype(np.float64), landmark_rms_m=rms, iterations=total,
-    )
+    return n_eval
 
 
 def icp_correspondences(verts: torch.Tensor, faces_t: torch.Tensor, target: ScanTarget, pool: np.ndarray, cfg, rng,
