@@ -40,8 +40,9 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
     the joints towards the template's shape->joint map, strong only along the directions the
     data barely sees (:func:`_shift_ridge`: a hinge's axis, joints that never rotate), and the
     root's centre is fixed (the translation plays its part). Later passes (``cfg.joint_passes``)
-    reweigh the vertices robustly, so that local pose correctives do not lean the centres. C (intercept + linear map of the rest shape's
-    coefficients) is then refitted to C(X~_s) + d_s by ridge regression (``cfg.joint_prior``,
+    reweigh the vertices robustly, so that local pose correctives do not lean the centres.
+    C (intercept + linear map of the rest shape's coefficients) is then refitted to
+    C(X~_s) + d_s by ridge regression (``cfg.joint_prior``,
     :func:`~ghum_pipe.model.solvers.solve_joint_regressor`). Updates ``state.pose`` and
     ``state.translation``; returns the mean joint move (mm) over subjects and joints."""
     V, S = model.n_verts, len(data.subjects)

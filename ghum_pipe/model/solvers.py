@@ -12,6 +12,9 @@ parameters vertex by vertex, so step (b) solves them exactly instead of by gradi
 - :func:`solve_skinning`: for each vertex, y_kv - t_k = sum_i w_i (T_{k,j_i} x_kv) is linear in
   w (I influences); solved in least squares with sum(w) = 1 (Lagrange), a ridge pull towards
   the current weights, then clipped to >= 0 and renormalised.
+- :func:`solve_skinning_psd`: both together, one least-squares problem per vertex; this is what
+  training uses (solved one after the other, skinning takes part of a corrective first; the
+  two single solvers remain as the peers it is tested against).
 """
 
 from __future__ import annotations
