@@ -36,6 +36,15 @@ def pair_table(pair_vert: torch.Tensor, n_verts: int) -> torch.Tensor:
     return torch.as_tensor(table)
 
 
+def _centre(x: torch.Tensor, m: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """x (N, v, ...) minus its F-weighted mean per group (subject) and vertex (m (N, v))."""
+    S = int(groups.max()) + 1
+    mm = m.reshape(*m.shape, *([1] * (x.dim() - 2)))
+    wsum = torch.zeros(S, m.shape[1], dtype=m.dtype).index_add(0, groups, m).clamp_min(1e-9)
+    wsum = wsum.reshape(*wsum.shape, *([1] * (x.dim() - 2)))
+    return x - (torch.zeros(S, *x.shape[1:], dtype=x.dtype).index_add(0, groups, x * mm) / wsum)[groups]
+
+
 @torch.no_grad()
 def solve_psd(feats: torch.Tensor, residual: torch.Tensor, mask: torch.Tensor, pair_joint: torch.Tensor,
               table: torch.Tensor, ridge: float, chunk: int = 512, groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,10 +76,7 @@ def solve_psd(feats: torch.Tensor, residual: torch.Tensor, mask: torch.Tensor, p
         m = mask[:, lo:lo + chunk].float()
         r = residual[:, lo:lo + chunk].float()
         if groups is not None:
-            S = int(groups.max()) + 1
-            wsum = torch.zeros(S, m.shape[1]).index_add(0, groups, m).clamp_min(1e-9)
-            F = F - (torch.zeros(S, *F.shape[1:]).index_add(0, groups, F * m[..., None]) / wsum[..., None])[groups]
-            r = r - (torch.zeros(S, *r.shape[1:]).index_add(0, groups, r * m[..., None]) / wsum[..., None])[groups]
+            F, r = _centre(F, m, groups), _centre(r, m, groups)
         # normal equations assembled in float32 (features are O(1)), solved in float64
         G = torch.einsum("nvd,nve->vde", F * m[..., None], F).double()
         rhs = torch.einsum("nvd,nvc->vdc", F * m[..., None], r).double()
@@ -149,15 +155,6 @@ def solve_joint_regressor(coeffs: torch.Tensor, joints: torch.Tensor, joint0: to
     b = X.T @ joints.double().reshape(S, -1) + reg[:, None] * prior
     sol = torch.linalg.solve(A, b).reshape(1 + Q, -1, 3)
     return sol[0].float(), (sol[1:] * rms[:, None, None]).float()
-
-
-def _centre(x: torch.Tensor, m: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """x (N, v, ...) minus its F-weighted mean per group (subject) and vertex (m (N, v))."""
-    S = int(groups.max()) + 1
-    mm = m.reshape(*m.shape, *([1] * (x.dim() - 2)))
-    wsum = torch.zeros(S, m.shape[1], dtype=m.dtype).index_add(0, groups, m).clamp_min(1e-9)
-    wsum = wsum.reshape(*wsum.shape, *([1] * (x.dim() - 2)))
-    return x - (torch.zeros(S, *x.shape[1:], dtype=x.dtype).index_add(0, groups, x * mm) / wsum)[groups]
 
 
 @torch.no_grad()
