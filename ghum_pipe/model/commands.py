@@ -26,7 +26,7 @@ def _logging(quiet: bool) -> None:
               help="Model folder: OUT/ghum and OUT/ghuml are written.")
 @click.option("--lowres-only", is_flag=True, help="Train GHUML only.")
 @click.option("--fullres-only", is_flag=True, help="Train GHUM only.")
-@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Alternations of (a) pose fits and (b) model updates.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Alias of --rounds.")
 @click.option("--pose-iters", type=click.IntRange(min=1), default=5, show_default=True,

@@ -14,7 +14,7 @@ class ModelConfig:
     expression_latent: beta_f size (paper: 20).
     hidden: width of the VAE encoder/decoder MLP layers (PReLU).
     psd_radius_m: a joint's PSD may move only vertices skinned to it or its parent,
-        within this distance of its centre (the sparsity pattern; L1 inside it learns locality).
+        within this distance of its centre (the sparsity pattern; the solve's ridge inside it).
     top_k: skinning influences per vertex (I).
     """
 
@@ -54,17 +54,19 @@ class TrainConfig:
     skinning logits together (``joint_iters`` L-BFGS iterations per pass after ``joint_probes``
     Hutchinson probes for the preconditioner, on at most ``joint_verts`` vertices), with a ridge
     towards the template's joints of ``joint_ridge`` per cm^2 along the directions the data
-    barely sees (Gauss-Newton eigenvalue below ``joint_weak_ratio`` of the largest) and
-    ``joint_ridge_seen`` along the others; ``joint_passes`` - 1 more passes with Cauchy weights
+    barely sees (Gauss-Newton eigenvalue below ``joint_weak_ratio`` of the joint's largest or
+    ``joint_weak_global`` of the subject's largest) and ``joint_ridge_seen`` along the others,
+    a Gaussian prior on the pose corrections (``joint_pose_prior``, cm^2 per rad^2);
+    ``joint_passes`` - 1 more passes with Cauchy weights
     (``joint_robust_k`` robust sigmas) so that pose correctives do not lean the centres; then
     C refitted by ridge regression (``joint_prior``, m^2). VAEs are fitted to
     the rest shapes / expression offsets at the end (``vae_steps``). ``holdout``: fraction of
     subjects kept out of training (for evaluate)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    rounds: int = 2
+    rounds: int = 3
     pose_iters: int = 5
-    inner: int = 4
+    inner: int = 3
     chunk: int = 8
     psd_ridge: float = 0.2
     skin_ridge: float = 1e-4
@@ -72,11 +74,13 @@ class TrainConfig:
     joint_ridge: float = 1.0
     joint_ridge_seen: float = 0.05
     joint_weak_ratio: float = 0.05
+    joint_weak_global: float = 1e-3
     joint_passes: int = 2
     joint_robust_k: float = 3.0
     joint_prior: float = 1e-3
+    joint_pose_prior: float = 300.0
     joint_verts: int = 2000
-    joint_iters: int = 300
+    joint_iters: int = 400
     joint_probes: int = 8
     vae_steps: int = 600
     kl_weight: float = 1e-3
