@@ -43,11 +43,11 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
     Gaussian prior (``cfg.joint_pose_prior``, cm^2 of squared residual per rad^2): a clavicle
     rotation with a counter-rotation of the shoulder translates the arm, so free corrections
     let the poses mimic a shoulder-centre shift. Measured on the demo's split (GHUML, this step
-    alone, held-out planted shifts): 1.49 mm without the prior, 1.24 with 300, 1.18 with 1000,
-    0.78 with 1000 and 500 iterations (this coupled valley converges slowly); but when the
-    starting poses are noisy (0.03 rad on every joint, tests/test_model.py) the joints take up
-    the pose noise the prior keeps (other joints 0.25 / 1.2 / 2.2 mm for 0 / 300 / 1000), so
-    the default is 300. A real correction, a knee bent 0.025 rad more to follow a centre 1 cm
+    alone, 300 iterations, held-out planted shifts): 1.49 mm without the prior, 1.24 with 300,
+    1.18 with 1000, and 0.78 with 1000 and 500 iterations (this coupled valley converges
+    slowly); but when the starting poses are noisy (0.03 rad on every joint,
+    tests/test_model.py, 500 iterations) the joints take up the pose noise the prior keeps
+    (other joints 0.25 / 1.2 / 2.2 mm for 0 / 300 / 1000), so the default is 300. A real correction, a knee bent 0.025 rad more to follow a centre 1 cm
     off, costs ~0.2 there against hundreds of vertices' residuals. Later passes (``cfg.joint_passes``)
     reweigh the vertices robustly, so that local pose correctives do not lean the centres.
     C (intercept + linear map of the rest shape's coefficients) is then refitted to
