@@ -35,15 +35,15 @@ def _surface_errors(template, verts, truth):
 
 
 @pytest.mark.slow
-def test_recovers_posed_template_with_smooth_offsets(template, tl, posed_subject):
+def test_recovers_posed_template_with_smooth_offsets(template, tl, posed_subject, measured):
     s, lm = posed_subject
     faces = scan_faces(template, s["verts"], holes=False)
     res = register_scan(s["verts"], faces, None, lm, template, RegisterConfig(), template_landmarks=tl)
     mean_mm, p95_mm = _surface_errors(template, res.verts, s["verts"])
     # issue 6: < 2 mm. Measured 1.86 mm mean / 4.7 mm p95: what is left is tangential (torso and
     # shoulder twist the skeleton fit leaves, which closest points cannot see)
-    assert mean_mm < 2.0, (mean_mm, p95_mm)
-    assert p95_mm < 6.0
+    measured("mean mm", mean_mm, "<", 2.0)
+    measured("p95 mm", p95_mm, "<", 6.0)
     assert res.metrics["scan_to_reg_mean_mm"] < 0.5
     # the parameters re-pose to the registration
     import torch
@@ -56,7 +56,7 @@ def test_recovers_posed_template_with_smooth_offsets(template, tl, posed_subject
 
 
 @pytest.mark.slow
-def test_two_different_people_correspond(template, tl):
+def test_two_different_people_correspond(template, tl, measured):
     """Issue 6: the same template vertex lands on the same body part of two different people
     (2.17 m A-pose and 2.28 m posed, both heavier than the template; holes, 1 cm landmark noise)."""
     from ghum_pipe.register.evaluate import part_agreement
@@ -70,20 +70,31 @@ def test_two_different_people_correspond(template, tl):
         mean_mm, _ = _surface_errors(template, res.verts, s["verts"])
         parts = part_agreement(template, res.verts, s["verts"])
         # measured: apose 1.43 mm / 98.9 %, posed 2.02 mm / 98.4 % (disagreement = part borders)
-        assert mean_mm < 3.0, (pose, mean_mm)
-        assert parts > 0.975, (pose, parts)
+        measured(f"{pose} mean mm", mean_mm, "<", 3.0)
+        measured(f"{pose} part agreement", parts, ">", 0.975)
         assert part_agreement(template, template.rest_verts, s["verts"]) < 0.6  # the check can fail
 
 
-def _write_case(tmp, template, s, lm, units, up):
+def _write_ply_float64(path, verts, faces):
+    """A binary PLY with double coordinates (write_mesh writes float32, as most tools do)."""
+    faces = np.asarray(faces)
+    head = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(verts)}\nproperty double x\n"
+            f"property double y\nproperty double z\nelement face {len(faces)}\n"
+            "property list uchar int vertex_indices\nend_header\n").encode()
+    rows = np.zeros(len(faces), dtype=[("n", "u1"), ("i", "<i4", (3,))])
+    rows["n"], rows["i"] = 3, faces
+    path.write_bytes(head + np.ascontiguousarray(verts, dtype="<f8").tobytes() + rows.tobytes())
+
+
+def _write_case(tmp, template, s, lm, units, up, float64=False):
     """The subject's surface (with holes) and its landmarks written in a file frame."""
     frame = Frame.make(units, up)
     faces = scan_faces(template, s["verts"], holes=True)
     used = np.unique(faces)
     remap = -np.ones(len(s["verts"]), dtype=np.int64)
     remap[used] = np.arange(len(used))
-    path = tmp / f"scan_{units}_{up.strip('+')}.ply"
-    write_mesh(path, frame.to_file(s["verts"][used]), remap[faces])
+    path = tmp / f"scan_{units}_{up.strip('+-')}{'_f64' if float64 else ''}.ply"
+    (_write_ply_float64 if float64 else write_mesh)(path, frame.to_file(s["verts"][used]), remap[faces])
     scan_dir = tmp / path.stem
     scan_dir.mkdir()
     doc = {"names": lm["names"], "points": frame.to_file(lm["points"]).tolist(),
@@ -92,32 +103,63 @@ def _write_case(tmp, template, s, lm, units, up):
     return path, scan_dir, frame
 
 
-@pytest.mark.slow
-def test_same_registration_in_any_units_and_up_axis(tmp_path, template, posed_subject):
+def _register_case(tmp, template, s, lm, units, up, float64):
+    """Register one written case through the per-scan entry; the registration back in internal metres."""
+    path, scan_dir, frame = _write_case(tmp, template, s, lm, units, up, float64)
+    metrics = run_registration(path, scan_dir, RegisterConfig())
+    for name in ("registration.ply", "params.npz", "metrics.json", "residuals.png"):
+        assert (scan_dir / name).exists()
+    reg = trimesh.load(scan_dir / "registration.ply", process=False)
+    assert len(reg.vertices) == template.n_verts == 13718
+    np.testing.assert_array_equal(reg.faces, template.faces)
+    assert metrics["frame"]["units"] == units
+    # in the file's own frame and units: close to the subject written in that frame
+    file_err = np.linalg.norm(reg.vertices - frame.to_file(s["verts"]), axis=1)[template.masks["surface"]]
+    assert np.median(file_err) * frame.metres_per_unit < 0.005
+    return frame.to_internal(reg.vertices)
+
+
+@pytest.fixture(scope="module")
+def registered_m_z(tmp_path_factory, template, posed_subject):
+    """The subject as a float64 file in metres, +Z up, registered: the reference of the frame tests."""
     s, lm = posed_subject
-    regs = []
-    for units, up in (("m", "+z"), ("mm", "+y")):
-        path, scan_dir, frame = _write_case(tmp_path, template, s, lm, units, up)
-        metrics = run_registration(path, scan_dir, RegisterConfig())
-        for name in ("registration.ply", "params.npz", "metrics.json", "residuals.png"):
-            assert (scan_dir / name).exists()
-        reg = trimesh.load(scan_dir / "registration.ply", process=False)
-        assert len(reg.vertices) == template.n_verts == 13718
-        np.testing.assert_array_equal(reg.faces, template.faces)
-        assert metrics["frame"]["units"] == units
-        # in the file's own frame and units: close to the subject written in that frame
-        file_err = np.linalg.norm(reg.vertices - frame.to_file(s["verts"]), axis=1)[template.masks["surface"]]
-        assert np.median(file_err) * frame.metres_per_unit < 0.005
-        regs.append(frame.to_internal(reg.vertices))
-    d = np.linalg.norm(regs[0] - regs[1], axis=1)
-    print(f"m/+z vs mm/+y: mean {d.mean() * 1e3:.3f} mm, p99 {np.percentile(d, 99) * 1e3:.3f} mm, "
-          f"max {d.max() * 1e3:.3f} mm")
-    # issue 6 asks 0.5 mm. Float32 rounding of the file in m vs mm moves the optimiser's path a
-    # little; measured mean 0.09 mm, p99 0.40 mm, max 1.4 mm (at the lips, where closest points
-    # can pick either lip; 49 of 13,718 vertices are over 0.5 mm)
-    assert d.mean() < 0.0005, d.mean()
-    assert np.percentile(d, 99) < 0.0005, np.percentile(d, 99)
-    assert d.max() < 0.003, d.max()
+    return _register_case(tmp_path_factory.mktemp("m_z"), template, s, lm, "m", "+z", float64=True)
+
+
+def _apart_mm(a, b) -> tuple[float, float, float]:
+    d = np.linalg.norm(a - b, axis=1) * 1e3
+    return float(d.mean()), float(np.percentile(d, 99)), float(d.max())
+
+
+@pytest.mark.slow
+def test_same_registration_in_any_units_and_up_axis(tmp_path, template, posed_subject, registered_m_z, measured):
+    """The same scan in m/+Z, mm/+Y and cm/-Y registers the same: within 0.1 mm p99 (the spec).
+
+    The files hold float64 coordinates, so the three frames carry the same geometry; after
+    ``canonical_metres`` the registration sees the same numbers and makes the same choices, so
+    the registrations are expected to be identical on any machine (before it they were 0.5 mm
+    apart at p99 and 5 mm at the maximum: the optimiser amplifies last-bit differences)."""
+    s, lm = posed_subject
+    for units, up in (("mm", "+y"), ("cm", "-y")):
+        mean, p99, worst = _apart_mm(registered_m_z, _register_case(tmp_path, template, s, lm, units, up, True))
+        print(f"m/+z vs {units}/{up}, float64 files: mean {mean:.4f} mm, p99 {p99:.4f} mm, max {worst:.4f} mm")
+        measured(f"{units}{up} p99 mm", p99, "<", 0.1)
+        measured(f"{units}{up} max mm", worst, "<", 0.1)
+
+
+@pytest.mark.slow
+def test_float32_file_in_other_units_registers_close(tmp_path, template, posed_subject, registered_m_z, measured):
+    """A float32 file (what most tools write) in mm holds other numbers than one in m: up to
+    0.06 micron apart. The optimiser amplifies that (the spec's 0.1 mm p99 is NOT met for such
+    files): measured mean 0.05-0.12 mm, p99 0.20-1.2 mm, max 1.7-7 mm over kernels (Zen, Haswell)
+    and the m/mm/cm pairs (docs/register.md). The bounds are 2x the worst measured: they catch a
+    real frame error (a wrong axis or unit moves everything by centimetres), not the rounding."""
+    s, lm = posed_subject
+    mean, p99, worst = _apart_mm(registered_m_z, _register_case(tmp_path, template, s, lm, "mm", "+y", False))
+    print(f"m/+z float64 vs mm/+y float32: mean {mean:.3f} mm, p99 {p99:.3f} mm, max {worst:.3f} mm")
+    measured("float32 mm+y mean mm", mean, "<", 0.25)
+    measured("float32 mm+y p99 mm", p99, "<", 2.5)
+    measured("float32 mm+y max mm", worst, "<", 15.0)
 
 
 def test_too_few_landmarks_is_a_registration_error_and_nothing_is_written(tmp_path, template, posed_subject):

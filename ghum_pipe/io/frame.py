@@ -48,6 +48,19 @@ def parse_units(units: str) -> str:
     return key
 
 
+def canonical_metres(p: np.ndarray) -> np.ndarray:
+    """(..., 3) internal coordinates (metres) rounded to the nearest float32, returned as float64.
+
+    The same geometry written in metres or millimetres, +Z or +Y up, reaches the internal frame
+    with differences in the last bits of a float64 (0.001 * (1000 x) is not always x). The
+    registration's optimiser amplifies differences that small into tenths of a millimetre (see
+    docs/register.md, "Same scan, any frame"), so every scan input (points, normals, landmarks)
+    is rounded onto one grid at load: the same numbers whatever the file's frame. float32 in
+    metres keeps 0.12 microns at 2 m, what every PLY file holds anyway.
+    """
+    return np.asarray(p, dtype=np.float64).astype(np.float32).astype(np.float64)
+
+
 def rotation_to_z_up(up_file: np.ndarray) -> np.ndarray:
     """(3, 3) proper rotation R with R @ up_file = +Z: the smallest such rotation (Rodrigues).
 

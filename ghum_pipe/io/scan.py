@@ -22,7 +22,7 @@ from ghum_pipe.io.bodies import split_bodies, cell_size_m
 from ghum_pipe.io.detect import (PrincipalAxes, closeup_problem, extent_range_m, head_up_from_cut, plausible_units,
                                  principal_axes, shape_problem, vertex_weights)
 from ghum_pipe.io.formats import RawGeometry, read_geometry
-from ghum_pipe.io.frame import METRES_PER_UNIT, Frame, parse_units, parse_up
+from ghum_pipe.io.frame import METRES_PER_UNIT, Frame, canonical_metres, parse_units, parse_up
 from ghum_pipe.io.floor import Floor, find_floor
 from ghum_pipe.io.kinds import check_kind
 from ghum_pipe.io.upright import detect_up, snap_up
@@ -131,8 +131,9 @@ def load_scan(path: str | Path, units: str | None = None, up: str | None = None,
     if raw.normals is not None:
         normals = frame.to_internal_normals(raw.normals)
         length = np.linalg.norm(normals, axis=1, keepdims=True)
-        normals = np.divide(normals, length, out=np.zeros_like(normals), where=length > 0)
-    return Scan(id=path.stem, path=path, verts=frame.to_internal(raw.verts), faces=raw.faces,
+        normals = canonical_metres(np.divide(normals, length, out=np.zeros_like(normals), where=length > 0))
+    # one grid whatever the file's units and axes (canonical_metres): same scan, same numbers
+    return Scan(id=path.stem, path=path, verts=canonical_metres(frame.to_internal(raw.verts)), faces=raw.faces,
                 normals=normals, colors=raw.colors, frame=frame, uv=raw.uv, texture=raw.texture,
                 notes=notes)
 

@@ -195,7 +195,10 @@ def _metrics(template, verts, target, pairs: LandmarkPairs, fit) -> tuple[dict, 
 
 
 def read_landmarks_json(path: Path, frame) -> dict:
-    """landmarks.json (file frame and units) -> names, points (internal metres), confidence."""
+    """landmarks.json (file frame and units) -> names, points (internal metres, on the scan's
+    grid: ``io.frame.canonical_metres``), confidence."""
+    from ghum_pipe.io.frame import canonical_metres
+
     if not path.exists():
         _fail("no landmarks.json", path, "Run `ghum-pipe landmark` on this scan first")
     try:
@@ -207,7 +210,7 @@ def read_landmarks_json(path: Path, frame) -> dict:
         _fail(f"unreadable landmarks ({e})", path, HINT_LANDMARKS)
     if len(names) != len(pts) or len(conf) != len(names):
         _fail(f"{len(names)} names, {len(pts)} points, {len(conf)} confidences", path, HINT_LANDMARKS)
-    return {"names": names, "points": frame.to_internal(pts), "confidence": conf,
+    return {"names": names, "points": canonical_metres(frame.to_internal(pts)), "confidence": conf,
             "scan_kind": str(doc.get("scan_kind", "body"))}
 
 
