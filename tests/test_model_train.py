@@ -11,7 +11,7 @@ from ghum_pipe.model import GHUM, TrainConfig, ghuml_config
 
 
 @pytest.mark.slow
-def test_train_ghuml_with_dask_recovers_planted_truth(tmp_path):
+def test_train_ghuml_with_dask_recovers_planted_truth(tmp_path, measured):
     from distributed import Client, LocalCluster
 
     from ghum_pipe.model import evaluate as ev
@@ -45,7 +45,7 @@ def test_train_ghuml_with_dask_recovers_planted_truth(tmp_path):
     # on held-out poses of 2 subjects trained from 8 (0.51 when skinning was solved before D)
     removed = ev.psd_removed_fraction(model, truth["corrective"], held.pose[body], low.downsample)
     print("PSD removed (held-out poses)", removed)
-    assert removed >= 0.6, removed
+    measured("PSD removed", removed, ">=", 0.6)
     rest, joints = ev.subject_truth(work, held.subjects)
     with torch.no_grad():
         pred = model.joint_regressor(torch.as_tensor(low.downsample(rest), dtype=torch.float32)).numpy()
@@ -58,7 +58,8 @@ def test_train_ghuml_with_dask_recovers_planted_truth(tmp_path):
     planted = planted_joint_shifts(load_template())["joints"]
     jerr = np.linalg.norm(pred - joints, axis=-1)
     print("C error mm (shift-candidate joints, all)", jerr[:, planted].mean() * 1000, jerr.mean() * 1000)
-    assert jerr[:, planted].mean() < 0.0015 and jerr.mean() < 0.001
+    measured("C shift-candidate joints mm", jerr[:, planted].mean() * 1000, "<", 1.5)
+    measured("C all joints mm", jerr.mean() * 1000, "<", 1.0)
     # runtime fit of a held-out body registration (GHUML topology) from its registered pose
     i = int(np.nonzero(body)[0][1])
     target = low.downsample(held.verts[i])
