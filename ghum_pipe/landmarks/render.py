@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ghum_pipe.ops.normals import vertex_normals
+
 # A mid skin tone (sRGB 0-1): MediaPipe's person detectors were trained on photos and find
 # skin-shaded bodies far more reliably than flat grey ones.
 SKIN_RGB = (0.86, 0.67, 0.55)
@@ -183,15 +185,6 @@ class RenderResult:
         out = np.full(len(uv), np.inf)
         out[ok] = self.depth[rows[ok], cols[ok]]
         return out
-
-
-def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(V, 3) area-weighted unit vertex normals of a triangle mesh."""
-    tri = verts[faces]
-    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # length = 2 * area
-    idx = faces.reshape(-1)
-    vn = np.stack([np.bincount(idx, weights=np.repeat(fn[:, c], 3), minlength=len(verts)) for c in range(3)], 1)
-    return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
 
 
 class MeshRenderer:

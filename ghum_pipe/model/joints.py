@@ -15,11 +15,12 @@ import torch
 
 from ghum_pipe.model.config import TrainConfig
 from ghum_pipe.model.data import RegistrationSet
-from ghum_pipe.model.fitting import _lbfgs
 from ghum_pipe.model.ghum import GHUM, blend_skin, template_for
 from ghum_pipe.model.networks import skinning_weights
 from ghum_pipe.model.solvers import solve_joint_regressor
 from ghum_pipe.model.train import TrainState, _expand_face, _psd_all, model_rotmats
+from ghum_pipe.ops.diagonal import rademacher_vjps
+from ghum_pipe.ops.lbfgs import minimize_lbfgs_torch
 from ghum_pipe.template.lbs import batch_rigid_transform
 
 
@@ -104,11 +105,8 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        for _ in range(cfg.joint_probes):
-            args = [z.clone().requires_grad_(True) for z in zeros]
-            r = residual(*args)
-            probe = torch.randint(0, 2, r.shape, generator=gen).float() * 2 - 1
-            grads = torch.autograd.grad((r * probe).sum(), args)
+        args = [z.clone().requires_grad_(True) for z in zeros]
+        for grads in rademacher_vjps(lambda: residual(*args), args, cfg.joint_probes, gen):
             for d, g in zip(diag, grads):
                 d += g**2 / cfg.joint_probes
             block += grads[2][..., :, None] * grads[2][..., None, :] / cfg.joint_probes
@@ -126,7 +124,7 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
                     + cfg.joint_pose_prior * (dpose**2).sum()
                     + 1e-2 * (dlogits**2).sum())  # logits: only a weak pull, they are nuisance here
 
-        _lbfgs(q, objective, cfg.joint_iters)
+        minimize_lbfgs_torch(q, objective, cfg.joint_iters)
         for _ in range(1, cfg.joint_passes):
             # Pose correctives (a biceps bulging with the elbow bent) are local residuals that
             # no joint centre explains; least squares still leans the centres towards them
@@ -138,7 +136,7 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
                 r = residual(*(qi * si for qi, si in zip(q, scale))).norm(dim=-1)
                 sigma = 1.4826 * r[mask > 0].median().clamp_min(1e-3)
                 robust.copy_((1.0 / (1.0 + (r / (cfg.joint_robust_k * sigma)) ** 2)).sqrt()[..., None])
-            _lbfgs(q, objective, cfg.joint_iters)
+            minimize_lbfgs_torch(q, objective, cfg.joint_iters)
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
