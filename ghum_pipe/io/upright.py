@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -77,23 +78,21 @@ def flipped_profile(profile: np.ndarray) -> np.ndarray:
     return np.stack([np.concatenate([1.0 - cdf[-2::-1], [1.0]]), spread[::-1]])
 
 
+PROFILES_FILE = Path(__file__).with_name("upright_profiles.npy")
+
+
+def profiles_of(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(P, V, 3) posed meshes of one topology (+Z up) -> (P, 2, N_BINS) profiles along +Z."""
+    z = np.array([0.0, 0.0, 1.0])
+    return np.stack([axial_profile(v, vertex_weights(v, faces), z) for v in np.asarray(verts, dtype=np.float64)])
+
+
 @functools.lru_cache(maxsize=1)
 def reference_profiles() -> np.ndarray:
-    """(P, 2, N_BINS) profiles along +Z of the template in :data:`REFERENCE_POSES` (cached)."""
-    import torch
-
-    from ghum_pipe.template import load_template
-
-    t = load_template()
-    pose = torch.zeros(len(REFERENCE_POSES), t.n_joints, 3)
-    for i, rots in enumerate(REFERENCE_POSES.values()):
-        for joint, aa in rots.items():
-            pose[i, t.joint_index(joint)] = torch.tensor(aa, dtype=torch.float32)
-    with torch.no_grad():
-        verts, _ = t.pose(pose=pose)
-    z = np.array([0.0, 0.0, 1.0])
-    return np.stack([axial_profile(v, vertex_weights(v, t.faces), z)
-                     for v in verts.numpy().astype(np.float64)])
+    """(P, 2, N_BINS) profiles of the template in :data:`REFERENCE_POSES`, shipped with the
+    package (reading a scan needs no body model); ``scripts/make_upright_profiles.py`` makes
+    them from the template with :func:`profiles_of` and checks the shipped copy."""
+    return np.load(PROFILES_FILE)
 
 
 def profile_distance(profile: np.ndarray) -> float:

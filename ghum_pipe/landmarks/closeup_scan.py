@@ -32,7 +32,7 @@ from ghum_pipe.landmarks.find import (
     CLOSEUP_SURFACE_TOL_M, FACE_FOR_POSE, FoundLandmarks, View, _clear_views, _Group, _render_group,
     snap_and_collect,
 )
-from ghum_pipe.landmarks.render import MeshRenderer
+from ghum_pipe.landmarks.renderers import make_renderer
 
 HEAD_RING = 8  # pass-1 views around the head (FaceMesh needs roughly frontal views: 3 of 8 see the face)
 HEAD_RING_ELEVATION_DEG = 10.0
@@ -55,7 +55,7 @@ def find_closeup_landmarks(verts, faces, colors, kind: str, config, source="scan
     """
     timings = {"render": 0.0, "detect": 0.0, "triangulate": 0.0}
     t0 = time.perf_counter()
-    renderer = MeshRenderer(verts, faces, colors)
+    renderer = make_renderer(verts, faces, colors, config.renderer, source)
     timings["render"] += time.perf_counter() - t0
     views: list[View] = []
     if kind == "head":

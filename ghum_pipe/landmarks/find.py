@@ -32,6 +32,7 @@ from ghum_pipe.landmarks.detect import (
     HAND_TIPS, N_FACE, N_HAND, POSE_MIRROR, POSE_NAMES, FaceDetector, HandDetector, PoseDetector,
 )
 from ghum_pipe.landmarks.render import Camera, MeshRenderer, RenderResult
+from ghum_pipe.landmarks.renderers import make_renderer
 from ghum_pipe.landmarks.triangulate import (
     confidence, is_mirrored, ransac_triangulate, resolve_swaps, surface_consensus,
 )
@@ -219,7 +220,7 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
     """
     timings = {"render": 0.0, "detect": 0.0, "triangulate": 0.0}
     t0 = time.perf_counter()
-    renderer = MeshRenderer(verts, faces, colors)
+    renderer = make_renderer(verts, faces, colors, config.renderer, source)
     timings["render"] += time.perf_counter() - t0
     views: list[View] = []
 

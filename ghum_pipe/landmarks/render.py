@@ -18,8 +18,8 @@ maps to when multiplied by width/height. ``depth`` is z-depth in camera space (n
 identical to the depth ``Camera.project`` returns, so a visibility test is a direct comparison.
 
 open3d's ``RaycastingScene`` (Embree) renders a 512^2 view of a 14k-triangle body in ~10 ms on
-one core; there is no rasteriser to install and no display needed. A PyTorch3D rasteriser is
-used instead only when pytorch3d and CUDA are both importable (see ``backend``).
+one core; there is no rasteriser to install and no display needed. A PyTorch3D rasteriser on
+CUDA is opt-in (``render_p3d``, chosen by ``renderers.make_renderer``).
 """
 
 from __future__ import annotations
@@ -334,26 +334,4 @@ def render_mesh(
         c = (lo + hi) / 2
         dist = 1.3 * np.max(hi - lo) / (2 * np.tan(np.deg2rad(20)))
         camera = Camera.look_at(c - np.array([0, dist, 0]), c, fov_deg=40, size=512)
-    return backend().render(verts, faces, colors, camera, light)
-
-
-class _Open3DBackend:
-    @staticmethod
-    def render(verts, faces, colors, camera, light):
-        return MeshRenderer(verts, faces, colors).render(camera, light)
-
-
-def backend():
-    """The rendering backend: PyTorch3D's rasteriser when pytorch3d and CUDA are importable
-    (see ``render_p3d``), else open3d ray casting. Both return the same ``RenderResult``."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            import pytorch3d  # noqa: F401
-            from ghum_pipe.landmarks import render_p3d
-
-            return render_p3d.PyTorch3DBackend
-    except ImportError:
-        pass
-    return _Open3DBackend
+    return MeshRenderer(verts, faces, colors).render(camera, light)
