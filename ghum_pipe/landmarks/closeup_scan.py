@@ -1,4 +1,4 @@
-"""Landmarks on a head or hand close-up scan (issue 8): the region alone, no body around it.
+"""Landmarks on a head or hand close-up scan: the region alone, no body around it.
 
 The body path (find.py) aims its close-up cameras from the body's triangulated Pose points. A
 close-up scan has no body, so the cameras are placed from the region's own geometry, then the
