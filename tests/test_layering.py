@@ -18,6 +18,13 @@ KNOWN_CYCLES = {
     frozenset({"ghum_pipe.model.joints", "ghum_pipe.model.train"}),  # joints <-> train on private names
     frozenset({"ghum_pipe.register.region", "ghum_pipe.register.stage"}),  # the two registration drivers
 }
+# Private names (_x) imported from another module, owned by the same work in flight.
+KNOWN_PRIVATE_IMPORTS = {
+    ("ghum_pipe.model.joints", "ghum_pipe.model.train", "_expand_face"),
+    ("ghum_pipe.model.joints", "ghum_pipe.model.train", "_psd_all"),
+    ("ghum_pipe.register.region", "ghum_pipe.register.stage", "_metrics"),
+    ("ghum_pipe.synth.mannequin", "ghum_pipe.synth.scanner", "_drop_islands"),
+}
 # Downward imports of synth that other work in flight removes (evaluate reads the planted truth).
 KNOWN_SYNTH_USERS = {"ghum_pipe.model.evaluate"}
 
@@ -58,6 +65,17 @@ def import_graph() -> dict[str, set[str]]:
                     deps.add(target)
         graph[mod] = deps
     return graph
+
+
+def private_imports() -> set[tuple[str, str, str]]:
+    """(importer, module, name) for every ``from ghum_pipe.x import _name``."""
+    out = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ghum_pipe"):
+                out |= {(_module_name(path), node.module, a.name) for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")}
+    return out
 
 
 def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
@@ -111,6 +129,12 @@ def test_no_import_cycles_between_modules():
     gone = [sorted(c) for c in KNOWN_CYCLES - found]
     assert not new, f"import cycles: {new}"
     assert not gone, f"no longer cycles, remove from KNOWN_CYCLES: {gone}"
+
+
+def test_no_private_name_crosses_a_module_boundary():
+    found = private_imports()
+    assert not found - KNOWN_PRIVATE_IMPORTS, f"private names imported: {sorted(found - KNOWN_PRIVATE_IMPORTS)}"
+    assert not KNOWN_PRIVATE_IMPORTS - found, f"gone, remove from the list: {sorted(KNOWN_PRIVATE_IMPORTS - found)}"
 
 
 def test_io_needs_no_body_model_and_ops_is_pure():

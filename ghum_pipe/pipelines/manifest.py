@@ -39,7 +39,7 @@ from typing import Iterable
 from filelock import FileLock, Timeout
 
 from ghum_pipe.errors import GhumPipeError
-from ghum_pipe.io.atomic import _json_default, atomic_path
+from ghum_pipe.io.atomic import json_default, atomic_path
 
 FORMAT = 1
 MANIFEST_NAME = "manifest.json"
@@ -136,7 +136,7 @@ class Manifest:
     def save(self) -> None:
         """Write atomically, one scan per line (``grep ID W/manifest.json`` shows a scan; tens of
         thousands of scans stay a few MB per stage and quick to rewrite)."""
-        compact = {"separators": (",", ":"), "default": _json_default}
+        compact = {"separators": (",", ":"), "default": json_default}
         lines = [f'{{"format":{FORMAT},', f'"configs":{json.dumps(self.configs, **compact)},', '"scans":{']
         items = [f"{json.dumps(i)}:{json.dumps(self.scans[i], **compact)}" for i in sorted(self.scans)]
         lines.append(",\n".join(items))
