@@ -81,20 +81,16 @@ def fit_poses(model, target: torch.Tensor, mask: torch.Tensor, rest: torch.Tenso
     learning rate). Returns the new pose and translation (detached)."""
     pose = pose.clone().requires_grad_(True)
     translation = translation.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([pose, translation], lr=1.0, max_iter=iters, history_size=10,
-                            line_search_fn="strong_wolfe")
     for p in model.parameters():
         p.requires_grad_(False)
 
-    def closure():
-        opt.zero_grad()
+    def objective():
         verts, _ = model.articulate(rest, pose, expression, translation)
-        loss = masked_sq_error(verts, target, mask) * 1e4 * target.shape[0]  # cm^2, summed over scans
-        loss.backward()
-        return loss
+        return masked_sq_error(verts, target, mask) * 1e4 * target.shape[0]  # cm^2, summed over scans
 
     try:
-        opt.step(closure)
+        minimize_lbfgs_torch([pose, translation], objective, iters, history_size=10, tolerance_grad=1e-7,
+                             tolerance_change=1e-9)  # torch's default tolerances: stop once flat
     finally:
         for p in model.parameters():
             p.requires_grad_(True)

@@ -61,12 +61,15 @@ def minimize_lbfgs(tensors: Sequence[torch.Tensor], loss_fn: Callable[[], torch.
 
 
 def minimize_lbfgs_torch(params: Sequence[torch.Tensor], loss_fn: Callable[[], torch.Tensor], iters: int,
-                         history_size: int = 20) -> None:
+                         history_size: int = 20, tolerance_grad: float = 1e-12,
+                         tolerance_change: float = 1e-15) -> None:
     """Minimise ``loss_fn()`` over ``params`` (leaf tensors with ``requires_grad``), in place, by
-    ``torch.optim.LBFGS`` with a strong-Wolfe line search; tolerances at 0 so it runs its ``iters``
-    iterations unless the line search stalls."""
+    ``torch.optim.LBFGS`` with a strong-Wolfe line search. The default tolerances are ~0, so it
+    runs its ``iters`` iterations unless the line search stalls; torch's own (1e-7, 1e-9) stop
+    early once the loss is flat."""
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iters, history_size=history_size,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-15)
+                            line_search_fn="strong_wolfe", tolerance_grad=tolerance_grad,
+                            tolerance_change=tolerance_change)
 
     def closure():
         opt.zero_grad()
