@@ -142,7 +142,8 @@ def test_io_needs_no_body_model_and_ops_is_pure():
     below = ("ghum_pipe.template", "ghum_pipe.model", "ghum_pipe.register", "ghum_pipe.landmarks",
              "ghum_pipe.synth", "ghum_pipe.pipelines", "ghum_pipe.cli")
     assert _reaches(g, "ghum_pipe.io", below) == []
-    assert _reaches(g, "ghum_pipe.ops", ("ghum_pipe",)) == [], "ops imports nothing of the package"
+    outside = [(m, d) for m, d in _reaches(g, "ghum_pipe.ops", ("ghum_pipe",)) if not d.startswith("ghum_pipe.ops")]
+    assert outside == [], "ops imports nothing of the package outside ops"
 
 
 def test_synth_sits_on_top():

@@ -7,3 +7,11 @@
 
 Each function states the shapes and units it takes; none reads files, logs or holds state.
 """
+
+from ghum_pipe.ops.diagonal import gauss_newton_diagonal, jacobi_step_sizes, rademacher_vjps
+from ghum_pipe.ops.lbfgs import minimize_lbfgs, minimize_lbfgs_torch
+from ghum_pipe.ops.normals import face_normals, vertex_normals, vertex_normals_torch
+from ghum_pipe.ops.procrustes import procrustes, umeyama
+
+__all__ = ["face_normals", "gauss_newton_diagonal", "jacobi_step_sizes", "minimize_lbfgs", "minimize_lbfgs_torch",
+           "procrustes", "rademacher_vjps", "umeyama", "vertex_normals", "vertex_normals_torch"]
