@@ -1,4 +1,4 @@
-"""Landmark accuracy and speed on synthetic scans with ground truth (issue 5's targets).
+"""Landmark accuracy and speed on synthetic scans with ground truth, against the stage's targets.
 
 Scans come from ``ghum-pipe synth`` (made once, reused): A-pose, posed, posed in millimetres,
 posed with +Y up, and the primitive mannequin of another topology (``--other-model``, metres,

@@ -88,6 +88,11 @@ def _in_work_dir(cluster, work: Path):
     return cluster
 
 
+renderer_option = click.option(
+    "--renderer", type=click.Choice(["open3d", "pytorch3d"]), default="open3d", show_default=True,
+    help="Landmark views: open3d ray casting (CPU), or PyTorch3D rasterisation (opt-in, needs CUDA).")
+
+
 def _run_stages(stages, scans, work, cluster, retries, force, only, units, up, verbose, quiet, extra_configs=None):
     """Shared body of the batch commands: run, print failures and the summary, return the result."""
     from ghum_pipe.pipelines.runner import run_batch
@@ -153,15 +158,17 @@ def ingest(scans, work, cluster, **kw):
 
 @main.command()
 @click.argument("scans", nargs=-1, required=True, type=click.Path(path_type=Path))
+@renderer_option
 @batch_options
-def landmark(scans, work, cluster, **kw):
+def landmark(scans, renderer, work, cluster, **kw):
     """Detect 3D landmarks on scans: render, MediaPipe, triangulate (W/scans/<id>/landmarks.json).
 
     \b
     Example:
       ghum-pipe landmark scans/*.ply --work W --workers 2
     """
-    _exit_for(_run_stages(("landmark",), scans, work, cluster, **kw))
+    extra = {"landmark": {"renderer": renderer}}
+    _exit_for(_run_stages(("landmark",), scans, work, cluster, extra_configs=extra, **kw))
 
 
 @main.command()
@@ -188,8 +195,9 @@ def register(scans, device, lowres, work, cluster, **kw):
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Torch device for registration.")
 @click.option("--lowres", is_flag=True, help="Also write the GHUML low-res registration.")
 @click.option("--no-report", is_flag=True, help="Do not write W/report at the end.")
+@renderer_option
 @batch_options
-def run(scans, device, lowres, no_report, work, cluster, **kw):
+def run(scans, device, lowres, no_report, renderer, work, cluster, **kw):
     """The whole pipeline: ingest -> landmark -> register -> report.
 
     \b
@@ -199,7 +207,7 @@ def run(scans, device, lowres, no_report, work, cluster, **kw):
     """
     from ghum_pipe.pipelines.cluster import ClientSession
 
-    extra = {"register": {"device": device, "lowres": lowres or None}}
+    extra = {"register": {"device": device, "lowres": lowres or None}, "landmark": {"renderer": renderer}}
     with ClientSession(_in_work_dir(cluster, work)) as session:  # one cluster for the batch and the report's images
         result = _run_stages(("ingest", "landmark", "register"), scans, work, session, extra_configs=extra, **kw)
         if not no_report and not result.interrupted:

@@ -1,4 +1,4 @@
-"""Close-up head and hand scans (issue 8): kinds, ingest, landmarks and region registration.
+"""Close-up head and hand scans: kinds, ingest, landmarks and region registration.
 
 The end-to-end test makes a synthetic head close-up (mm, +Y up, with an expression) and a right
 hand close-up (m, +Z up, curled fingers) with ``ghum_pipe.synth``, runs the two commands a user

@@ -1,5 +1,7 @@
 """Renderer and cameras on known geometry (fast: no MediaPipe)."""
 
+import re
+
 import numpy as np
 import pytest
 import trimesh
@@ -8,6 +10,8 @@ from ghum_pipe.errors import LandmarkError
 from ghum_pipe.landmarks.cameras import body_ring, hand_cameras, head_cameras
 from ghum_pipe.landmarks.pointcloud import mesh_point_cloud
 from ghum_pipe.landmarks.render import BACKGROUND_RGB, Camera, MeshRenderer, render_mesh
+from ghum_pipe.landmarks.renderers import make_renderer, pytorch3d_unavailable
+from ghum_pipe.landmarks.stage import LandmarkConfig
 
 
 def _sphere(radius=0.5, centre=(0.0, 0.0, 1.0)):
@@ -128,26 +132,29 @@ def test_dense_point_cloud_meshes():
     np.testing.assert_allclose(np.linalg.norm(v[used] - [0, 0, 1], axis=1), 0.5, atol=0.01)
 
 
-def _has_p3d_cuda() -> bool:
-    try:
-        import pytorch3d  # noqa: F401
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
-@pytest.mark.skipif(not _has_p3d_cuda(), reason="the PyTorch3D backend needs pytorch3d and CUDA")
+@pytest.mark.skipif(pytorch3d_unavailable() is not None, reason="the PyTorch3D renderer needs pytorch3d and CUDA")
 def test_backends_agree():
-    from ghum_pipe.landmarks.render_p3d import PyTorch3DBackend
     from ghum_pipe.landmarks.render import Light
+    from ghum_pipe.landmarks.render_p3d import RasterisedMeshRenderer
 
     verts, faces = _sphere()
     cam = Camera.look_at(eye=(0.3, -3, 1.4), target=(0, 0, 1), fov_deg=30, size=(200, 256))
     a = MeshRenderer(verts, faces).render(cam)
-    b = PyTorch3DBackend.render(verts, faces, None, cam, Light())
+    b = RasterisedMeshRenderer(verts, faces).render(cam, Light())
     both = a.mask & b.mask
     assert (a.mask != b.mask).mean() < 0.01  # silhouettes differ by at most edge pixels
     np.testing.assert_allclose(a.depth[both], b.depth[both], atol=2e-3)
     assert np.abs(a.rgb[both].astype(int) - b.rgb[both].astype(int)).mean() < 3
+
+
+def test_renderer_is_open3d_unless_asked_and_pytorch3d_is_refused_where_it_cannot_run():
+    verts, faces = _sphere()
+    assert type(make_renderer(verts, faces)) is MeshRenderer  # whatever the machine has
+    assert LandmarkConfig().renderer == "open3d"
+    why = pytorch3d_unavailable()
+    if why is None:
+        pytest.skip("pytorch3d and CUDA are here: test_backends_agree checks that renderer")
+    with pytest.raises(LandmarkError, match=f"s.ply: the pytorch3d renderer cannot run: {re.escape(why)}"):
+        make_renderer(verts, faces, renderer="pytorch3d", source="s.ply")
+    with pytest.raises(ValueError, match="renderer must be one of"):
+        make_renderer(verts, faces, renderer="opengl")

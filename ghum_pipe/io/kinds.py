@@ -1,4 +1,4 @@
-"""What a scan shows: a whole body, or a close-up of the head or of one hand (issue 8, filter F).
+"""What a scan shows: a whole body, or a close-up of the head or of one hand (filter F).
 
 GHUM trains on whole-body scans plus head and hand close-ups; a close-up is registered only over
 its template region (``Template.masks[kind]``) and the model learns only that region from it.

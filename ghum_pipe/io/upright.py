@@ -10,17 +10,10 @@
   gyration of the slice about its centre, over the length). The distance to a reference is the
   earth mover's distance of the area distributions (mean |CDF difference|) plus
   SPREAD_WEIGHT x the mean |spread difference|, both in fractions of the length. References:
-  the template in a few standing poses (:data:`REFERENCE_POSES`); the reading direction
-  nearer to its closest reference is up.
-
-  Measured margins (distance of the wrong reading minus the right one, on the body's long
-  axis): >= 0.019 on eight held-out template poses on random shapes (tests/test_io_detect.py;
-  one raised arm is the hardest, median 0.11), and >= 0.029 (median 0.084) on 27 synthetic
-  ring-scanner scans: posed meshes and point clouds and a primitive mannequin of another
-  topology (bench/io_ingest.py makes such scans). Simpler cues fail on real scans: the area in
-  the last 5 % of the height (two flat feet vs a skull cap, 2.6x on the closed template)
-  pointed the wrong way on 5 of 12 posed scans (soles unseen, raised hands); the area profile
-  alone had a margin of 0.001 with one arm raised.
+  the template in a few standing poses (:data:`REFERENCE_POSES`, shipped as data so that
+  reading a scan needs no body model); the reading direction nearer to its closest reference is up.
+  How wide its margins are on held-out poses and scans, and which simpler cues failed:
+  docs/register.md, "Before the fit: units and up axis".
 * Snapping: scanners write axis-aligned frames, and a posed body's long axis leans (up to
   21 deg on the synthetic scans: a forward bend with raised arms), so an axis within SNAP_DEG
   of a file axis is taken to be that axis; otherwise the exact direction is kept.
@@ -30,6 +23,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -77,23 +71,21 @@ def flipped_profile(profile: np.ndarray) -> np.ndarray:
     return np.stack([np.concatenate([1.0 - cdf[-2::-1], [1.0]]), spread[::-1]])
 
 
+PROFILES_FILE = Path(__file__).with_name("upright_profiles.npy")
+
+
+def profiles_of(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(P, V, 3) posed meshes of one topology (+Z up) -> (P, 2, N_BINS) profiles along +Z."""
+    z = np.array([0.0, 0.0, 1.0])
+    return np.stack([axial_profile(v, vertex_weights(v, faces), z) for v in np.asarray(verts, dtype=np.float64)])
+
+
 @functools.lru_cache(maxsize=1)
 def reference_profiles() -> np.ndarray:
-    """(P, 2, N_BINS) profiles along +Z of the template in :data:`REFERENCE_POSES` (cached)."""
-    import torch
-
-    from ghum_pipe.template import load_template
-
-    t = load_template()
-    pose = torch.zeros(len(REFERENCE_POSES), t.n_joints, 3)
-    for i, rots in enumerate(REFERENCE_POSES.values()):
-        for joint, aa in rots.items():
-            pose[i, t.joint_index(joint)] = torch.tensor(aa, dtype=torch.float32)
-    with torch.no_grad():
-        verts, _ = t.pose(pose=pose)
-    z = np.array([0.0, 0.0, 1.0])
-    return np.stack([axial_profile(v, vertex_weights(v, t.faces), z)
-                     for v in verts.numpy().astype(np.float64)])
+    """(P, 2, N_BINS) profiles of the template in :data:`REFERENCE_POSES`, shipped with the
+    package (reading a scan needs no body model); ``scripts/make_upright_profiles.py`` makes
+    them from the template with :func:`profiles_of` and checks the shipped copy."""
+    return np.load(PROFILES_FILE)
 
 
 def profile_distance(profile: np.ndarray) -> float:

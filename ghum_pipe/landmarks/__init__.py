@@ -4,6 +4,8 @@ Modules (pure cores; ``stage`` is the thin per-scan shell the Dask runner calls)
 
 - ``render``: ``Camera`` (pinhole, OpenCV convention), ``MeshRenderer`` / ``render_mesh`` ->
   ``RenderResult`` (rgb, z-depth, triangle ids, barycentrics) on open3d ray casting.
+- ``renderers``: ``make_renderer(..., renderer="open3d"|"pytorch3d")``; ``render_p3d``: the
+  opt-in PyTorch3D rasteriser (CUDA).
 - ``cameras``: the two-height body ring and the head / hand close-ups.
 - ``detect``: ``PoseDetector``, ``FaceDetector``, ``HandDetector`` -> ``Detection2D``.
 - ``triangulate``: DLT, RANSAC over views, left/right swap resolution, surface consensus.

@@ -1,8 +1,8 @@
-"""Landmarks on a head or hand close-up scan (issue 8): the region alone, no body around it.
+"""Landmarks on a head or hand close-up scan: the region alone, no body around it.
 
 The body path (find.py) aims its close-up cameras from the body's triangulated Pose points. A
 close-up scan has no body, so the cameras are placed from the region's own geometry, then the
-same detectors and the same robust triangulation run (``find._Group``: surface consensus, DLT +
+same detectors and the same robust triangulation run (``find.LandmarkGroup``: surface consensus, DLT +
 RANSAC), and the output has the same names as on a body scan, so the register stage's
 ``match_landmarks`` pairs them with the template's definitions unchanged:
 
@@ -29,10 +29,10 @@ from ghum_pipe.errors import LandmarkError
 from ghum_pipe.landmarks import cameras as camera_rig
 from ghum_pipe.landmarks.detect import HAND_TIPS, N_FACE, N_HAND, FaceDetector, HandDetector
 from ghum_pipe.landmarks.find import (
-    CLOSEUP_SURFACE_TOL_M, FACE_FOR_POSE, FoundLandmarks, View, _clear_views, _Group, _render_group,
+    CLOSEUP_SURFACE_TOL_M, FACE_FOR_POSE, FoundLandmarks, LandmarkGroup, View, clear_views, render_group,
     snap_and_collect,
 )
-from ghum_pipe.landmarks.render import MeshRenderer
+from ghum_pipe.landmarks.renderers import make_renderer
 
 HEAD_RING = 8  # pass-1 views around the head (FaceMesh needs roughly frontal views: 3 of 8 see the face)
 HEAD_RING_ELEVATION_DEG = 10.0
@@ -55,7 +55,7 @@ def find_closeup_landmarks(verts, faces, colors, kind: str, config, source="scan
     """
     timings = {"render": 0.0, "detect": 0.0, "triangulate": 0.0}
     t0 = time.perf_counter()
-    renderer = MeshRenderer(verts, faces, colors)
+    renderer = make_renderer(verts, faces, colors, config.renderer, source)
     timings["render"] += time.perf_counter() - t0
     views: list[View] = []
     if kind == "head":
@@ -69,11 +69,11 @@ def find_closeup_landmarks(verts, faces, colors, kind: str, config, source="scan
                             person_views=n_seen, body_views=n_views, swapped_views=0)
 
 
-def _face_pass(renderer, cams, config, views, timings) -> tuple[_Group, tuple]:
+def _face_pass(renderer, cams, config, views, timings) -> tuple[LandmarkGroup, tuple]:
     """FaceMesh on the views ``cams`` -> the face group and its triangulation (X, inliers, rms, conf)."""
-    face = _Group([f"face_{i}" for i in range(N_FACE)], ["surface"] * N_FACE,
+    face = LandmarkGroup([f"face_{i}" for i in range(N_FACE)], ["surface"] * N_FACE,
                   config.closeup_thr_frac * config.closeup_size, CLOSEUP_SURFACE_TOL_M, renderer)
-    for r, det in _render_group(renderer, cams, face, FaceDetector(), views, "head", timings, config.face_colors):
+    for r, det in render_group(renderer, cams, face, FaceDetector(), views, "head", timings, config.face_colors):
         face.add(r, None if det is None else det.uv, None if det is None else det.score)
     t0 = time.perf_counter()
     tri = face.triangulate(config.min_score)
@@ -108,7 +108,7 @@ def _head(renderer, verts, config, views, timings, source):
     forward /= np.linalg.norm(forward)
     # pass 2: the body path's face close-ups, aimed as if from Pose's head points
     cands = camera_rig.head_cameras(face_centre[None] + 0.03 * forward, forward, size=config.closeup_size)
-    cams = _clear_views(renderer, cands, X1[[i for i in FACE_FOR_POSE.values() if found[i]]].reshape(-1, 3),
+    cams = clear_views(renderer, cands, X1[[i for i in FACE_FOR_POSE.values() if found[i]]].reshape(-1, 3),
                         config.face_views)
     face, (X, inl, rms, conf) = _face_pass(renderer, cams, config, views, timings)
     # Pose's face names from FaceMesh, as the body path does
@@ -158,9 +158,9 @@ def _hand_views(renderer, verts, centre, finger, normal, side, config, views, ti
     dirs = [camera_rig.rotate_about(normal, finger, np.deg2rad(a)) for a in HAND_VIEW_ANGLES]
     cams = [camera_rig.closeup(centre, d, HAND_EXTENT_M, size=config.closeup_size, up=finger) for d in dirs]
     hand_kinds = ["surface" if i in HAND_TIPS else "interior" for i in range(N_HAND)]
-    hand = _Group([f"{side}_hand_{i}" for i in range(N_HAND)], hand_kinds,
+    hand = LandmarkGroup([f"{side}_hand_{i}" for i in range(N_HAND)], hand_kinds,
                   config.closeup_thr_frac * config.closeup_size, CLOSEUP_SURFACE_TOL_M, renderer)
-    rendered = _render_group(renderer, cams, hand, HandDetector(), views, f"{side}_hand", timings, config.body_colors)
+    rendered = render_group(renderer, cams, hand, HandDetector(), views, f"{side}_hand", timings, config.body_colors)
     n_seen = 0
     for k, (r, det) in enumerate(rendered):
         wrist_uv, _ = r.camera.project(wrist[None])

@@ -10,7 +10,7 @@ convention is then the same on both sides, and what remains is the error of find
 this scan. Surface points (face, fingertips) are compared on the surface, interior points at the
 joint-centre depth the definition carries.
 
-Groups (the targets of issue 5): body = the COCO-17 names (MediaPipe names for the same points);
+Groups (the stage's accuracy targets): body = the COCO-17 names (MediaPipe names for the same points);
 face = eye corners, nose tip and mouth corners of FaceMesh; hands = wrist and five fingertips.
 """
 

@@ -32,6 +32,7 @@ from ghum_pipe.landmarks.detect import (
     HAND_TIPS, N_FACE, N_HAND, POSE_MIRROR, POSE_NAMES, FaceDetector, HandDetector, PoseDetector,
 )
 from ghum_pipe.landmarks.render import Camera, MeshRenderer, RenderResult
+from ghum_pipe.landmarks.renderers import make_renderer
 from ghum_pipe.landmarks.triangulate import (
     confidence, is_mirrored, ransac_triangulate, resolve_swaps, surface_consensus,
 )
@@ -96,7 +97,7 @@ class FoundLandmarks:
         return self.points[self.names.index(name)]
 
 
-class _Group:
+class LandmarkGroup:
     """Observations of one landmark group across its views, triangulated together."""
 
     def __init__(self, names, kinds, thr_px, surface_tol_m, renderer: MeshRenderer):
@@ -161,7 +162,7 @@ class _Group:
         return X, inl, rms, confidence(inl, rms, self.thr_px, score)
 
 
-def _clear_views(renderer: MeshRenderer, cands: list[Camera], targets: np.ndarray, n: int) -> list[Camera]:
+def clear_views(renderer: MeshRenderer, cands: list[Camera], targets: np.ndarray, n: int) -> list[Camera]:
     """The first ``n`` candidate cameras from which all (K, 3) ``targets`` are in plain sight
     (nothing else of the mesh in between), topped up with the rest in order if too few are."""
     eyes = np.stack([c.center for c in cands])
@@ -170,7 +171,9 @@ def _clear_views(renderer: MeshRenderer, cands: list[Camera], targets: np.ndarra
     return [cands[i] for i in order[:n]]
 
 
-def _render_group(renderer, cams, group, detector, views, tag, timings, use_colors=True):
+def render_group(renderer, cams, group, detector, views, tag, timings, use_colors=True):
+    """Render ``cams`` and run ``detector`` on each image; appends the views (tagged ``tag``) to
+    ``views``, adds the time to ``timings`` and returns [(RenderResult, Detection2D | None)]."""
     out = []
     for cam in cams:
         t0 = time.perf_counter()
@@ -219,7 +222,7 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
     """
     timings = {"render": 0.0, "detect": 0.0, "triangulate": 0.0}
     t0 = time.perf_counter()
-    renderer = MeshRenderer(verts, faces, colors)
+    renderer = make_renderer(verts, faces, colors, config.renderer, source)
     timings["render"] += time.perf_counter() - t0
     views: list[View] = []
 
@@ -227,8 +230,8 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
     ring = camera_rig.body_ring(verts, config.ring_views, config.upper_ring_views, fov_deg=config.fov_deg,
                                 size=config.body_size)
     kinds = ["surface" if n in SURFACE_POSE else "interior" for n in POSE_NAMES]
-    body = _Group(POSE_NAMES, kinds, config.body_thr_frac * config.body_size, BODY_SURFACE_TOL_M, renderer)
-    for r, det in _render_group(renderer, ring, body, PoseDetector(), views, "body", timings, config.body_colors):
+    body = LandmarkGroup(POSE_NAMES, kinds, config.body_thr_frac * config.body_size, BODY_SURFACE_TOL_M, renderer)
+    for r, det in render_group(renderer, ring, body, PoseDetector(), views, "body", timings, config.body_colors):
         body.add(r, None if det is None else det.uv, None if det is None else det.score)
     person = [v for v in views if v.uv is not None]
     if len(person) < config.min_person_views:
@@ -265,10 +268,10 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
     if config.face and forward is not None and len(head_pts):
         cands = camera_rig.head_cameras(head_pts, forward, size=config.closeup_size)
         face_pts = np.array([p[n] for n in HEAD_POSE if "ear" not in n and np.isfinite(p[n]).all()]).reshape(-1, 3)
-        cams = _clear_views(renderer, cands, face_pts, config.face_views)  # ears are round the side
-        face = _Group([f"face_{i}" for i in range(N_FACE)], ["surface"] * N_FACE,
+        cams = clear_views(renderer, cands, face_pts, config.face_views)  # ears are round the side
+        face = LandmarkGroup([f"face_{i}" for i in range(N_FACE)], ["surface"] * N_FACE,
                       config.closeup_thr_frac * config.closeup_size, CLOSEUP_SURFACE_TOL_M, renderer)
-        for r, det in _render_group(renderer, cams, face, FaceDetector(), views, "head", timings,
+        for r, det in render_group(renderer, cams, face, FaceDetector(), views, "head", timings,
                                     config.face_colors):
             face.add(r, None if det is None else det.uv, None if det is None else det.score)
         t0 = time.perf_counter()
@@ -292,10 +295,10 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
             if not all(np.isfinite(a).all() for a in (w, e, ix, pk)):
                 continue
             cands = camera_rig.hand_cameras(w, ix, pk, e, size=config.closeup_size)
-            cams = _clear_views(renderer, cands, camera_rig.hand_centre(w, ix, pk, e)[None], config.hand_views)
-            hand = _Group([f"{side}_hand_{i}" for i in range(N_HAND)], hand_kinds,
+            cams = clear_views(renderer, cands, camera_rig.hand_centre(w, ix, pk, e)[None], config.hand_views)
+            hand = LandmarkGroup([f"{side}_hand_{i}" for i in range(N_HAND)], hand_kinds,
                           config.closeup_thr_frac * config.closeup_size, CLOSEUP_SURFACE_TOL_M, renderer)
-            rendered = _render_group(renderer, cams, hand, HandDetector(), views, f"{side}_hand", timings,
+            rendered = render_group(renderer, cams, hand, HandDetector(), views, f"{side}_hand", timings,
                                      config.body_colors)
             for k, (r, det) in enumerate(rendered):
                 wrist_uv, _ = r.camera.project(w[None])

@@ -18,8 +18,8 @@ maps to when multiplied by width/height. ``depth`` is z-depth in camera space (n
 identical to the depth ``Camera.project`` returns, so a visibility test is a direct comparison.
 
 open3d's ``RaycastingScene`` (Embree) renders a 512^2 view of a 14k-triangle body in ~10 ms on
-one core; there is no rasteriser to install and no display needed. A PyTorch3D rasteriser is
-used instead only when pytorch3d and CUDA are both importable (see ``backend``).
+one core; there is no rasteriser to install and no display needed. A PyTorch3D rasteriser on
+CUDA is opt-in (``render_p3d``, chosen by ``renderers.make_renderer``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ghum_pipe.ops.normals import vertex_normals
 
 # A mid skin tone (sRGB 0-1): MediaPipe's person detectors were trained on photos and find
 # skin-shaded bodies far more reliably than flat grey ones.
@@ -185,15 +187,6 @@ class RenderResult:
         return out
 
 
-def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(V, 3) area-weighted unit vertex normals of a triangle mesh."""
-    tri = verts[faces]
-    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # length = 2 * area
-    idx = faces.reshape(-1)
-    vn = np.stack([np.bincount(idx, weights=np.repeat(fn[:, c], 3), minlength=len(verts)) for c in range(3)], 1)
-    return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
-
-
 class MeshRenderer:
     """A mesh prepared for many views: the ray-casting BVH and normals are built once.
 
@@ -341,26 +334,4 @@ def render_mesh(
         c = (lo + hi) / 2
         dist = 1.3 * np.max(hi - lo) / (2 * np.tan(np.deg2rad(20)))
         camera = Camera.look_at(c - np.array([0, dist, 0]), c, fov_deg=40, size=512)
-    return backend().render(verts, faces, colors, camera, light)
-
-
-class _Open3DBackend:
-    @staticmethod
-    def render(verts, faces, colors, camera, light):
-        return MeshRenderer(verts, faces, colors).render(camera, light)
-
-
-def backend():
-    """The rendering backend: PyTorch3D's rasteriser when pytorch3d and CUDA are importable
-    (see ``render_p3d``), else open3d ray casting. Both return the same ``RenderResult``."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            import pytorch3d  # noqa: F401
-            from ghum_pipe.landmarks import render_p3d
-
-            return render_p3d.PyTorch3DBackend
-    except ImportError:
-        pass
-    return _Open3DBackend
+    return MeshRenderer(verts, faces, colors).render(camera, light)

@@ -1,27 +1,28 @@
-"""Optional PyTorch3D rasteriser backend (used by ``render.backend()`` only when pytorch3d and
-CUDA are importable). It rasterises with PyTorch3D and shades with the same code as the open3d
-path, so both backends return identical ``RenderResult`` conventions (OpenCV camera, z-depth,
-pixel centres at +0.5).
+"""PyTorch3D rasteriser for the landmark renders (opt-in: ``LandmarkConfig.renderer="pytorch3d"``,
+``ghum-pipe landmark --renderer pytorch3d``; needs pytorch3d and CUDA).
 
-Not exercised in CI (no pytorch3d/CUDA there): on a GPU machine, check it against open3d with
-``tests/test_landmarks_render.py::test_backends_agree`` which runs only when CUDA is present.
+It rasterises with PyTorch3D and shades with the same code as the open3d path, so both return
+identical ``RenderResult`` conventions (OpenCV camera, z-depth, pixel centres at +0.5); the
+occlusion and closest-point queries stay on open3d's BVH. Not exercised in CI (no CUDA there):
+on a GPU machine ``scripts/gpu_check.py`` compares the landmarks of both renderers and
+``tests/test_landmarks_render.py::test_backends_agree`` their images.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ghum_pipe.landmarks.render import Camera, Light, MeshRenderer, RenderResult
+from ghum_pipe.landmarks.render import Camera, MeshRenderer
 
 
-class _RasterisedMesh(MeshRenderer):
-    """``MeshRenderer`` whose ``cast`` rasterises on the GPU instead of ray casting."""
+class RasterisedMeshRenderer(MeshRenderer):
+    """``MeshRenderer`` whose ``cast`` rasterises on a CUDA device instead of ray casting."""
 
-    def __init__(self, verts, faces, colors=None):  # no BVH: skip open3d
+    def __init__(self, verts, faces, colors=None, device="cuda"):
         import torch
 
-        self._set_surface(verts, faces, colors)
-        self._device = torch.device("cuda")
+        super().__init__(verts, faces, colors)
+        self._device = torch.device(device)
 
     def cast(self, camera: Camera):
         import torch
@@ -41,9 +42,3 @@ class _RasterisedMesh(MeshRenderer):
         miss = tri_id < 0
         depth[miss], bary[miss] = np.inf, 0.0
         return depth, tri_id, bary
-
-
-class PyTorch3DBackend:
-    @staticmethod
-    def render(verts, faces, colors, camera: Camera, light: Light) -> RenderResult:
-        return _RasterisedMesh(verts, faces, colors).render(camera, light)

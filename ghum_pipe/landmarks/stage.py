@@ -41,6 +41,8 @@ class LandmarkConfig:
     # body | head | hand_left | hand_right; None = from kinds.csv next to the scan or the id suffix
     # (ghum_pipe.io.kinds; the batch runner sets it per scan). Close-ups: landmarks/closeup_scan.py
     kind: str | None = None
+    # open3d ray casting on the CPU, or pytorch3d rasterisation on CUDA (opt-in; landmarks/renderers.py)
+    renderer: str = "open3d"
 
     def to_dict(self) -> dict:
         return asdict(self)

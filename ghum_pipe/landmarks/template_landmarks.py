@@ -215,16 +215,11 @@ def load_template_landmarks(template=None) -> TemplateLandmarks:
     if str(path) in _LOADED:
         return _LOADED[str(path)]
     if not path.exists():
-        import fcntl
+        from ghum_pipe.template.template import build_lock
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if not path.exists():  # another process may have built it while we waited
-                    log.info("building template landmarks into %s (once)", path)
-                    build_template_landmarks(template).save(path)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with build_lock(path):
+            if not path.exists():  # another process may have built it while we waited
+                log.info("building template landmarks into %s (once)", path)
+                build_template_landmarks(template).save(path)
     _LOADED[str(path)] = TemplateLandmarks.load(path)
     return _LOADED[str(path)]

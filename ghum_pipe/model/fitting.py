@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ghum_pipe.template.lbs import as_rotmats
+from ghum_pipe.ops.lbfgs import minimize_lbfgs_torch
+from ghum_pipe.ops.procrustes import procrustes
 
 
 def _as_batch(x, dtype=torch.float32) -> torch.Tensor:
@@ -26,18 +27,6 @@ def masked_sq_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     return ((d2 * mask).sum(1) / mask.sum(1).clamp_min(1.0)).mean()
 
 
-def kabsch(src: torch.Tensor, dst: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted rigid alignment per batch: R (B, 3, 3), t (B, 3) minimising |R src + t - dst|."""
-    w = w / w.sum(1, keepdim=True).clamp_min(1e-9)
-    cs, cd = (src * w[..., None]).sum(1), (dst * w[..., None]).sum(1)
-    H = torch.einsum("bv,bvi,bvj->bij", w, src - cs[:, None], dst - cd[:, None])
-    U, _, Vt = torch.linalg.svd(H)
-    d = torch.sign(torch.linalg.det(Vt.transpose(1, 2) @ U.transpose(1, 2)))
-    D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
-    R = Vt.transpose(1, 2) @ D @ U.transpose(1, 2)
-    return R, cd - torch.einsum("bij,bj->bi", R, cs)
-
-
 def rotmat_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
     """(B, 3, 3) -> (B, 3); fine away from 180 degrees, which is enough for an initial guess."""
     cos = ((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1 + 1e-6, 1 - 1e-6)
@@ -49,7 +38,7 @@ def rotmat_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
 def rigid_init(model, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Root rotation and translation aligning the mean rest shape to each target (B, V, 3)."""
     rest = model.mean_rest.expand(target.shape[0], -1, -1)
-    R, t = kabsch(rest, target, mask)
+    _, R, t = procrustes(rest, target, mask)
     pose = torch.zeros(target.shape[0], model.n_joints, 3)
     pose[:, 0] = rotmat_to_axis_angle(R)
     # the root rotates about the root joint, not the origin: move the translation accordingly
@@ -73,12 +62,12 @@ def part_pose_init(model, target: torch.Tensor, mask: torch.Tensor, min_verts: i
     strong = w.max(1).values >= min_weight
     parents = model.parents.tolist()
     G = [None] * J
-    G[0] = kabsch(rest, target, mask)[0]
+    G[0] = procrustes(rest, target, mask)[1]
     for j in range(1, J):
         sel = torch.nonzero((dom == j) & strong).flatten()
         m = mask[:, sel]
         if len(sel) >= min_verts and bool((m.sum(1) >= min_verts).all()):
-            G[j] = kabsch(rest[:, sel], target[:, sel], m)[0]
+            G[j] = procrustes(rest[:, sel], target[:, sel], m)[1]
         else:
             G[j] = G[parents[j]]
     local = [G[0]] + [G[parents[j]].transpose(1, 2) @ G[j] for j in range(1, J)]
@@ -92,20 +81,16 @@ def fit_poses(model, target: torch.Tensor, mask: torch.Tensor, rest: torch.Tenso
     learning rate). Returns the new pose and translation (detached)."""
     pose = pose.clone().requires_grad_(True)
     translation = translation.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([pose, translation], lr=1.0, max_iter=iters, history_size=10,
-                            line_search_fn="strong_wolfe")
     for p in model.parameters():
         p.requires_grad_(False)
 
-    def closure():
-        opt.zero_grad()
+    def objective():
         verts, _ = model.articulate(rest, pose, expression, translation)
-        loss = masked_sq_error(verts, target, mask) * 1e4 * target.shape[0]  # cm^2, summed over scans
-        loss.backward()
-        return loss
+        return masked_sq_error(verts, target, mask) * 1e4 * target.shape[0]  # cm^2, summed over scans
 
     try:
-        opt.step(closure)
+        minimize_lbfgs_torch([pose, translation], objective, iters, history_size=10, tolerance_grad=1e-7,
+                             tolerance_change=1e-9)  # torch's default tolerances: stop once flat
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -127,21 +112,6 @@ class FitResult:
     def mean_error_mm(self, mask=None) -> float:
         e = self.vertex_error_m if mask is None else self.vertex_error_m[torch.as_tensor(mask, dtype=torch.bool)]
         return float(e.mean() * 1000)
-
-
-def _lbfgs(params, objective, iters: int) -> None:
-    """Minimise ``objective()`` over ``params`` by L-BFGS with a strong-Wolfe line search;
-    tolerances at 0 so it runs its ``iters`` iterations unless the line search stalls."""
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-12, tolerance_change=1e-15)
-
-    def closure():
-        opt.zero_grad()
-        loss = objective()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
 
 
 def fit_model(model, mesh_verts, mask=None, init_pose=None, init_translation=None, iters: int = 100,
@@ -190,11 +160,11 @@ def fit_model(model, mesh_verts, mask=None, init_pose=None, init_translation=Non
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        _lbfgs([trans], objective, n[0])
-        _lbfgs([zb, trans], objective, n[1])
-        _lbfgs([zb, zf, trans], objective, n[2])
-        _lbfgs([pose, trans], objective, n[3])
-        _lbfgs([pose, trans, zb, zf], objective, max(1, iters - sum(n)))
+        minimize_lbfgs_torch([trans], objective, n[0])
+        minimize_lbfgs_torch([zb, trans], objective, n[1])
+        minimize_lbfgs_torch([zb, zf, trans], objective, n[2])
+        minimize_lbfgs_torch([pose, trans], objective, n[3])
+        minimize_lbfgs_torch([pose, trans, zb, zf], objective, max(1, iters - sum(n)))
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -203,8 +173,3 @@ def fit_model(model, mesh_verts, mask=None, init_pose=None, init_translation=Non
         verts, _ = model.articulate(rest, pose, model.expression_offsets(zf, B), trans, use_psd=use_psd)
         err = (verts - target).norm(dim=-1)
     return FitResult(pose.detach(), trans.detach(), zb.detach(), zf.detach(), verts, err)
-
-
-def as_pose_tensor(pose) -> torch.Tensor:
-    """Accept axis-angle or rotation matrices and return rotation matrices (B, J, 3, 3)."""
-    return as_rotmats(_as_batch(pose) if not isinstance(pose, torch.Tensor) else pose)

@@ -15,44 +15,31 @@ import torch
 
 from ghum_pipe.model.config import TrainConfig
 from ghum_pipe.model.data import RegistrationSet
-from ghum_pipe.model.fitting import _lbfgs
 from ghum_pipe.model.ghum import GHUM, blend_skin, template_for
 from ghum_pipe.model.networks import skinning_weights
 from ghum_pipe.model.solvers import solve_joint_regressor
 from ghum_pipe.model.train import TrainState, _expand_face, _psd_all, model_rotmats
+from ghum_pipe.ops.diagonal import rademacher_vjps
+from ghum_pipe.ops.lbfgs import minimize_lbfgs_torch
 from ghum_pipe.template.lbs import batch_rigid_transform
 
 
 def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig) -> float:
     """C in step (b): every subject's joint centres, jointly with small corrections of every
-    scan's pose and translation, then C refitted to them from the subjects' rest shapes.
+    scan's pose and translation and the skinning logits of the vertices used, then C refitted to
+    C(X~_s) + d_s by ridge regression (``cfg.joint_prior``, ``solvers.solve_joint_regressor``).
 
-    The joint centres and the poses must move together: a pose fitted with wrong joint centres
-    bends to hide them (a knee centre 2 cm off is half compensated by hip and knee angles), and
-    alternating the two blocks then crawls (measured: 15 -> 10 mm in 2 rounds, vs 0.4 mm with
-    the true poses). Wrong skinning weights bias them too (2.2 mm on data with exact joints),
-    so the weights of the vertices used are free as well (then discarded: the closed-form
-    skinning solve follows). So L-BFGS minimises the F-masked squared vertex error over
-    per-subject joint shifts d_s (J, 3), per-scan pose/translation increments and skinning
-    logits together, with rest shapes, expressions and D(theta) (at the current poses) fixed,
-    on at most ``cfg.joint_verts`` evenly spaced vertices of the scans whose filter F covers at
-    least half the body (close-ups cost time and say little about limb joints); a ridge pulls
-    the joints towards the template's shape->joint map, strong only along the directions the
-    data barely sees (:func:`_shift_ridge`: a hinge's axis, joints that never rotate), and the
-    root's centre is fixed (the translation plays its part). The pose corrections have a
-    Gaussian prior (``cfg.joint_pose_prior``, cm^2 of squared residual per rad^2): a clavicle
-    rotation with a counter-rotation of the shoulder translates the arm, so free corrections
-    let the poses mimic a shoulder-centre shift. Measured on the demo's split (GHUML, this step
-    alone, 300 iterations, held-out planted shifts): 1.49 mm without the prior, 1.24 with 300,
-    1.18 with 1000, and 0.78 with 1000 and 500 iterations (this coupled valley converges
-    slowly); but when the starting poses are noisy (0.03 rad on every joint,
-    tests/test_model.py, 500 iterations) the joints take up the pose noise the prior keeps
-    (other joints 0.25 / 1.2 / 2.2 mm for 0 / 300 / 1000), so the default is 300. A real correction, a knee bent 0.025 rad more to follow a centre 1 cm
-    off, costs ~0.2 there against hundreds of vertices' residuals. Later passes (``cfg.joint_passes``)
-    reweigh the vertices robustly, so that local pose correctives do not lean the centres.
-    C (intercept + linear map of the rest shape's coefficients) is then refitted to
-    C(X~_s) + d_s by ridge regression (``cfg.joint_prior``,
-    :func:`~ghum_pipe.model.solvers.solve_joint_regressor`). Updates ``state.pose`` and
+    Centres and poses move together because a pose fitted with wrong centres bends to hide
+    them; free skinning logits keep wrong weights from biasing the centres (they are discarded:
+    the closed-form skinning solve follows). L-BFGS minimises the F-masked squared vertex error
+    over per-subject joint shifts d_s (J, 3), per-scan pose/translation increments and logits,
+    on at most ``cfg.joint_verts`` vertices of the scans that saw at least half the body, with
+    a ridge towards the template's shape->joint map along the directions the data barely sees
+    (:func:`_shift_ridge`), a Gaussian prior on the pose corrections (``cfg.joint_pose_prior``,
+    cm^2 per rad^2: clavicle + shoulder rotations can mimic a shoulder-centre shift), the root
+    centre fixed (the translation plays its part) and, in later passes (``cfg.joint_passes``),
+    Cauchy weights so that local pose correctives do not lean the centres. What each choice
+    measured: docs/model.md, "Why C's step is built this way". Updates ``state.pose`` and
     ``state.translation``; returns the mean joint move (mm) over subjects and joints."""
     V, S = model.n_verts, len(data.subjects)
     # scans that saw most of the body (close-ups add cost, not information on the limb joints)
@@ -104,11 +91,8 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        for _ in range(cfg.joint_probes):
-            args = [z.clone().requires_grad_(True) for z in zeros]
-            r = residual(*args)
-            probe = torch.randint(0, 2, r.shape, generator=gen).float() * 2 - 1
-            grads = torch.autograd.grad((r * probe).sum(), args)
+        args = [z.clone().requires_grad_(True) for z in zeros]
+        for grads in rademacher_vjps(lambda: residual(*args), args, cfg.joint_probes, gen):
             for d, g in zip(diag, grads):
                 d += g**2 / cfg.joint_probes
             block += grads[2][..., :, None] * grads[2][..., None, :] / cfg.joint_probes
@@ -126,7 +110,7 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
                     + cfg.joint_pose_prior * (dpose**2).sum()
                     + 1e-2 * (dlogits**2).sum())  # logits: only a weak pull, they are nuisance here
 
-        _lbfgs(q, objective, cfg.joint_iters)
+        minimize_lbfgs_torch(q, objective, cfg.joint_iters)
         for _ in range(1, cfg.joint_passes):
             # Pose correctives (a biceps bulging with the elbow bent) are local residuals that
             # no joint centre explains; least squares still leans the centres towards them
@@ -138,7 +122,7 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
                 r = residual(*(qi * si for qi, si in zip(q, scale))).norm(dim=-1)
                 sigma = 1.4826 * r[mask > 0].median().clamp_min(1e-3)
                 robust.copy_((1.0 / (1.0 + (r / (cfg.joint_robust_k * sigma)) ** 2)).sqrt()[..., None])
-            _lbfgs(q, objective, cfg.joint_iters)
+            minimize_lbfgs_torch(q, objective, cfg.joint_iters)
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -159,14 +143,11 @@ def _shift_ridge(block: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     directions the data barely sees, only ``cfg.joint_ridge_seen`` along the others. Weak: an
     eigenvalue of the shift's Gauss-Newton block below ``cfg.joint_weak_ratio`` of its own
     largest (a hinge's axis) or below ``cfg.joint_weak_global`` of the largest of any joint of
-    the subject (a joint that barely rotates at all, whose block is tiny in every direction:
-    by the first test alone the demo's necks, clavicles and toes had no weak direction and
-    drifted, neck01 by 9 mm; all joints 0.63 -> 0.25 mm held out with both tests).
+    the subject (a joint that barely rotates, whose block is tiny in every direction).
 
     One isotropic ridge cannot serve both: strong enough to hold a knee on its hinge axis (a
     shift along it changes no vertex), it also pulls the observed directions towards the
-    template, by ~15 % of a 1.7 cm shift when the poses are free to compensate (measured: 1-2.5
-    mm bias on elbows and knees with ridge 1; 28 mm drift along the knees' axes with 0.01)."""
+    template (measurements: docs/model.md, "Why C's step is built this way")."""
     evals, evecs = torch.linalg.eigh(block)
     own = evals[..., -1:]
     every = own.amax(dim=1, keepdim=True)  # the subject's best-seen joint

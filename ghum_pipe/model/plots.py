@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ghum_pipe.ops.normals import face_normals
+
 
 def _plt():
     import matplotlib
@@ -92,8 +94,7 @@ def preview(verts_list: list[np.ndarray], faces: np.ndarray, path: Path) -> Path
     n = len(verts_list)
     fig, axes = plt.subplots(1, n, figsize=(2 * n, 4), squeeze=False)
     for ax, v in zip(axes[0], verts_list):
-        n_y = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
-        n_y = n_y / (np.linalg.norm(n_y, axis=1, keepdims=True) + 1e-12)
+        n_y = face_normals(v, faces)
         shade = np.clip(-n_y[:, 1], 0.05, 1.0)
         order = np.argsort(v[faces].mean(1)[:, 1])[::-1]
         pc = PolyCollection(v[:, [0, 2]][faces[order]], array=shade[order], cmap="bone", clim=(0, 1),

@@ -26,7 +26,6 @@ markers whose key matches.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -37,8 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from filelock import FileLock, Timeout
+
 from ghum_pipe.errors import GhumPipeError
-from ghum_pipe.io.atomic import _json_default, atomic_path
+from ghum_pipe.io.atomic import json_default, atomic_path
 
 FORMAT = 1
 MANIFEST_NAME = "manifest.json"
@@ -135,7 +136,7 @@ class Manifest:
     def save(self) -> None:
         """Write atomically, one scan per line (``grep ID W/manifest.json`` shows a scan; tens of
         thousands of scans stay a few MB per stage and quick to rewrite)."""
-        compact = {"separators": (",", ":"), "default": _json_default}
+        compact = {"separators": (",", ":"), "default": json_default}
         lines = [f'{{"format":{FORMAT},', f'"configs":{json.dumps(self.configs, **compact)},', '"scans":{']
         items = [f"{json.dumps(i)}:{json.dumps(self.scans[i], **compact)}" for i in sorted(self.scans)]
         lines.append(",\n".join(items))
@@ -231,32 +232,25 @@ def _safe_hash(path: Path) -> str:
 
 
 class ManifestLock:
-    """One run per work dir: an exclusive ``flock`` on ``W/.lock`` (released by the OS if the
-    process dies, so a killed run never blocks the next one)."""
+    """One run per work dir: an exclusive lock on ``W/.lock`` (an OS file lock, released if the
+    process dies, so a killed run never blocks the next one); the file holds the owner's pid."""
 
     def __init__(self, work: str | Path):
         self.path = Path(work) / ".lock"
-        self._fd: int | None = None
+        self._lock = FileLock(self.path, timeout=0, preserve_lock_file=True)
 
     def __enter__(self) -> "ManifestLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
+            self._lock.acquire()
+        except Timeout:
             raise WorkDirError("another ghum-pipe run is using this work dir", self.path.parent,
                                "Wait for it to finish or use another --work") from None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
+        self.path.write_text(f"{os.getpid()}\n")
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        self._lock.release()
 
 
 class ThrottledSaver:

@@ -159,6 +159,6 @@ def _jsonable(obj):
     """Metrics as plain JSON types (numpy scalars/arrays become numbers/lists)."""
     import json
 
-    from ghum_pipe.io.atomic import _json_default
+    from ghum_pipe.io.atomic import json_default
 
-    return json.loads(json.dumps(obj, default=_json_default))
+    return json.loads(json.dumps(obj, default=json_default))

@@ -9,7 +9,7 @@ with its shape coefficients, a skin/hair/shorts colouring and an id. ``body_scan
 (A-pose, or a random natural pose with ``posed``), optionally with a facial expression, scans it
 with the ring scanner of ``scanner.py``, places it by a random rigid transform and writes it in
 the scan's units and up axis. ``closeup_scans`` scans the head and each hand of the same subject
-with a finer, less noisy hand-held scanner, cropped to the region (issue 8).
+with a finer, less noisy hand-held scanner, cropped to the region.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A body of another model and topology: a mannequin built from primitives (``--other-model``).
 
-The issues ask for "a plain untextured mesh of another body model in metres, +Y up" so the
+A plain untextured mesh of another body model, in metres and +Y up, so the
 landmark and registration stages can be shown to work on bodies they have never seen. SMPL
 assets cannot be downloaded here, so the body is a signed distance field: round cones
 (capsules with two radii) and ellipsoids for the torso, pelvis, neck, head, limbs, hands (palm,

@@ -25,7 +25,7 @@ import functools
 import numpy as np
 import scipy.sparse as sp
 
-from ghum_pipe.template.template import Template, _build_lock, atomic_save_npz, cache_dir, load_template
+from ghum_pipe.template.template import Template, atomic_save_npz, build_lock, cache_dir, load_template
 
 LOWRES_VERSION = 1
 DEFAULT_TARGET_VERTS = 3000
@@ -158,7 +158,7 @@ def load_lowres(top_k: int = 4, target_verts: int = DEFAULT_TARGET_VERTS) -> Low
     full = load_template(top_k)
     path = cache_dir() / f"ghuml-v{LOWRES_VERSION}-{full.hash}-{target_verts}.npz"
     if not path.exists():
-        with _build_lock(path):
+        with build_lock(path):
             if not path.exists():
                 atomic_save_npz(path, **build_lowres_arrays(full, target_verts))
     with np.load(path) as z:

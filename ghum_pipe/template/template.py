@@ -10,7 +10,6 @@ writes has exactly ``Template.n_verts`` (13,718) vertices in this order.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from ghum_pipe.template.lbs import as_rotmats, chain_levels, lbs
 
@@ -44,18 +44,11 @@ def atomic_save_npz(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
-@contextlib.contextmanager
-def _build_lock(path: Path):
-    """Serialise cache builds across processes (Dask workers starting together)."""
-    import fcntl
-
+def build_lock(path: Path) -> FileLock:
+    """An exclusive lock beside the cache file ``path``: concurrent processes (Dask workers
+    starting together) wait for one build instead of each doing it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return FileLock(path.with_suffix(".lock"))
 
 
 def template_cache_path() -> Path:
@@ -262,7 +255,7 @@ def load_template(top_k: int = 4) -> Template:
         raise ValueError(f"top_k must be in 1..9 (Anny has at most 9 influences), got {top_k}")
     path = template_cache_path()
     if not path.exists():
-        with _build_lock(path):
+        with build_lock(path):
             if not path.exists():  # another process may have built it while we waited
                 from ghum_pipe.template.build import build_template_arrays
 
