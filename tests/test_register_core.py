@@ -212,7 +212,7 @@ def test_pcg_solver_matches_direct_solve(template):
 
 def test_nonrigid_with_cg_solver_matches_direct(template):
     """The whole non-rigid refinement with either global solver lands at the same surface."""
-    from ghum_pipe.register.backend import vertex_normals
+    from ghum_pipe.ops.normals import vertex_normals
     from ghum_pipe.register.nonrigid import NonrigidConfig, refine_nonrigid
     from ghum_pipe.register.target import build_target
 

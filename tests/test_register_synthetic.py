@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ghum_pipe.register.backend import vertex_normals
+from ghum_pipe.ops.normals import vertex_normals
 from ghum_pipe.template.anatomy import hinge_axes
 
 POSES = {

@@ -149,29 +149,3 @@ class MeshDistance:
 def closest_points_on_mesh(query: np.ndarray, verts: np.ndarray, faces: np.ndarray) -> dict[str, np.ndarray]:
     """One-shot :meth:`MeshDistance.closest` (builds the BVH each call)."""
     return MeshDistance(verts, faces).closest(query)
-
-
-def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(V, 3) area-weighted unit vertex normals of a triangle mesh."""
-    v = np.asarray(verts, dtype=np.float64)
-    fn = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
-    n = np.zeros_like(v)
-    for c in range(3):
-        np.add.at(n, faces[:, c], fn)
-    return n / np.clip(np.linalg.norm(n, axis=1, keepdims=True), 1e-12, None)
-
-
-def face_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    v = np.asarray(verts, dtype=np.float64)
-    fn = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
-    return fn / np.clip(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12, None)
-
-
-def vertex_normals_torch(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """(B, V, 3) verts, (F, 3) long faces -> (B, V, 3) area-weighted unit normals (differentiable)."""
-    a, b, c = verts[:, faces[:, 0]], verts[:, faces[:, 1]], verts[:, faces[:, 2]]
-    fn = torch.cross(b - a, c - a, dim=-1)
-    n = torch.zeros_like(verts)
-    for col in range(3):
-        n = n.index_add(1, faces[:, col], fn)
-    return n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)

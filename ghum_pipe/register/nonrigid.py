@@ -29,7 +29,8 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from ghum_pipe.register.backend import MeshDistance, face_normals, vertex_normals
+from ghum_pipe.ops.normals import face_normals, vertex_normals
+from ghum_pipe.register.backend import MeshDistance
 from ghum_pipe.register.losses import edge_graph, fit_vertex_similarities
 from ghum_pipe.register.target import ScanTarget
 

@@ -20,11 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ghum_pipe.register.backend import PointIndex, vertex_normals_torch
+from ghum_pipe.ops.diagonal import jacobi_step_sizes
+from ghum_pipe.ops.lbfgs import minimize_lbfgs
+from ghum_pipe.ops.normals import vertex_normals_torch
+from ghum_pipe.register.backend import PointIndex
 from ghum_pipe.register.landmark_pairs import LandmarkPairs
 from ghum_pipe.register.losses import correspondence_mask, icp_loss, landmark_loss
 from ghum_pipe.register.similarity import Similarity
-from ghum_pipe.register.posing import SubsetPoser, full_poser, jacobi_step_sizes, minimize_lbfgs
+from ghum_pipe.register.posing import SubsetPoser, full_poser
 from ghum_pipe.register.target import ScanTarget
 from ghum_pipe.template.anatomy import hinge_axes
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ghum_pipe.register.backend import MeshDistance, PointIndex, face_normals, vertex_normals
+from ghum_pipe.ops.normals import face_cross, face_normals, vertex_normals
+from ghum_pipe.register.backend import MeshDistance, PointIndex
 
 
 @dataclass(eq=False)
@@ -58,7 +59,7 @@ def build_target(
             pts, nrm = verts[used], vertex_normals(verts, faces)[used]
         else:
             area = 0.5 * np.linalg.norm(
-                np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]]), axis=1)
+                face_cross(verts, faces), axis=1)
             f = rng.choice(len(faces), size=max_points, p=area / area.sum())
             r1, r2 = rng.random(max_points), rng.random(max_points)
             s = np.sqrt(r1)
