@@ -10,7 +10,7 @@ DEMO ?= demo
 # Tests and benchmarks use this many workers/threads unless told otherwise.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test test-fast bench train-demo clean sysdeps
+.PHONY: install demo test test-fast bench train-demo clean sysdeps blender-check
 
 install: $(STAMP)
 
@@ -49,6 +49,11 @@ bench: install
 	$(PY) bench/register.py
 	$(PY) bench/scaling.py
 	$(PY) bench/model.py
+
+# Avatars opened in Blender's own glTF importer (bpy, ~370 MB, not in `make test`'s install).
+blender-check: install
+	$(PIP) install -q -e ".[test,cluster,blender]"
+	GHUM_PIPE_REQUIRE_BLENDER=1 $(PY) -m pytest -q -s tests/test_export_blender.py
 
 train-demo: install
 	$(PY) -m ghum_pipe.cli synth $(DEMO)/regs --registrations --count 40 --seed 0
