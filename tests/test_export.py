@@ -24,12 +24,12 @@ from ghum_pipe.io.write import write_mesh
 MAX_MM = 0.5
 
 
-def known_params(template, seed: int = 0) -> dict:
-    """A registration's parameters: random pose (0.3 rad per axis), shape, expression, 3 mm
-    offsets, a scale and a translation; the exact vertices follow from the template."""
+def known_params(template, seed: int = 0, pose_std: float = 0.3) -> dict:
+    """A registration's parameters: random pose (``pose_std`` rad per axis), shape, expression,
+    3 mm offsets, a scale and a translation; the exact vertices follow from the template."""
     rng = np.random.default_rng(seed)
     t = template
-    return dict(pose=rng.normal(0, 0.3, (t.n_joints, 3)), shape=rng.normal(0, 1, t.n_shape),
+    return dict(pose=rng.normal(0, pose_std, (t.n_joints, 3)), shape=rng.normal(0, 1, t.n_shape),
                 expression=rng.uniform(0, 0.6, t.n_expression), offsets=rng.normal(0, 0.003, (t.n_verts, 3)),
                 scale=np.float64(1.04), translation=np.array([0.2, -0.1, 0.95]))
 
@@ -42,10 +42,11 @@ def posed_internal(template, p: dict, pose=None, expression=None) -> np.ndarray:
     return float(p["scale"]) * v[0].numpy() + p["translation"]
 
 
-def make_registration(scan_dir: Path, template, seed: int = 0, frame: Frame | None = None) -> dict:
+def make_registration(scan_dir: Path, template, seed: int = 0, frame: Frame | None = None,
+                      pose_std: float = 0.3) -> dict:
     """Write registration.ply (scan frame: mm, +Y up) and params.npz as the register stage does."""
     frame = Frame.make("mm", "+y") if frame is None else frame
-    p = known_params(template, seed)
+    p = known_params(template, seed, pose_std)
     verts = posed_internal(template, p)
     write_mesh(scan_dir / "registration.ply", frame.to_file(verts), template.faces)
     write_npz(scan_dir / "params.npz", **p, frame_matrix=frame.matrix(), frame=np.array(json.dumps(frame.to_dict())),
