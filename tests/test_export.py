@@ -199,3 +199,57 @@ def test_cli_bad_inputs_and_out_folder(tmp_path, template):
         f"out/good/{f}" for f in ("avatar.glb", "avatar.obj", "avatar.mtl", "registration.json")}
     r = _cli("export", "--work", str(work), "--only", "nosuch")
     assert r.returncode == 2 and "no scan nosuch" in r.stderr
+
+
+def test_model_mean_body_exports_with_its_learned_skinning(tmp_path, template):
+    """A GHUM whose skinning and joint regressor differ from the template's: the .glb posed by
+    glTF's equations = the model's own articulate() without PSD, for a random pose."""
+    from ghum_pipe.export.model import export_model
+    from ghum_pipe.model import GHUM
+    from ghum_pipe.model.config import ModelConfig
+    from ghum_pipe.template.lbs import batch_rodrigues
+
+    torch.manual_seed(0)
+    m = GHUM(ModelConfig(shape_latent=4, hidden=16), template)
+    with torch.no_grad():  # "learned": perturbed skinning logits and mean shape
+        m.skin_logits.add_(torch.randn_like(m.skin_logits) * 0.5)
+        m.mean_rest.add_(torch.randn_like(m.mean_rest) * 0.002)
+    m.save(tmp_path / "M" / "ghum")
+    export_model(tmp_path / "M", tmp_path / "out")
+    doc = gl.GLTF2().load(str(tmp_path / "out" / "ghum" / "avatar.glb"))
+    pose = np.random.default_rng(3).normal(0, 0.3, (template.n_joints, 3))
+    R = batch_rodrigues(torch.as_tensor(pose)).numpy()
+    Rg = np.einsum("ab,jbc,dc->jad", Z_UP_TO_GLTF, R, Z_UP_TO_GLTF)
+    from scipy.spatial.transform import Rotation
+
+    skin = doc.skins[0]
+    for j, node in enumerate(skin.joints):
+        doc.nodes[node].rotation = Rotation.from_matrix(Rg[j]).as_quat().tolist()
+    got = skin_glb(doc)
+    with torch.no_grad():
+        ref, _ = m.articulate(m.rest_shape(None), torch.as_tensor(pose[None], dtype=torch.float32), use_psd=False)
+    vmap = np.asarray(json.loads((tmp_path / "out" / "ghum" / "registration.json").read_text())["vertex_map"])
+    err_mm = np.abs(got - ref[0].numpy()[vmap] @ Z_UP_TO_GLTF.T).max() * 1e3
+    print(f"model avatar: max {err_mm:.5f} mm")
+    assert err_mm < MAX_MM, err_mm  # float32 model vs float32 file
+    prim = doc.meshes[0].primitives[0]
+    dense = np.zeros((2, len(vmap), template.n_joints))  # the learned omega, in any influence order
+    rows = np.arange(len(vmap))[:, None]
+    np.add.at(dense[0], (rows, read_accessor(doc, prim.attributes.JOINTS_0).astype(int)),
+              read_accessor(doc, prim.attributes.WEIGHTS_0))
+    np.add.at(dense[1], (rows, m.skin_indices.numpy()[vmap]), m.skin_weights.detach().numpy()[vmap])
+    assert np.abs(dense[0] - dense[1]).max() < 1e-5
+
+
+def test_model_from_another_template_is_refused(tmp_path, template):
+    from ghum_pipe.errors import ExportError
+    from ghum_pipe.export.model import export_model
+    from ghum_pipe.model import GHUM
+    from ghum_pipe.model.config import ModelConfig
+
+    GHUM(ModelConfig(shape_latent=4, hidden=16), template).save(tmp_path / "M" / "ghum")
+    cfg = tmp_path / "M" / "ghum" / "config.json"
+    cfg.write_text(cfg.read_text().replace(template.hash, "0123456789abcdef"))
+    with pytest.raises(ExportError, match="trained on template 0123456789abcdef"):
+        export_model(tmp_path / "M", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
