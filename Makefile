@@ -49,6 +49,7 @@ bench: install
 	$(PY) bench/register.py
 	$(PY) bench/scaling.py
 	$(PY) bench/model.py
+	$(PY) bench/texture.py
 
 # Avatars opened in Blender's own glTF importer (bpy, ~370 MB, not in `make test`'s install).
 blender-check: install
