@@ -92,4 +92,10 @@ def test_blender_shape_keys_are_the_facial_actions(blender, template):
 
 def test_blender_material_has_the_texture(blender, template):
     assert tuple(blender["texture_size"]) == (64, 64)
+    # UVs arrive in Blender's convention (origin bottom-left), i.e. the template's own UVs:
+    # the image is not upside down
+    from ghum_pipe.export.rig import split_uv_seams
+
+    _, _, uvs = split_uv_seams(template.faces, template.face_uvs)
+    assert np.abs(blender["loop_uv"] - uvs[blender["loop_vert"]]).max() < 1e-6
     assert list(blender["bone_names"]) and set(blender["bone_names"]) == set(template.joint_names)

@@ -10,7 +10,8 @@ mesh is evaluated by Blender's own armature modifier and shape keys.
 
 OUT.npz: ``scan_pose (V', 3)`` the mesh as imported, ``posed (P, V', 3)``, ``morph (E, V', 3)``
 each facial action alone at weight 1 at rest, ``morph_names``, ``bone_names``, ``texture_size
-(2,)`` (0, 0 without an image texture on the material's Base Color), all world coordinates.
+(2,)`` (0, 0 without an image texture on the material's Base Color), all world coordinates;
+``loop_vert (L,)``, ``loop_uv (L, 2)``: each face corner's vertex and UV as Blender has them.
 """
 
 from __future__ import annotations
@@ -94,7 +95,12 @@ def main(glb: str, poses_npz: str, out_npz: str) -> None:
         bpy.context.view_layer.update()
         morph.append(_world_verts(mesh))
         k.value = 0.0
-    np.savez(out_npz, scan_pose=scan_pose, posed=np.array(posed), morph=np.array(morph).reshape(len(morph), -1, 3),
+    me = mesh.data
+    loop_vert = np.empty(len(me.loops), np.int64)
+    me.loops.foreach_get("vertex_index", loop_vert)
+    loop_uv = np.empty(len(me.loops) * 2)
+    me.uv_layers[0].data.foreach_get("uv", loop_uv)
+    np.savez(out_npz, scan_pose=scan_pose, loop_vert=loop_vert, loop_uv=loop_uv.reshape(-1, 2), posed=np.array(posed), morph=np.array(morph).reshape(len(morph), -1, 3),
              morph_names=np.array(names), bone_names=np.array(bone_names),
              texture_size=np.array(_texture_size(mesh)))
 
