@@ -202,3 +202,27 @@ def test_cli_bakes_a_textured_obj_scan(tmp_path, template, known):
     assert db > 42.0
     doc = gl.GLTF2().load(str(d / "avatar.glb"))
     assert len(doc.images) == 1 and doc.materials[0].pbrMetallicRoughness.baseColorTexture.index == 0
+
+
+def test_point_cloud_scan_bakes_from_nearest_points(template, known):
+    """A coloured point cloud (no faces): each texel takes its nearest point within 1 cm."""
+    import trimesh
+
+    t = template
+    sv, sf, suv, tex = offset_scan(t, known, offset_m=0.0005)
+    mesh = trimesh.Trimesh(sv, sf, process=False)
+    pts, fidx = trimesh.sample.sample_surface_even(mesh, 400_000, seed=0)  # ~2 mm apart
+    bary = trimesh.triangles.points_to_barycentric(mesh.triangles[fidx], pts)
+    uv = np.einsum("nk,nkc->nc", bary, suv[sf[fidx]])
+    colours = np.clip(np.rint(sample_texture(tex, uv)), 0, 255).astype(np.uint8)
+    normals = mesh.face_normals[fidx]
+    res = bake_texture(t.rest_verts, t.faces, t.face_uvs, pts, None, scan_colors=colours, scan_normals=normals,
+                       config=BakeConfig(size=SIZE))
+    seen = res.mask == SEEN
+    tm = uv_atlas(t.face_uvs, SIZE)
+    surface = t.masks["surface"][t.faces].all(1)[tm.face]
+    db = psnr(res.texture, tex, seen)
+    print(f"point cloud: {db:.1f} dB, {(res.mask[tm.rows, tm.cols][surface] == SEEN).mean() * 100:.1f} % seen")
+    assert (res.mask[tm.rows, tm.cols][surface] == SEEN).mean() > 0.99
+    # nearest of points ~2 mm apart on 1.5-5 cm detail: measured 47.4 dB; bound 40 dB (< 2.6 levels RMS)
+    assert db > 40.0

@@ -80,7 +80,7 @@ def uv_atlas(face_uvs: np.ndarray, size: int) -> TexelMap:
         _, (ri, ci) = ndimage.distance_transform_edt(outside, return_indices=True)
         pad = (ri * size + ci).reshape(-1).astype(np.int64)
         _ATLAS_CACHE.clear()  # one atlas at a time: ~100 MB at 2048
-        _ATLAS_CACHE[key] = TexelMap(tm.rows, tm.cols, tm.face, tm.bary, size, pad)
+        _ATLAS_CACHE[key] = TexelMap(tm.rows, tm.cols, tm.face, tm.bary.astype(np.float32), size, pad)
     return _ATLAS_CACHE[key]
 
 
