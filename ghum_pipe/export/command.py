@@ -56,7 +56,18 @@ def _scan_dirs(work: Path, only: tuple[str, ...]) -> list[Path]:
 def export(work, model, only, fmt, out, texture, texture_size):
     """Export registrations as skinned glTF avatars (avatar.glb): the subject's rest mesh, the
     template's skeleton and skinning, the scan's pose and expression (morph targets), UVs and
-    the baked texture; metres, +Y up. Also avatar.obj/.mtl and registration.json."""
+    the baked texture; metres, +Y up. Also avatar.obj/.mtl and registration.json.
+
+    Baking writes texture.png, texture_confidence.png, texture_mask.png and texture.json into
+    W/scans/<id>/ (also with --out, which then gets a copy of texture.png). Nothing is written
+    outside W and --out.
+
+    \b
+    Examples:
+      ghum-pipe export --work W
+      ghum-pipe export --work W --texture bake --only anna_01
+      ghum-pipe export --model MODEL --out avatars/
+    """
     from ghum_pipe.template import load_template
 
     if (work is None) == (model is None):

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ghum_pipe.export.rig import vertex_normals
+
 # mask values written to texture_mask.png
 OUTSIDE, FILLED, SEEN = 0, 128, 255
 
@@ -136,12 +138,6 @@ def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
     return ((t[y0, x0] * (1 - fx) + t[y0, x1] * fx) * (1 - fy) + (t[y1, x0] * (1 - fx) + t[y1, x1] * fx) * fy)
 
 
-def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    from ghum_pipe.export.rig import vertex_normals
-
-    return vertex_normals(verts, faces)
-
-
 def _scan_hits(points, normals, scan_verts, scan_faces, max_dist, near_m: float = 0.001):
     """Rays from each point along +normal and -normal on the scan mesh.
 
@@ -202,7 +198,7 @@ def bake_texture(
     S = config.size
     tm = uv_atlas(face_uvs, S) if texels is None else texels
     # float32: 0.1 micron at 2 m, and half the memory traffic of float64 over 2.6M texels
-    pn = tm.surface(np.concatenate([reg_verts, _vertex_normals(reg_verts, faces)], 1).astype(np.float32), faces)
+    pn = tm.surface(np.concatenate([reg_verts, vertex_normals(reg_verts, faces)], 1).astype(np.float32), faces)
     p, n = np.ascontiguousarray(pn[:, :3]), pn[:, 3:]
     n = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
     use_texture = scan_texture is not None and scan_uv is not None
@@ -269,7 +265,6 @@ def uv_seams(faces: np.ndarray, face_uvs: np.ndarray) -> tuple[np.ndarray, np.nd
 
     Returns uv_a, uv_b: (K, 2, 2) the edge's two end UVs in the first and in the second face
     (same vertex order), for every edge shared by two faces whose UVs there differ."""
-    F = len(faces)
     e_v = np.stack([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], 1).reshape(-1, 2)  # (3F, 2)
     e_uv = np.stack([face_uvs[:, [0, 1]], face_uvs[:, [1, 2]], face_uvs[:, [2, 0]]], 1).reshape(-1, 2, 2)
     flip = e_v[:, 0] > e_v[:, 1]
@@ -281,7 +276,6 @@ def uv_seams(faces: np.ndarray, face_uvs: np.ndarray) -> tuple[np.ndarray, np.nd
     pair = np.flatnonzero(k[1:] == k[:-1])  # consecutive equal keys: an edge of two faces
     a, b = order[pair], order[pair + 1]
     seam = np.abs(e_uv[a] - e_uv[b]).max(axis=(1, 2)) > 1e-6
-    assert len(e_v) == 3 * F
     return e_uv[a][seam], e_uv[b][seam]
 
 
