@@ -10,7 +10,7 @@ DEMO ?= demo
 # Tests and benchmarks use this many workers/threads unless told otherwise.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test test-fast bench train-demo clean sysdeps
+.PHONY: install demo test test-fast bench train-demo clean sysdeps blender-check
 
 install: $(STAMP)
 
@@ -49,6 +49,16 @@ bench: install
 	$(PY) bench/register.py
 	$(PY) bench/scaling.py
 	$(PY) bench/model.py
+	$(PY) bench/texture.py
+
+# Avatars opened in Blender's own glTF importer (bpy, ~370 MB, not in `make test`'s install) and
+# checked by the Khronos glTF-Validator (npm package, needs node: apt-get install nodejs npm).
+GLTF_VALIDATOR := $(VENV)/gltf-validator
+blender-check: install
+	$(PIP) install -q -e ".[test,cluster,blender]"
+	@command -v npm >/dev/null || { echo "the glTF validator needs node and npm: sudo apt-get install -y nodejs npm"; exit 1; }
+	test -d $(GLTF_VALIDATOR)/node_modules/gltf-validator || npm install --silent --prefix $(GLTF_VALIDATOR) gltf-validator@2.0.0-dev.3.10
+	GHUM_PIPE_REQUIRE_BLENDER=1 $(PY) -m pytest -q -s tests/test_export_blender.py tests/test_export_validator.py
 
 train-demo: install
 	$(PY) -m ghum_pipe.cli synth $(DEMO)/regs --registrations --count 40 --seed 0

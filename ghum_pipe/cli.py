@@ -271,7 +271,8 @@ def _add_optional_commands() -> None:
     when their module exists. If one fails to import, the other commands still work and that
     command reports the import error when used (the error is not hidden)."""
     for module, names in (("ghum_pipe.synth.command", ("synth",)),
-                          ("ghum_pipe.model.commands", ("train", "evaluate", "sample"))):
+                          ("ghum_pipe.model.commands", ("train", "evaluate", "sample")),
+                          ("ghum_pipe.export.command", ("export",))):
         if importlib.util.find_spec(module) is None:
             continue
         try:

@@ -45,3 +45,7 @@ class RegistrationError(GhumPipeError):
 
 class ModelError(GhumPipeError):
     """A trained model cannot be used: missing files, a different template, bad config."""
+
+
+class ExportError(GhumPipeError):
+    """A registration or model cannot be exported: missing or inconsistent files, another template."""

@@ -26,12 +26,14 @@ import click
               help="Instead of Anny scans, write plain meshes of a primitive mannequin (another topology).")
 @click.option("--registrations", is_flag=True,
               help="Instead of scans, write ground-truth registrations for training (no scanner).")
+@click.option("--textured", is_flag=True,
+              help="Colour body scans from a known texture in the template's atlas (OUT/truth/<id>.texture.png).")
 @click.option("--force", is_flag=True, help="Rewrite scans that already exist in OUT.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (one subject each); the files do not depend on it.")
 def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, units: str | None, up: str | None,
           fmt: str, point_cloud: bool, closeups: bool, other_model: bool, registrations: bool, force: bool,
-          jobs: int) -> None:
+          jobs: int, textured: bool = False) -> None:
     """Make COUNT synthetic scans with exact ground truth in OUT.
 
     Scans go to OUT/scans/<id>.<format>, their truth (template vertices in the scan's frame,
@@ -77,7 +79,7 @@ def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, unit
 
     config = SynthConfig(posed=posed, expressions=expressions, units=units or "m", up=up or "z",
                          point_cloud=point_cloud)
-    job = dict(out=out, seed=seed, config=config, closeups=closeups, fmt=fmt, force=force)
+    job = dict(out=out, seed=seed, config=config, closeups=closeups, fmt=fmt, force=force, textured=textured)
     written, t0 = 0, time.time()
     with Progress(transient=True) as progress:
         task = progress.add_task("scanning", total=count)
@@ -102,7 +104,8 @@ def _worker_init() -> None:
     torch.set_num_threads(1)  # one process per core
 
 
-def _subject_scans(out: Path, seed: int, index: int, config, closeups: bool, fmt: str, force: bool) -> int:
+def _subject_scans(out: Path, seed: int, index: int, config, closeups: bool, fmt: str, force: bool,
+                   textured: bool = False) -> int:
     """Scan subject ``index`` (body, and close-ups when asked); skip files already written.
     Returns the number of scans written."""
     from ghum_pipe.synth.generate import CLOSEUP_KINDS, body_scan, closeup_scans, subject_id
@@ -114,7 +117,13 @@ def _subject_scans(out: Path, seed: int, index: int, config, closeups: bool, fmt
     n = 0
     if force or not _done(out, sid, fmt):
         t = load_template()
-        write_scan(out, body_scan(t, seed, index, config), fmt)
+        scan = body_scan(t, seed, index, config)
+        if textured:
+            from ghum_pipe.synth.texture import texture_subject_scan, write_known_texture
+
+            scan, texture = texture_subject_scan(t, scan, seed, index, config)
+            write_known_texture(out, scan.scan_id, texture)
+        write_scan(out, scan, fmt)
         n += 1
     if closeups:
         todo = tuple(k for k in CLOSEUP_KINDS if force or not _done(out, f"{sid}-{k}", fmt))

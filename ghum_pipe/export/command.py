@@ -1,0 +1,113 @@
+"""``ghum-pipe export``: registrations (or a trained model's mean body) as rigged avatars.
+
+Files and messages only; the avatar is built in ``rig.py``/``gltf.py``, the files in ``scan.py``.
+Exit code: 0 when every scan was exported, 1 when some failed (one line each), 2 for a usage
+error (no work dir, unknown id, an output folder inside the scans).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ghum_pipe.errors import GhumPipeError
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+class SetupProblem(click.ClickException):
+    """Nothing to export (no work dir, an unknown id): exit code 2, like the other commands."""
+
+    exit_code = EXIT_USAGE
+
+
+def _scan_dirs(work: Path, only: tuple[str, ...]) -> list[Path]:
+    root = work / "scans"
+    if not root.is_dir():
+        raise SetupProblem(f"{work}: no scans/ folder. Run `ghum-pipe run SCANS --work {work}` first.")
+    dirs = sorted(d for d in root.iterdir() if d.is_dir())
+    if only:
+        known = {d.name for d in dirs}
+        unknown = [i for i in only if i not in known]
+        if unknown:
+            raise SetupProblem(f"{root}: no scan {', '.join(unknown)}. `ghum-pipe status --work {work}` lists them.")
+        dirs = [d for d in dirs if d.name in set(only)]
+    return dirs
+
+
+@click.command("export")
+@click.option("--work", "-w", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Work dir whose registrations to export (W/scans/<id>/registration.ply + params.npz).")
+@click.option("--model", "-m", "model", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="A trained model dir (ghum/ or ghuml/ inside, or one of them): export its mean body.")
+@click.option("--only", "--scans", "only", multiple=True, metavar="ID", help="Only these scan ids (repeat the option).")
+@click.option("--format", "fmt", type=click.Choice(["glb"]), default="glb", show_default=True,
+              help="Avatar format (an OBJ + MTL and registration.json are always written beside it).")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write to OUT/<id>/ instead of W/scans/<id>/ (required with --model).")
+@click.option("--texture", type=click.Choice(["auto", "bake", "none"]), default="auto", show_default=True,
+              help="auto: use W/scans/<id>/texture.png when it was baked; bake: bake it from the scan's colours "
+                   "first (fails for a scan without colours); none: untextured.")
+@click.option("--texture-size", type=click.IntRange(64, 8192), default=2048, show_default=True,
+              help="Baked texture size in texels (square).")
+def export(work, model, only, fmt, out, texture, texture_size):
+    """Export registrations as skinned glTF avatars (avatar.glb): the subject's rest mesh, the
+    template's skeleton and skinning, the scan's pose and expression (morph targets), UVs and
+    the baked texture; metres, +Y up. Also avatar.obj/.mtl and registration.json.
+
+    Baking writes texture.png, texture_confidence.png, texture_mask.png and texture.json into
+    W/scans/<id>/ (also with --out, which then gets a copy of texture.png). Nothing is written
+    outside W and --out.
+
+    \b
+    Examples:
+      ghum-pipe export --work W
+      ghum-pipe export --work W --texture bake --only anna_01
+      ghum-pipe export --model MODEL --out avatars/
+    """
+    from ghum_pipe.template import load_template
+
+    if (work is None) == (model is None):
+        raise click.UsageError("give --work W (registrations) or --model M (a trained model's mean body)")
+    if model is not None:
+        if out is None:
+            raise click.UsageError("--model needs --out DIR")
+        from ghum_pipe.export.model import export_model
+
+        try:
+            files = export_model(model, out, load_template())
+        except GhumPipeError as e:
+            click.echo(str(e), err=True)
+            sys.exit(EXIT_FAILED)
+        click.echo(f"exported {len(files)} model(s) to {out}")
+        return
+    from ghum_pipe.export.scan import export_registration
+
+    dirs = _scan_dirs(work, only)
+    template = load_template()
+    failed = 0
+    t0 = time.perf_counter()
+    for d in dirs:
+        target = d if out is None else out / d.name
+        try:
+            tex = None
+            if texture == "bake":
+                from ghum_pipe.export.bake_scan import bake_registration
+
+                bake_registration(d, template, size=texture_size)
+                tex = d / "texture.png"
+            elif texture == "auto" and (d / "texture.png").exists():
+                tex = d / "texture.png"
+            res = export_registration(d, target, template, texture=tex)
+            click.echo(f"{d.name}: {target / 'avatar.glb'} (posed = registration.ply within "
+                       f"{res['roundtrip_max_mm']:.4f} mm{', textured' if tex else ''})")
+        except GhumPipeError as e:
+            failed += 1
+            click.echo(str(e), err=True)
+    click.echo(f"{'OK' if not failed else 'FAILED'}: {len(dirs) - failed} exported, {failed} failed "
+               f"in {time.perf_counter() - t0:.0f} s", err=bool(failed))
+    if failed:
+        sys.exit(EXIT_FAILED)
