@@ -40,7 +40,7 @@ def test_recovers_posed_template_with_smooth_offsets(template, tl, posed_subject
     faces = scan_faces(template, s["verts"], holes=False)
     res = register_scan(s["verts"], faces, None, lm, template, RegisterConfig(), template_landmarks=tl)
     mean_mm, p95_mm = _surface_errors(template, res.verts, s["verts"])
-    # issue 6: < 2 mm. Measured 1.86 mm mean / 4.7 mm p95: what is left is tangential (torso and
+    # the spec: < 2 mm. Measured 1.86 mm mean / 4.7 mm p95: what is left is tangential (torso and
     # shoulder twist the skeleton fit leaves, which closest points cannot see)
     measured("mean mm", mean_mm, "<", 2.0)
     measured("p95 mm", p95_mm, "<", 6.0)

@@ -22,7 +22,7 @@ def rademacher_vjps(residual_fn: Callable[[], torch.Tensor], tensors: Sequence[t
     builds r from ``tensors`` (which require grad) once; its graph is kept across probes."""
     r = residual_fn()
     for i in range(n_probe):
-        z = (torch.randint(0, 2, r.shape, generator=generator) * 2 - 1).to(r.dtype).to(r.device)
+        z = (torch.randint(0, 2, r.shape, generator=generator, device="cpu") * 2 - 1).to(r.dtype).to(r.device)
         yield torch.autograd.grad((r * z).sum(), tensors, retain_graph=i < n_probe - 1, allow_unused=True)
 
 

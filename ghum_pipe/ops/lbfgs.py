@@ -43,7 +43,7 @@ def minimize_lbfgs(tensors: Sequence[torch.Tensor], loss_fn: Callable[[], torch.
     def unpack(x):
         with torch.no_grad():
             for t, chunk in zip(tensors, np.split(x * k, np.cumsum(sizes)[:-1])):
-                t.copy_(torch.as_tensor(chunk.reshape(t.shape), dtype=t.dtype))
+                t.copy_(torch.as_tensor(chunk.reshape(t.shape), dtype=t.dtype, device=t.device))
 
     def fun(x):
         unpack(x)

@@ -1,8 +1,9 @@
 """The one place registration chooses how neighbours and distances are computed.
 
-* ``knn``: k nearest neighbours. PyTorch3D ``knn_points`` when it is importable and the
-  inputs are on CUDA; chunked ``torch.cdist`` on other CUDA tensors; on CPU a KD-tree
-  (pykdtree, C/OpenMP; scipy's cKDTree if pykdtree is missing).
+* ``knn``: k nearest neighbours. On CPU a KD-tree (pykdtree, C/OpenMP; scipy's cKDTree if
+  pykdtree is missing); chunked ``torch.cdist`` on CUDA tensors; PyTorch3D ``knn_points`` only
+  when asked (``use_pytorch3d=True``): no backend switches itself on before it is proven on a
+  GPU (``scripts/gpu_check.py``).
 * ``PointIndex``: a KD-tree built once over a fixed point set (the scan) and queried many
   times (every ICP iteration), so the build is not repeated.
 * ``MeshDistance``: exact closest points on a triangle mesh (Open3D's ``RaycastingScene``,
@@ -52,14 +53,14 @@ def has_pytorch3d() -> bool:
     return _p3d_knn_points is not None
 
 
-def knn(query: torch.Tensor, ref: torch.Tensor, k: int = 1, use_pytorch3d: bool | None = None):
+def knn(query: torch.Tensor, ref: torch.Tensor, k: int = 1, use_pytorch3d: bool = False):
     """k nearest neighbours of every query point among ``ref``.
 
     Args:
         query: (N, 3) float tensor, metres.
         ref: (M, 3) float tensor, metres, M >= k.
         k: neighbours per query.
-        use_pytorch3d: force (True) or forbid (False) PyTorch3D; None = use it on CUDA if present.
+        use_pytorch3d: use PyTorch3D's ``knn_points`` (it must be importable); default: never.
     Returns:
         dist (N, k) Euclidean distances (metres, ascending) and idx (N, k) long indices into ref,
         on the device of ``query``.
@@ -70,8 +71,7 @@ def knn(query: torch.Tensor, ref: torch.Tensor, k: int = 1, use_pytorch3d: bool 
         raise ValueError(f"knn needs at least k={k} reference points, got {ref.shape[0]}")
     if query.shape[0] == 0:
         return query.new_zeros(0, k), torch.zeros(0, k, dtype=torch.long, device=query.device)
-    p3d = has_pytorch3d() and query.is_cuda if use_pytorch3d is None else use_pytorch3d
-    if p3d:
+    if use_pytorch3d:
         if not has_pytorch3d():
             raise RuntimeError("use_pytorch3d=True but pytorch3d is not importable")
         out = _p3d_knn_points(query[None].float(), ref[None].float(), K=k, return_sorted=True)

@@ -1,4 +1,4 @@
-"""Register one region of the template (head, or one hand) to a close-up scan (issue 8).
+"""Register one region of the template (head, or one hand) to a close-up scan.
 
 GHUM (Xu et al., CVPR 2020, sec. 3.1) adds close-up head and hand scans to the whole-body ones;
 each registration then constrains the model only where its scan has data (the filter F). The
@@ -32,8 +32,10 @@ from ghum_pipe.errors import RegistrationError
 from ghum_pipe.register.landmark_pairs import LandmarkPairs, match_landmarks
 from ghum_pipe.register.nonrigid import NonrigidConfig, refine_nonrigid
 from ghum_pipe.register.posing import full_poser
+from ghum_pipe.register.result import RegistrationResult, observed_vertices, registration_metrics
 from ghum_pipe.register.similarity import Similarity, umeyama
-from ghum_pipe.register.skeleton import SkeletonFit, initial_translation, landmark_icp_fit, rest_offsets
+from ghum_pipe.register.skeleton import (FitVariable, SkeletonFit, assemble_pose, initial_translation, landmark_icp_fit,
+                                         rest_offsets)
 from ghum_pipe.register.target import ScanTarget, build_target
 
 HEAD_JOINTS = ("neck01", "neck02", "neck03", "head")
@@ -119,10 +121,10 @@ def register_region(
         template: :class:`ghum_pipe.template.Template`; kind: "head" | "hand_left" | "hand_right".
         template_landmarks: definitions on the template (default: the landmark stage's).
     Returns:
-        ``stage.RegistrationResult`` (all V vertices, metres). Raises RegistrationError.
+        :class:`~ghum_pipe.register.result.RegistrationResult` (all V vertices, metres). Raises
+        RegistrationError.
     """
     from ghum_pipe.register.landmark_pairs import load_template_landmark_set
-    from ghum_pipe.register.stage import RegistrationResult, _metrics
 
     cfg = config
     seconds = {}
@@ -157,16 +159,14 @@ def register_region(
     seconds["skeleton"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    verts, nr = refine_region(template, fit.verts, target, kind, pairs, cfg)
+    verts, nr = refine_region(template, fit.verts, target, kind, pairs, cfg, device)
     seconds["nonrigid"] = time.perf_counter() - t0
     if not np.isfinite(verts).all():
         raise RegistrationError("registration diverged (non-finite vertices)", path, "Check the scan's landmarks")
 
     t0 = time.perf_counter()
     offsets = rest_offsets(template, fit, verts)
-    metrics, scan_pts, s2r = _metrics(template, verts, target, pairs, fit)
-    r2s = target.distance_to_scan(verts[region])
-    metrics.update(reg_to_scan_mean_mm=float(r2s.mean() * 1e3), reg_to_scan_p95_mm=float(np.percentile(r2s, 95) * 1e3))
+    metrics, scan_pts, s2r = registration_metrics(template, verts, target, pairs, fit.landmark_rms_m, region)
     seconds["metrics"] = time.perf_counter() - t0
     metrics.update(
         kind=kind, similarity_scale=init.scale, coverage=coverage, matched_fraction=nr.matched_fraction,
@@ -176,7 +176,7 @@ def register_region(
     if metrics["scan_to_reg_mean_mm"] > max_scan_to_reg_mm:
         raise RegistrationError(f"registration diverged: mean scan->registration distance "
                                 f"{metrics['scan_to_reg_mean_mm']:.1f} mm (limit {max_scan_to_reg_mm} mm)", path, HINT)
-    observed = region & (target.distance_to_scan(verts) < observed_dist_m)
+    observed = observed_vertices(target, verts, region, observed_dist_m)
     metrics["observed_fraction"] = float(observed[region].mean())
     params = dict(pose=fit.pose, shape=fit.shape, expression=fit.expression, scale=np.float64(fit.scale),
                   translation=fit.translation, offsets=offsets, vertex_mask=observed, kind=np.array(kind),
@@ -210,9 +210,10 @@ def fit_region_skeleton(template, pairs: LandmarkPairs, init: Similarity, target
     dt = torch.float64
     J, E = template.n_joints, template.n_expression
     free = free_joints(template, kind)
-    free_idx = torch.as_tensor(np.flatnonzero(free))
+    free_idx = torch.as_tensor(np.flatnonzero(free), device=device)
     is_finger = np.array([n.startswith(("finger", "metacarpal")) for n in template.joint_names])
-    prior_w = torch.as_tensor(np.where(is_finger, cfg.finger_prior, cfg.pose_prior)[free], dtype=dt)
+    prior_np = np.where(is_finger, cfg.finger_prior, cfg.pose_prior)[free]
+    prior_w = torch.as_tensor(prior_np, dtype=dt, device=device)
     use_face = kind == "head"
     src = pairs.template_points(template.rest_verts).mean(0)
     init = Similarity(init.rotation, 1.0, pairs.targets.mean(0) - init.rotation @ src)
@@ -223,47 +224,43 @@ def fit_region_skeleton(template, pairs: LandmarkPairs, init: Similarity, target
     joint_aa = torch.zeros(len(free_idx), 3, dtype=dt, device=device, requires_grad=True)
     shape = torch.zeros(1, cfg.n_shape, dtype=dt, device=device, requires_grad=True)
     expr = torch.zeros(1, E, dtype=dt, device=device, requires_grad=use_face)
-    params = [root, transl, joint_aa] + ([expr] if use_face else []) + [shape]
-    bounds = [None, None, None] + ([(0.0, 1.0)] if use_face else []) + [None]
-    prior_diag = [0.0, 0.0, prior_w[:, None].expand(-1, 3).numpy()] + ([cfg.expression_prior] if use_face else []) \
-        + [cfg.shape_prior]
+    variables = [FitVariable(root), FitVariable(transl),
+                 FitVariable(joint_aa, None, np.broadcast_to(prior_np[:, None], (len(prior_np), 3)))]
+    if use_face:
+        variables.append(FitVariable(expr, (0.0, 1.0), cfg.expression_prior))
+    variables.append(FitVariable(shape, None, cfg.shape_prior))
     c = np.clip(pairs.confidence, 1e-3, None)
-    lm_w = torch.as_tensor(c / c.sum(), dtype=dt)
-    lm_target = torch.as_tensor(pairs.targets, dtype=dt)
-    lm_wts = torch.as_tensor(pairs.weights, dtype=dt)
+    lm_w = torch.as_tensor(c / c.sum(), dtype=dt, device=device)
+    lm_target = torch.as_tensor(pairs.targets, dtype=dt, device=device)
+    lm_wts = torch.as_tensor(pairs.weights, dtype=dt, device=device)
     region_idx = np.flatnonzero(template.masks[kind] & template.masks["surface"])
     rng = np.random.default_rng(cfg.seed)
 
-    def full_pose():
-        pose = torch.zeros(1, J, 3, dtype=dt, device=device)
-        pose = pose.index_put((torch.zeros_like(free_idx), free_idx), joint_aa)
-        return pose.index_put((torch.tensor([0]), torch.tensor([0])), root[None])
-
     def forward(poser):
-        return poser(shape, full_pose(), expr if use_face else None) + transl
+        return poser(shape, assemble_pose(root, joint_aa, free_idx, J), expr if use_face else None) + transl
 
     def priors():
         p = (prior_w * (joint_aa**2).sum(-1)).sum() + cfg.shape_prior * (shape**2).sum()
         return p + cfg.expression_prior * (expr**2).sum() if use_face else p
 
     # the body fit's two phases (landmarks, then + ICP on the region); all ICP rounds equally long
-    n_eval = landmark_icp_fit(template, forward, priors, params, bounds, prior_diag, pairs, lm_wts, lm_target, lm_w,
+    n_eval = landmark_icp_fit(template, forward, priors, variables, pairs, lm_wts, lm_target, lm_w,
                               target, region_idx, cfg, rng, device, dt, cfg.icp_iters, after_landmarks)
     with torch.no_grad():
         verts = forward(full_poser(template, cfg.n_shape, device, dt))
-        lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[torch.as_tensor(pairs.vertex_ids)])
+        lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[torch.as_tensor(pairs.vertex_ids, device=device)])
         rms = float(((lm_pred - lm_target) ** 2).sum(-1).mean().sqrt())
-        pose = full_pose()[0]
+        pose = assemble_pose(root, joint_aa, free_idx, J)[0]
     return SkeletonFit(
-        pose=pose.numpy().astype(np.float64), shape=shape.detach().numpy()[0].astype(np.float64),
-        expression=expr.detach().numpy()[0].astype(np.float64), scale=1.0,
-        translation=transl.detach().numpy().astype(np.float64), verts=verts.numpy().astype(np.float64),
+        pose=pose.cpu().numpy().astype(np.float64), shape=shape.detach().cpu().numpy()[0].astype(np.float64),
+        expression=expr.detach().cpu().numpy()[0].astype(np.float64), scale=1.0,
+        translation=transl.detach().cpu().numpy().astype(np.float64), verts=verts.cpu().numpy().astype(np.float64),
         landmark_rms_m=rms, iterations=n_eval,
     )
 
 
 def refine_region(template, posed: np.ndarray, target: ScanTarget, kind: str, pairs: LandmarkPairs,
-                  config: RegionConfig = RegionConfig()):
+                  config: RegionConfig = RegionConfig(), device="cpu"):
     """ACAP refinement of the region on a sub-mesh (module docstring, step 3). Returns the (V, 3)
     vertices (outside the sub-mesh: ``posed``) and the ``nonrigid.NonrigidResult``."""
     cfg = config
@@ -292,7 +289,7 @@ def refine_region(template, posed: np.ndarray, target: ScanTarget, kind: str, pa
         confidence=np.concatenate([lm.confidence, np.full(len(pins), cfg.pin_weight)]),
     )
     nr_cfg = replace(cfg.nonrigid, w_landmark_face=0.0)
-    nr = refine_nonrigid(posed[sub_ids], faces, data[sub_ids], target, nr_cfg, landmarks=constraints)
+    nr = refine_nonrigid(posed[sub_ids], faces, data[sub_ids], target, nr_cfg, landmarks=constraints, device=device)
     verts = posed.copy()
     verts[sub_ids] = nr.verts
     return verts, nr

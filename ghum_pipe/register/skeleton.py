@@ -89,6 +89,48 @@ class SkeletonFit:
     iterations: int
 
 
+@dataclass(frozen=True)
+class FitVariable:
+    """One block of the fit's free variables: the tensor L-BFGS moves, its box bounds (None =
+    free) and the curvature of its quadratic prior (added to the Jacobi preconditioner's
+    diag(J^T J); a scalar or an array of the tensor's shape)."""
+
+    tensor: torch.Tensor
+    bounds: tuple[float, float] | None = None
+    prior_curvature: float | np.ndarray = 0.0
+
+
+@dataclass
+class IcpMatches:
+    """Closest pairs both ways, fixed until the next refresh (:func:`icp_correspondences`).
+
+    ``fwd_v`` template vertex ids -> scan points ``fwd_p`` with the scan's normals ``fwd_n``;
+    ``bwd_v`` vertex ids <- scan points ``bwd_p``, with the vertices' (frozen) normals ``bwd_n``;
+    ``ids`` all vertices involved. Tensors are on the fit's device. ``sigma`` (Geman-McClure
+    scale, metres) and the ``*_local`` indices into a poser's subset are set by the fit.
+    """
+
+    ids: np.ndarray
+    fwd_v: np.ndarray
+    bwd_v: np.ndarray
+    fwd_p: torch.Tensor
+    fwd_n: torch.Tensor
+    bwd_p: torch.Tensor
+    bwd_n: torch.Tensor
+    sigma: float = 0.0
+    fwd_local: torch.Tensor | None = None
+    bwd_local: torch.Tensor | None = None
+
+
+def assemble_pose(root: torch.Tensor, joint_aa: torch.Tensor, free_idx: torch.Tensor, n_joints: int) -> torch.Tensor:
+    """(1, J, 3) axis-angle pose: ``root`` (3,) at joint 0, ``joint_aa`` (n, 3) at the joints
+    ``free_idx`` (n,) (on the same device), zero elsewhere."""
+    pose = torch.zeros(1, n_joints, 3, dtype=root.dtype, device=root.device)
+    pose = pose.index_put((torch.zeros_like(free_idx), free_idx), joint_aa)
+    zero = torch.zeros(1, dtype=torch.long, device=root.device)
+    return pose.index_put((zero, zero), root[None])
+
+
 _TWIST = ("upperarm02", "lowerarm02", "upperleg02", "lowerleg02")
 _FIXED = ("toe", "eye.", "pelvis.")  # pelvis.L/R only trade off against the hips: a null space
 
@@ -139,14 +181,16 @@ def fit_skeleton(
     use_fingers = bool((kinds == "hand").sum() >= 6)
     use_face = bool((kinds == "face").sum() >= 10)
     free = groups["body"] | (groups["fingers"] if use_fingers else False)
-    free_idx = torch.as_tensor(np.flatnonzero(free))
-    prior_w = np.where(groups["twist"], cfg.twist_prior, np.where(groups["fingers"], cfg.finger_prior, cfg.pose_prior))
-    prior_w = torch.as_tensor(prior_w[free], dtype=dt, device=device)
+    free_idx = torch.as_tensor(np.flatnonzero(free), device=device)
+    prior_np = np.where(groups["twist"], cfg.twist_prior, np.where(groups["fingers"], cfg.finger_prior, cfg.pose_prior))
+    prior_np = prior_np[free]
+    prior_w = torch.as_tensor(prior_np, dtype=dt, device=device)
     hinge = np.zeros((J, 3))  # (J, 3) unit hinge axis, zero for other joints
     for name, axis in hinge_axes(template.joint_names, template.rest_joints).items():
         hinge[template.joint_index(name)] = axis
+    is_hinge_np = np.abs(hinge[free]).sum(-1) > 0
     hinge = torch.as_tensor(hinge[free], dtype=dt, device=device)
-    is_hinge = hinge.abs().sum(-1) > 0
+    is_hinge = torch.as_tensor(is_hinge_np, device=device)
 
     if not cfg.fit_scale:  # keep the rotation, re-centre for unit scale
         body_lm = kinds == "pose"
@@ -159,8 +203,6 @@ def fit_skeleton(
     joint_aa = torch.zeros(len(free_idx), 3, dtype=dt, device=device, requires_grad=True)
     shape = torch.zeros(1, cfg.n_shape, dtype=dt, device=device, requires_grad=True)
     expr = torch.zeros(1, E, dtype=dt, device=device, requires_grad=use_face)
-    params = [root, transl, joint_aa] + ([log_scale] if cfg.fit_scale else []) + ([expr] if use_face else [])
-
     # landmark weights: each kind sums to its weight, confidence-weighted within
     kind_w = {"pose": cfg.w_pose, "hand": cfg.w_hand, "face": cfg.w_face}
     w = np.zeros(len(pairs))
@@ -176,14 +218,9 @@ def fit_skeleton(
     surface = np.flatnonzero(template.masks["surface"])
     rng = np.random.default_rng(cfg.seed)
 
-    def full_pose():
-        pose = torch.zeros(1, J, 3, dtype=dt, device=device)
-        pose = pose.index_put((torch.zeros_like(free_idx), free_idx), joint_aa)
-        return pose.index_put((torch.tensor([0]), torch.tensor([0])), root[None])
-
     def forward(poser: SubsetPoser):
         """Scaled, translated posed vertices of the poser's subset (n, 3)."""
-        pose = full_pose()
+        pose = assemble_pose(root, joint_aa, free_idx, J)
         verts = poser(shape, pose, expr if use_face else None)
         return torch.exp(log_scale) * verts + transl
 
@@ -198,19 +235,19 @@ def fit_skeleton(
             p = p + cfg.expression_prior * (expr**2).sum()
         return p
 
-    bounds = [None] * len(params)
+    aa_diag = np.broadcast_to(prior_np[:, None], (len(prior_np), 3)) + cfg.hinge_prior * is_hinge_np[:, None]
+    variables = [FitVariable(root), FitVariable(transl), FitVariable(joint_aa, None, aa_diag)]
+    if cfg.fit_scale:
+        variables.append(FitVariable(log_scale, None, cfg.scale_prior))
     if use_face:
-        bounds[-1] = (0.0, 1.0)  # expr is the last of params here
-    params, bounds = params + [shape], bounds + [None]
-    aa_diag = prior_w[:, None].expand(-1, 3).numpy() + cfg.hinge_prior * is_hinge[:, None].numpy()
-    prior_diag = [0.0, 0.0, aa_diag] + ([cfg.scale_prior] if cfg.fit_scale else []) \
-        + ([cfg.expression_prior] if use_face else []) + [cfg.shape_prior]
+        variables.append(FitVariable(expr, (0.0, 1.0), cfg.expression_prior))
+    variables.append(FitVariable(shape, None, cfg.shape_prior))
 
-    total = landmark_icp_fit(template, forward, priors, params, bounds, prior_diag, pairs, lm_wts, lm_target, lm_w,
+    total = landmark_icp_fit(template, forward, priors, variables, pairs, lm_wts, lm_target, lm_w,
                              target, surface, cfg, rng, device, dt, cfg.icp_final_iters, after_landmarks)
     with torch.no_grad():
         verts = forward(full_poser(template, cfg.n_shape, device, dt))
-        pose = full_pose()[0]
+        pose = assemble_pose(root, joint_aa, free_idx, J)[0]
         lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_ids])
         body = torch.as_tensor(kinds == "pose", device=device)
         rms = float(((lm_pred - lm_target)[body] ** 2).sum(-1).mean().sqrt()) if body.any() else float("nan")
@@ -223,7 +260,7 @@ def fit_skeleton(
     )
 
 
-def landmark_icp_fit(template, forward, priors, params: list, bounds: list, prior_diag: list, pairs: LandmarkPairs,
+def landmark_icp_fit(template, forward, priors, variables: list[FitVariable], pairs: LandmarkPairs,
                      lm_wts: torch.Tensor, lm_target: torch.Tensor, lm_w: torch.Tensor, target: ScanTarget | None,
                      pool: np.ndarray, cfg, rng, device, dt, final_iters: int, after_landmarks=None) -> int:
     """The two phases of the body fit (:func:`fit_skeleton`) and the close-up fit
@@ -238,8 +275,8 @@ def landmark_icp_fit(template, forward, priors, params: list, bounds: list, prio
 
     Args:
         forward: ``forward(poser)`` -> the posed vertices (n, 3) of a ``SubsetPoser``'s subset;
-        priors: ``priors()`` -> the scalar prior term; params/bounds/prior_diag: the L-BFGS
-        variables, their box bounds and their priors' Hessian diagonals;
+        priors: ``priors()`` -> the scalar prior term; variables: the L-BFGS variables, their
+        box bounds and their priors' Hessian diagonals;
         lm_wts/lm_target/lm_w: landmark barycentric weights, targets (metres) and weights;
         target: the scan (None: phase 1 only); after_landmarks: optional check of the (V, 3)
         vertices after phase 1 (it may raise).
@@ -248,6 +285,9 @@ def landmark_icp_fit(template, forward, priors, params: list, bounds: list, prio
     """
     faces_t = torch.as_tensor(template.faces, device=device)
     lm_verts = np.unique(pairs.vertex_ids)
+    params = [v.tensor for v in variables]
+    bounds = [v.bounds for v in variables]
+    prior_diag = [v.prior_curvature for v in variables]
 
     def step_sizes(poser, lm_local, corr):
         def residuals():
@@ -255,8 +295,8 @@ def landmark_icp_fit(template, forward, priors, params: list, bounds: list, prio
             lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_local])
             r = [((CM2 * lm_w / lm_w.sum()).sqrt()[:, None] * (lm_pred - lm_target)).ravel()]
             if corr is not None:
-                fv = verts[corr["fwd_local"]]
-                r.append((cfg.w_icp * CM2 / max(len(fv), 1)) ** 0.5 * ((fv - corr["fwd_p"]) * corr["fwd_n"]).sum(-1))
+                fv = verts[corr.fwd_local]
+                r.append((cfg.w_icp * CM2 / max(len(fv), 1)) ** 0.5 * ((fv - corr.fwd_p) * corr.fwd_n).sum(-1))
             return torch.cat(r)
         return jacobi_step_sizes(residuals, params, prior_diag, seed=cfg.seed)
 
@@ -272,12 +312,12 @@ def landmark_icp_fit(template, forward, priors, params: list, bounds: list, prio
             return loss
         return loss_fn
 
-    def subset(ids, corr=None):
+    def subset(ids, corr: IcpMatches | None = None):
         poser = SubsetPoser(template, ids, cfg.n_shape, device, dt)
         lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids), device=device)
         if corr is not None:
-            for side in ("fwd", "bwd"):
-                corr[f"{side}_local"] = torch.as_tensor(np.searchsorted(poser.ids, corr[f"{side}_v"]), device=device)
+            corr.fwd_local = torch.as_tensor(np.searchsorted(poser.ids, corr.fwd_v), device=device)
+            corr.bwd_local = torch.as_tensor(np.searchsorted(poser.ids, corr.bwd_v), device=device)
         return poser, lm_local
 
     poser, lm_local = subset(lm_verts)
@@ -293,8 +333,8 @@ def landmark_icp_fit(template, forward, priors, params: list, bounds: list, prio
             full = forward(full_poser(template, cfg.n_shape, device, dt))
         max_dist = cfg.icp_max_dist_m[0] ** (1 - a) * cfg.icp_max_dist_m[1] ** a
         corr = icp_correspondences(full, faces_t, target, pool, cfg, rng, max_dist)
-        corr["sigma"] = cfg.icp_sigma_m[0] ** (1 - a) * cfg.icp_sigma_m[1] ** a
-        poser, lm_local = subset(np.union1d(lm_verts, corr["ids"]), corr)
+        corr.sigma = cfg.icp_sigma_m[0] ** (1 - a) * cfg.icp_sigma_m[1] ** a
+        poser, lm_local = subset(np.union1d(lm_verts, corr.ids), corr)
         if r == 0:
             scales = step_sizes(poser, lm_local, corr)
         iters = final_iters if r == n_rounds - 1 else cfg.icp_iters
@@ -303,46 +343,43 @@ def landmark_icp_fit(template, forward, priors, params: list, bounds: list, prio
 
 
 def icp_correspondences(verts: torch.Tensor, faces_t: torch.Tensor, target: ScanTarget, pool: np.ndarray, cfg, rng,
-                        max_dist: float) -> dict:
+                        max_dist: float) -> IcpMatches:
     """Closest pairs both ways between template vertices ``pool`` (surface, or a close-up's region)
     and the scan, on random subsets (``cfg.n_icp_verts`` / ``cfg.n_icp_scan``), rejected by
     distance and normal angle (``cfg.icp_max_angle_deg``), fixed until the next refresh.
 
-    verts: (V, 3) posed template (torch, metres). Returns ``ids`` (the vertices involved),
-    ``fwd_v`` (vertex ids) -> ``fwd_p``/``fwd_n`` (scan points, normals) and ``bwd_v`` (vertex
-    ids) <- ``bwd_p`` (scan points) with ``bwd_n`` (the vertices' normals, frozen), as tensors
-    of ``verts``' dtype and device.
+    verts: (V, 3) posed template (torch, metres). The matching runs on the CPU (KD-trees); the
+    returned :class:`IcpMatches` holds tensors of ``verts``' dtype and device.
     """
     v_np = verts.cpu().numpy().astype(np.float64)
     vn = vertex_normals_torch(verts[None], faces_t)[0].cpu().numpy()
     tv = rng.choice(pool, size=min(cfg.n_icp_verts, len(pool)), replace=False)
     d, i = target.index.query(v_np[tv], 1)
-    keep = correspondence_mask(torch.as_tensor(d[:, 0]), torch.as_tensor(vn[tv]),
-                               torch.as_tensor(target.normals[i[:, 0]]), max_dist, cfg.icp_max_angle_deg).numpy()
+    cpu = lambda a: torch.as_tensor(a, device="cpu")  # noqa: E731 - matching is CPU work
+    keep = correspondence_mask(cpu(d[:, 0]), cpu(vn[tv]), cpu(target.normals[i[:, 0]]), max_dist,
+                               cfg.icp_max_angle_deg).numpy()
     fwd_v, fwd_p = tv[keep], i[keep, 0]
     sp = rng.choice(len(target.points), size=min(cfg.n_icp_scan, len(target.points)), replace=False)
     d2, j = PointIndex(v_np[pool]).query(target.points[sp], 1)
     jv = pool[j[:, 0]]
-    keep2 = correspondence_mask(torch.as_tensor(d2[:, 0]), torch.as_tensor(target.normals[sp]),
-                                torch.as_tensor(vn[jv]), max_dist, cfg.icp_max_angle_deg).numpy()
+    keep2 = correspondence_mask(cpu(d2[:, 0]), cpu(target.normals[sp]), cpu(vn[jv]), max_dist,
+                                cfg.icp_max_angle_deg).numpy()
     bwd_v, bwd_p = jv[keep2], sp[keep2]
     as_t = lambda a: torch.as_tensor(a, dtype=verts.dtype, device=verts.device)  # noqa: E731
-    return {
-        "ids": np.union1d(fwd_v, bwd_v), "fwd_v": fwd_v, "bwd_v": bwd_v,
-        "fwd_p": as_t(target.points[fwd_p]), "fwd_n": as_t(target.normals[fwd_p]),
-        "bwd_p": as_t(target.points[bwd_p]), "bwd_n": as_t(vn[bwd_v]),
-    }
+    return IcpMatches(ids=np.union1d(fwd_v, bwd_v), fwd_v=fwd_v, bwd_v=bwd_v,
+                      fwd_p=as_t(target.points[fwd_p]), fwd_n=as_t(target.normals[fwd_p]),
+                      bwd_p=as_t(target.points[bwd_p]), bwd_n=as_t(vn[bwd_v]))
 
 
-def icp_both_ways(verts: torch.Tensor, corr: dict) -> torch.Tensor:
+def icp_both_ways(verts: torch.Tensor, corr: IcpMatches) -> torch.Tensor:
     """Point-to-plane Geman-McClure ICP (metres^2), template->scan plus scan->template; ``verts``
-    are a poser's subset, indexed by ``corr["fwd_local"]`` / ``corr["bwd_local"]``."""
-    fv = verts[corr["fwd_local"]]
-    loss = icp_loss(fv, corr["fwd_p"], corr["fwd_n"], torch.ones(len(fv), dtype=torch.bool, device=fv.device), corr["sigma"])
-    if len(corr["bwd_v"]):
-        bv = verts[corr["bwd_local"]]
-        loss = loss + icp_loss(corr["bwd_p"], bv, corr["bwd_n"], torch.ones(len(bv), dtype=torch.bool, device=bv.device),
-                               corr["sigma"])
+    are a poser's subset, indexed by ``corr.fwd_local`` / ``corr.bwd_local``."""
+    fv = verts[corr.fwd_local]
+    loss = icp_loss(fv, corr.fwd_p, corr.fwd_n, torch.ones(len(fv), dtype=torch.bool, device=fv.device), corr.sigma)
+    if len(corr.bwd_v):
+        bv = verts[corr.bwd_local]
+        loss = loss + icp_loss(corr.bwd_p, bv, corr.bwd_n, torch.ones(len(bv), dtype=torch.bool, device=bv.device),
+                               corr.sigma)
     return loss
 
 
@@ -358,12 +395,12 @@ def rest_offsets(template, fit: SkeletonFit, verts: np.ndarray) -> np.ndarray:
 
     dt = torch.float64
     tt = template.tensors("cpu", dt)
-    shape = torch.as_tensor(fit.shape[None], dtype=dt)
-    expr = torch.as_tensor(fit.expression[None], dtype=dt)
+    shape = torch.as_tensor(fit.shape[None], dtype=dt, device="cpu")
+    expr = torch.as_tensor(fit.expression[None], dtype=dt, device="cpu")
     rest, joints = template.shaped(shape, expr, 1, "cpu", dt)
-    rot = as_rotmats(torch.as_tensor(fit.pose[None], dtype=dt))
+    rot = as_rotmats(torch.as_tensor(fit.pose[None], dtype=dt, device="cpu"))
     _, rel = batch_rigid_transform(rot, joints, tt["parents"], tt["levels"])
     T = torch.einsum("vi,vimn->vmn", tt["skin_weights"], rel[0][tt["skin_indices"]])  # (V, 4, 4)
-    local = (torch.as_tensor(verts, dtype=dt) - torch.as_tensor(fit.translation, dtype=dt)) / fit.scale
+    local = (torch.as_tensor(verts, dtype=dt, device="cpu") - torch.as_tensor(fit.translation, dtype=dt, device="cpu")) / fit.scale
     o = torch.linalg.solve(T[:, :3, :3], (local - T[:, :3, 3])[..., None])[..., 0] - rest[0]
     return o.numpy()

@@ -23,9 +23,10 @@ import torch
 
 from ghum_pipe.errors import RegistrationError
 from ghum_pipe.register.backend import single_threaded_blas
-from ghum_pipe.register.landmark_pairs import LandmarkPairs, load_template_landmark_set, match_landmarks
+from ghum_pipe.register.landmark_pairs import load_template_landmark_set, match_landmarks
 from ghum_pipe.register.nonrigid import NonrigidConfig, matchable_vertices, refine_nonrigid
-from ghum_pipe.register.region import RegionConfig
+from ghum_pipe.register.region import RegionConfig, register_region
+from ghum_pipe.register.result import RegistrationResult, observed_vertices, registration_metrics
 from ghum_pipe.register.similarity import umeyama
 from ghum_pipe.register.skeleton import SkeletonConfig, fit_skeleton, rest_offsets
 from ghum_pipe.register.target import build_target
@@ -57,19 +58,16 @@ class RegisterConfig:
     region: RegionConfig = field(default_factory=RegionConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class RegistrationResult:
-    """A registration in the internal frame (metres, +Z up)."""
-
-    verts: np.ndarray  # (V, 3) template order
-    params: dict  # pose (J,3), shape (S,), expression (E,), scale, translation (3,), offsets (V,3),
-    # vertex_mask (V,) bool: the vertex had scan data within ``observed_dist_m`` (the model's filter F)
-    metrics: dict
-    scan_points: np.ndarray  # (N, 3) scan samples used for the metrics
-    scan_to_reg_m: np.ndarray  # (N,) their distance to the registration
+        """The settings of the branch that runs (the runner hashes this): a body's omits
+        ``region``, a close-up's ``skeleton`` and ``nonrigid``, so changing a close-up setting
+        does not re-run every body scan (and the reverse). With ``kind`` None: everything."""
+        d = dataclasses.asdict(self)
+        if self.kind == "body":
+            d.pop("region")
+        elif self.kind is not None:
+            d.pop("skeleton")
+            d.pop("nonrigid")
+        return d
 
 
 def _fail(msg: str, path, hint: str | None = None):
@@ -101,8 +99,6 @@ def register_scan(
         torch.set_num_threads(cfg.threads)
     kind = kind or cfg.kind or "body"
     if kind != "body":
-        from ghum_pipe.register.region import register_region
-
         return register_region(scan_verts, scan_faces, scan_normals, landmarks, template, kind, cfg.region,
                                template_landmarks, path, cfg.max_scan_points, cfg.min_confidence,
                                cfg.observed_dist_m, cfg.max_scan_to_reg_mm, cfg.device)
@@ -156,7 +152,7 @@ def register_scan(
 
     t0 = time.perf_counter()
     offsets = rest_offsets(template, fit, verts)
-    metrics, scan_pts, s2r = _metrics(template, verts, target, pairs, fit)
+    metrics, scan_pts, s2r = registration_metrics(template, verts, target, pairs, fit.landmark_rms_m)
     seconds["metrics"] = time.perf_counter() - t0
     metrics.update(
         similarity_scale=sim.scale, init_landmark_rms_mm=init_rms * 1e3, coverage=coverage,
@@ -167,31 +163,11 @@ def register_scan(
         _fail(f"registration diverged: mean scan->registration distance {metrics['scan_to_reg_mean_mm']:.1f} mm "
               f"(limit {cfg.max_scan_to_reg_mm} mm)", path, HINT_LANDMARKS)
     # the training filter F: surface vertices with scan data nearby (holes, interior: 0)
-    observed = surface & (target.distance_to_scan(verts) < cfg.observed_dist_m)
+    observed = observed_vertices(target, verts, surface, cfg.observed_dist_m)
     metrics["observed_fraction"] = float(observed[surface].mean())
     params = dict(pose=fit.pose, shape=fit.shape, expression=fit.expression, scale=np.float64(fit.scale),
                   translation=fit.translation, offsets=offsets, vertex_mask=observed, kind=np.array("body"))
     return RegistrationResult(verts=verts, params=params, metrics=metrics, scan_points=scan_pts, scan_to_reg_m=s2r)
-
-
-def _metrics(template, verts, target, pairs: LandmarkPairs, fit) -> tuple[dict, np.ndarray, np.ndarray]:
-    from ghum_pipe.register.backend import MeshDistance
-
-    surface = template.masks["surface"]
-    surf_faces = template.faces[surface[template.faces].all(1)]
-    s2r = MeshDistance(verts, surf_faces).closest(target.points)["dist"]
-    r2s = target.distance_to_scan(verts[surface])
-    lm = np.linalg.norm(pairs.template_points(verts) - pairs.targets, axis=1)
-    kinds = np.asarray(pairs.kinds)
-    per_kind = {k: float(np.sqrt((lm[kinds == k] ** 2).mean()) * 1e3) for k in ("pose", "hand", "face") if (kinds == k).any()}
-    m = dict(
-        scan_to_reg_mean_mm=float(s2r.mean() * 1e3), scan_to_reg_p95_mm=float(np.percentile(s2r, 95) * 1e3),
-        reg_to_scan_mean_mm=float(r2s.mean() * 1e3), reg_to_scan_p95_mm=float(np.percentile(r2s, 95) * 1e3),
-        landmark_rms_mm=per_kind, n_landmarks={k: int((kinds == k).sum()) for k in ("pose", "hand", "face")},
-        landmark_residual_mm={n: round(float(d * 1e3), 2) for n, d in zip(pairs.names, lm) if not n.startswith("face_")},
-        skeleton_landmark_rms_mm=fit.landmark_rms_m * 1e3, n_scan_samples=int(len(target.points)),
-    )
-    return m, target.points, s2r
 
 
 def read_landmarks_json(path: Path, frame) -> dict:
