@@ -231,3 +231,22 @@ def test_nonrigid_with_cg_solver_matches_direct(template):
     print({m: round(e * 1e3, 3) for m, e in err.items()})
     assert err["direct"] < 0.001, err  # the 6 mm bulge is recovered (measured 0.39 mm)
     assert np.abs(res["cg"] - res["direct"])[surface].max() < 1e-6
+
+
+def test_config_hash_covers_only_the_branch_that_runs():
+    """A close-up setting does not re-run body scans, and a body setting does not re-run close-ups."""
+    from dataclasses import replace
+
+    from ghum_pipe.pipelines.manifest import config_hash
+    from ghum_pipe.register.region import RegionConfig
+    from ghum_pipe.register.skeleton import SkeletonConfig
+    from ghum_pipe.register.stage import RegisterConfig
+
+    base = RegisterConfig()
+    other_region = replace(base, region=RegionConfig(icp_rounds=7))
+    other_body = replace(base, skeleton=SkeletonConfig(icp_rounds=7))
+    for kind in ("body", "head"):
+        h = config_hash(replace(base, kind=kind).to_dict())
+        moved_by_region = h != config_hash(replace(other_region, kind=kind).to_dict())
+        moved_by_body = h != config_hash(replace(other_body, kind=kind).to_dict())
+        assert (moved_by_region, moved_by_body) == ((False, True) if kind == "body" else (True, False))
