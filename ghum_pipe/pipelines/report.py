@@ -98,7 +98,7 @@ def _metric_columns(rows: list[dict]) -> list[str]:
 
 
 def _overlay_jobs(manifest: Manifest, out_dir: Path) -> list[tuple]:
-    """``(scan_path, units, up, registration.ply, overlay.png)`` for each overlay image that is
+    """``(scan_path, scan_dir, registration.ply, overlay.png)`` for each overlay image that is
     missing or older than its registration."""
     jobs = []
     for scan_id in manifest.ids():
@@ -108,9 +108,7 @@ def _overlay_jobs(manifest: Manifest, out_dir: Path) -> list[tuple]:
             continue
         if out.exists() and out.stat().st_mtime >= reg_file.stat().st_mtime:
             continue
-        # the ingest config that made scan.json gives the same frame again (detection is deterministic)
-        cfg = manifest.config((manifest.stage(scan_id, "ingest") or {}).get("config_hash", "")) or {}
-        jobs.append((manifest.scans[scan_id]["path"], cfg.get("units"), cfg.get("up"), str(reg_file), str(out)))
+        jobs.append((manifest.scans[scan_id]["path"], str(folder), str(reg_file), str(out)))
     return jobs
 
 

@@ -40,7 +40,8 @@ def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, unit
 
     \b
     Ids: syn<seed>-<i> (body), syn<seed>-<i>-head|-hand_left|-hand_right (--closeups),
-    other<seed>-<i> (--other-model). All scans of one subject share its shape (truth 'subject').
+    other<seed>-<i> (--other-model). All scans of one subject share its shape (truth 'subject');
+    OUT/scans/subjects.csv says which scan shows whom, so 'ghum-pipe run OUT/scans' groups them.
     \b
     Examples:
       ghum-pipe synth data/synth --count 8 --posed --units mixed --up mixed
@@ -92,8 +93,31 @@ def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, unit
                 for fut in as_completed([pool.submit(_subject_scans, index=i, **job) for i in range(count)]):
                     written += fut.result()
                     progress.advance(task)
+    n_subjects = write_subjects_csv(out)
     click.echo(f"{written} scans written ({count} subjects) in {time.time() - t0:.0f} s: "
-               f"scans in {out / 'scans'}, truth in {out / 'truth'}")
+               f"scans in {out / 'scans'}, truth in {out / 'truth'}, subjects of {n_subjects} scans in "
+               f"{out / 'scans' / 'subjects.csv'}")
+
+
+def write_subjects_csv(out: Path) -> int:
+    """``OUT/scans/subjects.csv`` (``scan_id,subject``) from every truth record in ``OUT/truth``,
+    so the pipeline groups a subject's body and close-up scans (``ghum_pipe.io.subjects``).
+    Returns the number of rows."""
+    import json
+
+    from ghum_pipe.io.atomic import atomic_path
+
+    rows = []
+    for f in sorted((out / "truth").glob("*.json")):
+        try:
+            info = json.loads(f.read_text())
+        except ValueError:
+            continue
+        if isinstance(info, dict) and info.get("scan_id") and info.get("subject"):
+            rows.append(f"{info['scan_id']},{info['subject']}")
+    with atomic_path(out / "scans" / "subjects.csv") as tmp:
+        tmp.write_text("scan_id,subject\n" + "".join(r + "\n" for r in rows), encoding="utf-8")
+    return len(rows)
 
 
 def _worker_init() -> None:
@@ -135,4 +159,5 @@ def _other_models(out: Path, count: int, seed: int, units: str, up: str, fmt: st
 
     for i in range(count):
         write_scan(out, mannequin_scan(seed, i, units=units, up=up), fmt)
+    write_subjects_csv(out)
     click.echo(f"{count} mannequins in {out / 'scans'}, truth in {out / 'truth'}")
