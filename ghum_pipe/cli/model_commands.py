@@ -57,7 +57,7 @@ def train(work: Path, out: Path, lowres_only: bool, fullres_only: bool, rounds: 
       ghum-pipe train --work data/regs --out models --workers 2
     """
     from ghum_pipe.model.config import TrainConfig, ghum_config, ghuml_config
-    from ghum_pipe.model.schedule import train_models
+    from ghum_pipe.pipelines.model_schedule import train_models
 
     _logging(quiet)
     if lowres_only and fullres_only:

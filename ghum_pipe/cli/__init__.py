@@ -9,8 +9,6 @@ then a summary line), 2 for a usage or set-up error, 130 when interrupted.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import logging
 import os
 import signal
@@ -258,42 +256,18 @@ def _write_report(work: Path, quiet: bool, cluster=None) -> None:
         click.echo(f"report: {index}")
 
 
-def _add_optional_commands() -> None:
-    """Commands that live with their stage (``synth``, ``train``, ``evaluate``, ``sample``), added
-    when their module exists. If one fails to import, the other commands still work and that
-    command reports the import error when used (the error is not hidden)."""
-    for module, names in (("ghum_pipe.synth.command", ("synth",)),
-                          ("ghum_pipe.model.commands", ("train", "evaluate", "sample"))):
-        if importlib.util.find_spec(module) is None:
-            continue
-        try:
-            mod = importlib.import_module(module)
-        except Exception as e:  # noqa: BLE001 - reported when the command is used
-            for name in names:
-                main.add_command(_broken_command(name, module, e), name)
-            continue
-        for name in names:
-            command = getattr(mod, name, None)
-            if command is not None:
-                main.add_command(command, name)
-
-
-def _broken_command(name: str, module: str, error: Exception) -> click.Command:
-    message = f"'{name}' is unavailable: importing {module} failed ({type(error).__name__}: {error})"
-
-    @click.command(name, help=f"(unavailable: {module} failed to import)",
-                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-    def broken():
-        raise SetupError(message)
-
-    return broken
-
-
 def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-_add_optional_commands()
+def _add_commands() -> None:
+    """The commands defined in their own modules (``synth``; ``train``, ``evaluate``, ``sample``).
+    Those modules import only click at the top, so listing the commands imports no torch."""
+    from ghum_pipe.cli.model_commands import evaluate, sample, train
+    from ghum_pipe.synth.command import synth
 
-if __name__ == "__main__":
-    main()
+    for command in (synth, train, evaluate, sample):
+        main.add_command(command)
+
+
+_add_commands()
