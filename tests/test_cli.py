@@ -97,8 +97,14 @@ def test_status_and_report(tmp_path, template):
         work / "scans" / "body_m" / "registration.ply")
 
     res = CliRunner().invoke(main, ["status", "--work", str(work)])
-    assert res.exit_code == 0
+    assert res.exit_code == 1  # a scan failed: scripts see it
     assert "body_mm" in res.output and "broken" in res.output and "2 done, 1 failed" in res.output
+    res = cli("status", "--work", work, "--json")
+    assert res.returncode == 1, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["ok"] is False and doc["totals"]["ingest"] == {"done": 2, "failed": 1}
+    assert doc["scans"]["broken"]["stages"]["ingest"]["status"] == "failed"
+    assert doc["scans"]["body_mm"]["stages"]["ingest"]["status"] == "done"
 
     res = cli("report", "--work", work, "--workers", "1")
     assert res.returncode == 0, res.stderr

@@ -27,11 +27,14 @@ import click
 @click.option("--registrations", is_flag=True,
               help="Instead of scans, write ground-truth registrations for training (no scanner).")
 @click.option("--force", is_flag=True, help="Rewrite scans that already exist in OUT.")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", "jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (one subject each); the files do not depend on it.")
+@click.option("--jobs", "-j", "jobs_old", type=click.IntRange(min=1), default=None, hidden=True)  # old spelling
+@click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, errors only.")
 def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, units: str | None, up: str | None,
           fmt: str, point_cloud: bool, closeups: bool, other_model: bool, registrations: bool, force: bool,
-          jobs: int) -> None:
+          jobs: int, jobs_old: int | None, verbose: int, quiet: bool) -> None:
     """Make COUNT synthetic scans with exact ground truth in OUT.
 
     Scans go to OUT/scans/<id>.<format>, their truth (template vertices in the scan's frame,
@@ -50,12 +53,19 @@ def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, unit
       ghum-pipe synth data/other --count 2 --other-model
       ghum-pipe synth data/train --count 50 --registrations
     """
+    import logging
+
+    jobs = jobs_old or jobs
+    logging.basicConfig(level=logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
+                        format="%(message)s")
     try:
         (out / "scans").mkdir(parents=True, exist_ok=True)
         (out / "truth").mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise click.ClickException(f"{out}: cannot create the output folders ({e.strerror}). "
-                                   "Choose a folder you can write to")
+        from ghum_pipe.cli.options import SetupError
+
+        raise SetupError(f"{out}: cannot create the output folders ({e.strerror}). "
+                         "Choose a folder you can write to") from None
     if registrations:
         from ghum_pipe.synth.registrations import make_registrations
 
@@ -80,7 +90,7 @@ def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, unit
                          point_cloud=point_cloud)
     job = dict(out=out, seed=seed, config=config, closeups=closeups, fmt=fmt, force=force)
     written, t0 = 0, time.time()
-    with Progress(transient=True) as progress:
+    with Progress(transient=True, disable=quiet) as progress:
         task = progress.add_task("scanning", total=count)
         if jobs <= 1:
             for i in range(count):
