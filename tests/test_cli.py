@@ -137,3 +137,53 @@ def test_stage_commands_are_registered():
         assert name in main.commands, name
         res = CliRunner().invoke(main, [name, "--help"])
         assert res.exit_code == 0 and "Usage:" in res.output, (name, res.output)
+
+
+def test_one_cli_options_mean_the_same_everywhere():
+    """-w/--work, -v, -q, --workers: the same spelling and meaning on every command; every option
+    has help text and shows its default when it has one (required options and None have none)."""
+    import click
+
+    for name, cmd in sorted(main.commands.items()):
+        opts = {o: p for p in cmd.params if isinstance(p, click.Option) for o in p.opts}
+        assert "-v" in opts and opts["-v"].count and "--verbose" in opts["-v"].opts, name
+        assert "-q" in opts and opts["-q"].is_flag and "--quiet" in opts["-q"].opts, name
+        if "--work" in opts:
+            assert opts["--work"].opts == ["--work", "-w"], name
+        if "--workers" in opts:
+            assert isinstance(opts["--workers"].type, click.IntRange) and opts["--workers"].type.min == 1, name
+        for p in cmd.params:
+            if not isinstance(p, click.Option) or p.hidden:
+                continue
+            assert p.help, (name, p.opts)
+            real_default = (not p.required and not p.is_flag and not p.count and not p.multiple
+                            and p.default is not None)
+            assert not real_default or p.show_default, (name, p.opts, p.default)
+    # the old spellings still work, hidden
+    assert "--jobs" not in CliRunner().invoke(main, ["synth", "--help"]).output
+    assert "--workers" in CliRunner().invoke(main, ["synth", "--help"]).output
+    assert "--count" in CliRunner().invoke(main, ["sample", "--help"]).output
+    assert "[default: auto]" in " ".join(CliRunner().invoke(main, ["register", "--help"]).output.split())
+
+
+def test_user_errors_are_one_line_exit_2(tmp_path):
+    """No traceback for the README's user errors; the message names the path (run as a user would)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "a.ply").write_text("ply\n")
+    cases = [
+        (("ingest", scans, "--work", blocker / "W"), "cannot write to this work dir"),  # --work under a file
+        (("ingest", scans, "--work", "/proc/ghum-W"), "cannot write to this work dir"),  # a read-only file system
+        (("report", "--work", tmp_path / "missing"), "no such work dir"),
+        (("evaluate", "--model", tmp_path / "no-model", "--work", tmp_path), "no trained model here"),
+        (("sample", "--model", tmp_path / "no-model", "--out", tmp_path / "s"), "no trained model here"),
+        (("train", "--work", tmp_path, "--out", tmp_path / "M"), "no registrations"),
+        (("evaluate", "--model", tmp_path, "--work", tmp_path), "no trained model here"),
+    ]
+    for args, message in cases:
+        res = cli(*args, timeout=120)
+        assert res.returncode == 2, (args, res.stdout, res.stderr)
+        assert message in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1, (args, res.stderr)
