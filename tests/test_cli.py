@@ -114,12 +114,12 @@ def test_status_and_report(tmp_path, template):
     for scan_id in ("body_mm", "body_m", "broken"):
         assert f"id='scan-{scan_id}'" in page
     assert "cannot read the file" in page or "truncated" in page
-    assert "<table class='sortable'" in page and "addEventListener('click'" in page
-    assert "register.scan_to_reg_mean_mm" in page and ">4.2<" in page
+    assert "<table class='sortable compact'" in page and "addEventListener('click'" in page
+    assert "scan→reg mean (mm)</th>" in page and ">4.2<" in page
     assert "http://" not in page and "https://" not in page  # offline
     srcs = re.findall(r"src='([^']+)'", page)
-    assert "plots/timing.png" in srcs
-    for src in srcs:
+    assert not any(src.startswith("plots/") for src in srcs)  # 3 scans: no histogram says anything
+    for src in srcs + re.findall(r"href='([^'#]+)'", page):
         assert (index.parent / src).is_file(), src
     # the overlay: scan on top, the (shifted) registration in blue over it below
     overlay = np.asarray(Image.open(work / "report" / "scans" / "body_mm" / "overlay.png").convert("RGB"), float)
