@@ -183,7 +183,7 @@ def record_subjects(manifest: Manifest, ids, pattern: str | None = None) -> dict
         folder = manifest.work / "scans" / scan_id
         recorded = recorded_subject(folder)
         subject = resolved[scan_id] or recorded or manifest.scans[scan_id].get("subject")
-        if resolved[scan_id] is not None:
+        if resolved[scan_id] is not None and resolved[scan_id] != recorded:
             relabel_outputs(folder, resolved[scan_id])
         manifest.scans[scan_id]["subject"] = subject
         out[scan_id] = subject
