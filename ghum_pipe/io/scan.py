@@ -113,11 +113,9 @@ def load_scan(path: str | Path, units: str | None = None, up: str | None = None,
     if len(raw.verts) < min_points:
         raise ScanError(f"the kept body has {len(raw.verts)} points, at least {min_points} are needed",
                         path, "Check the file is a whole-body scan")
-    if frame is not None:
-        pass  # recorded by an earlier read of this file
-    elif kind != "body":
+    if frame is None and kind != "body":
         frame = _closeup_frame(raw, weights, axes, path, units, up, kind, notes)
-    else:
+    elif frame is None:  # (a given frame was recorded by an earlier read of this file)
         problem = shape_problem(axes)
         if problem:
             raise ScanError(f"does not look like a person: {problem}", path,

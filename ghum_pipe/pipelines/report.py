@@ -45,7 +45,7 @@ td.failed{white-space:normal;min-width:14em;max-width:30em;text-align:left}
 .blocked,.look{color:#a36b00} .pending{color:#888} .plots{display:flex;flex-wrap:wrap}
 .plots img{margin:4px;border:1px solid #ddd;background:#fff;width:420px}
 table.compact .x{display:none} .tools{margin:.5em 0} .tools input[type=search]{width:20em}
-.scan{background:#fff;border:1px solid #ddd;padding:8px 12px;margin:12px 0}
+.scan{background:#fff;border:1px solid #ddd;padding:8px 12px;margin:12px 0;content-visibility:auto;contain-intrinsic-size:auto 480px}
 .scan img{max-width:560px;max-height:420px;margin:4px 0;border:1px solid #eee} .notes{color:#555;font-size:12px}
 .imgs{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start} .imgs figure{margin:0}
 figcaption{font-size:12px;color:#555} .files a{margin-right:.6em}
