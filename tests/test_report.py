@@ -134,6 +134,7 @@ def test_a_large_report_renders_in_a_browser(tmp_path):
     index = write_report(work, overlays=False)
     page = index.read_text()
     assert len(re.findall(r"<td class='id'", page)) == 300
+    assert page.count("<tr style='display:none'>") == 100 and "show all 300 rows" in page  # 200 shown
     for ref in set(re.findall(r"(?:src|href)='([^'#]+)'", page)):
         assert (index.parent / ref).is_file(), ref
     shot = tmp_path / "shot.png"

@@ -52,6 +52,19 @@ figcaption{font-size:12px;color:#555} .files a{margin-right:.6em}
 .legend{font-size:12px;color:#555} .dot{color:#14aa28;font-weight:bold} .cross{color:#dc1e1e;font-weight:bold}
 """
 SCRIPT = """
+var table = document.getElementById('scans'), showAll = false;
+function refresh(){
+  // the first PAGE rows (the queue comes first) unless 'all rows' or a filter: a 10,000-row
+  // table lays out only what is shown
+  var q = document.getElementById('filter').value.toLowerCase(), n = 0;
+  Array.from(table.tBodies[0].rows).forEach(function(r){
+    var hit = !q || r.textContent.toLowerCase().indexOf(q) >= 0;
+    r.style.display = (hit && (showAll || q || n < PAGE)) ? '' : 'none';
+    if (hit) n++;
+  });
+  var more = document.getElementById('more');
+  if (more) more.style.display = (showAll || q || n <= PAGE) ? 'none' : '';
+}
 document.querySelectorAll('table.sortable th').forEach(function(th, col){
   th.addEventListener('click', function(){
     var tbody = th.closest('table').tBodies[0], rows = Array.from(tbody.rows);
@@ -63,18 +76,17 @@ document.querySelectorAll('table.sortable th').forEach(function(th, col){
       return asc ? c : -c;
     });
     rows.forEach(function(r){ tbody.appendChild(r); });
+    refresh();
   });
 });
 document.getElementById('allcols').addEventListener('change', function(e){
-  document.getElementById('scans').classList.toggle('compact', !e.target.checked);
+  table.classList.toggle('compact', !e.target.checked);
 });
-document.getElementById('filter').addEventListener('input', function(e){
-  var q = e.target.value.toLowerCase();
-  Array.from(document.getElementById('scans').tBodies[0].rows).forEach(function(r){
-    r.style.display = (!q || r.textContent.toLowerCase().indexOf(q) >= 0) ? '' : 'none';
-  });
-});
+document.getElementById('filter').addEventListener('input', refresh);
+var more = document.getElementById('more');
+if (more) more.addEventListener('click', function(){ showAll = true; refresh(); });
 """
+PAGE_ROWS = 200  # table rows shown before 'show all' (the queue comes first)
 # what the contact sheet's marks mean (landmarks/contact_sheet.py draws them)
 CONTACT_SHEET_LEGEND = ("<span class='dot'>&#9679;</span> landmark MediaPipe detected in that render (2D) &nbsp; "
                         "<span class='cross'>&#10005;</span> triangulated 3D landmark projected back into it &nbsp; "
@@ -169,7 +181,7 @@ def _table(work: Path, rows: list[dict], stages: list[str], columns: list[Column
     head += [th(s) for s in stages] + [th(f"{s} time (s)", True) for s in stages]
     head += [th(c.header(), not c.default, c.key) for c in columns] + [th("files")]
     out = [f"<table class='sortable compact' id='scans'><thead><tr>{''.join(head)}</tr></thead><tbody>"]
-    for r in rows:
+    for k, r in enumerate(rows):
         sid = html.escape(r["id"])
 
         def td(value, text, cls="", extra=False, title=""):
@@ -193,8 +205,12 @@ def _table(work: Path, rows: list[dict], stages: list[str], columns: list[Column
             v = r["metrics"].get(c.key)
             cells.append(td("" if v is None else v, "" if v is None else _fmt(v), extra=not c.default))
         cells.append(f"<td class='t files'>{_files(work, r['id'], out_dir)}</td>")
-        out.append("<tr>" + "".join(cells) + "</tr>")
+        hidden = " style='display:none'" if k >= PAGE_ROWS else ""  # until 'show all' (see SCRIPT)
+        out.append(f"<tr{hidden}>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
+    if len(rows) > PAGE_ROWS:
+        out.append(f"<p><button id='more'>show all {len(rows)} rows</button> (the first {PAGE_ROWS} are shown; "
+                   "the filter searches all)</p>")
     return out
 
 
@@ -266,7 +282,7 @@ def write_report(work: str | Path, overlays: bool = True, cluster=None) -> Path:
         parts.append("</div>")
     parts.append("<h2>Per scan</h2>")
     parts += [_scan_section(manifest, r, stages, out_dir) for r in rows]
-    parts.append(f"<script>{SCRIPT}</script></body></html>")
+    parts.append(f"<script>var PAGE = {PAGE_ROWS};{SCRIPT}</script></body></html>")
     index = out_dir / "index.html"
     with atomic_path(index) as tmp:
         tmp.write_text("\n".join(parts), encoding="utf-8")
