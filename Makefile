@@ -14,7 +14,7 @@ export OMP_NUM_THREADS ?= 2
 
 install: $(STAMP)
 
-# open3d needs the system library libusb-1.0-0.
+# open3d needs the system library libusb-1.0-0; the report's browser test needs chromium.
 sysdeps:
 	@if ! ldconfig -p 2>/dev/null | grep -q libusb-1.0.so.0; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -22,6 +22,15 @@ sysdeps:
 	    (apt-get install -y -qq libusb-1.0-0 >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null)); \
 	  else \
 	    echo "open3d needs libusb-1.0-0; run: sudo apt-get install -y libusb-1.0-0"; exit 1; \
+	  fi; \
+	fi
+	@# headless Chromium screenshots the HTML report in tests/test_report.py (skipped without it)
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (the report's browser test)"; \
+	    (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)); \
+	  else \
+	    echo "note: the report's browser test needs chromium: sudo apt-get install -y chromium"; \
 	  fi; \
 	fi
 

@@ -65,7 +65,7 @@ def main() -> None:
     tmp = None
     if args.model is None:
         from ghum_pipe.model.config import TrainConfig, ghum_config, ghuml_config
-        from ghum_pipe.model.schedule import train_models
+        from ghum_pipe.pipelines.model_schedule import train_models
         from ghum_pipe.synth.registrations import make_registrations
 
         tmp = Path(tempfile.mkdtemp(prefix="ghum-bench-"))

@@ -16,7 +16,7 @@ def test_train_ghuml_with_dask_recovers_planted_truth(tmp_path, measured):
 
     from ghum_pipe.model import evaluate as ev
     from ghum_pipe.model.data import load_registrations
-    from ghum_pipe.model.schedule import train_models
+    from ghum_pipe.pipelines.model_schedule import train_models
     from ghum_pipe.synth.registrations import make_registrations
     from ghum_pipe.template.lowres import load_lowres
 

@@ -127,7 +127,7 @@ def test_mixed_batch_reports_each_bad_scan_and_resumes(tmp_path, body):
     assert "1 done, 0 up to date" in proc.stdout and finished(work)["m_z"] > second["m_z"]
 
     # status: one row per scan with the reason, and the totals
-    proc = cli("status", "--work", work, check_rc=0)
+    proc = cli("status", "--work", work, check_rc=1)  # exit 1: scans failed
     assert "does not look like a person" in proc.stdout and "3 done, 4 failed" in proc.stdout
     assert not temp_files(work)
     # nothing written next to the inputs

@@ -40,6 +40,7 @@ def test_run_registers_a_body_scan_and_resumes_by_dependency(tmp_path, template)
     scans = tmp_path / "scans"
     scans.mkdir()
     trimesh.Trimesh(v, template.faces, process=False).export(scans / "body.ply")
+    (scans / "subjects.csv").write_text("scan_id,subject\nbody,anna\n")
     work = tmp_path / "W"
 
     res = cli("run", scans, "--work", work, "--workers", "1", "-q")
@@ -55,6 +56,13 @@ def test_run_registers_a_body_scan_and_resumes_by_dependency(tmp_path, template)
     assert np.abs(reg.vertices.mean(0) - v.mean(0)).max() < 20.0  # mm
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["scan_to_reg_mean_mm"] < 5.0
+    # one read: landmark and register used the frame ingest recorded; the subject reached params.npz
+    scan_json = json.loads((folder / "scan.json").read_text())
+    assert (scan_json["units"], scan_json["up"], scan_json["subject"]) == ("mm", "+y", "anna")
+    assert json.loads((folder / "landmarks.json").read_text())["frame"] == scan_json["frame"]
+    assert metrics["frame"] == scan_json["frame"]
+    with np.load(folder / "params.npz") as z:
+        assert str(z["subject"]) == "anna"
     assert (work / "report" / "index.html").is_file() and (work / "report" / "scans" / "body" / "overlay.png").is_file()
     first = {s: r["finished"] for s, r in stage_records(work, "body").items()}
 
@@ -62,6 +70,15 @@ def test_run_registers_a_body_scan_and_resumes_by_dependency(tmp_path, template)
     res = cli("run", scans, "--work", work, "--workers", "1", "-v", "--no-report")
     assert res.returncode == 0 and "register: 0 done, 1 up to date" in res.stdout, res.stdout + res.stderr
     assert {s: r["finished"] for s, r in stage_records(work, "body").items()} == first
+
+    # another subject (W/subjects.csv wins) relabels scan.json and params.npz, re-runs nothing
+    (work / "subjects.csv").write_text("scan_id,subject\nbody,bea\n")
+    res = cli("register", "--work", work, "--workers", "1", "-q")
+    assert res.returncode == 0 and "register: 0 done, 1 up to date" in res.stdout, res.stdout + res.stderr
+    assert {s: r["finished"] for s, r in stage_records(work, "body").items()} == first
+    with np.load(folder / "params.npz") as z:
+        assert str(z["subject"]) == "bea" and z["verts_internal"].shape == (13718, 3)
+    assert json.loads((folder / "scan.json").read_text())["subject"] == "bea"
 
     # a changed registration config redoes registration only
     res = cli("register", "--work", work, "--workers", "1", "-q", "--lowres")

@@ -76,7 +76,7 @@ class Scan:
 
 
 def load_scan(path: str | Path, units: str | None = None, up: str | None = None,
-              min_points: int = 2000, kind: str = "body") -> Scan:
+              min_points: int = 2000, kind: str = "body", frame: Frame | None = None) -> Scan:
     """Read a body scan (or a head/hand close-up) and bring it to metres, +Z up.
 
     Args:
@@ -85,6 +85,8 @@ def load_scan(path: str | Path, units: str | None = None, up: str | None = None,
         up: "+x" ... "-z" (or "y" = "+y") to force the file's up axis; None = detect.
         min_points: fewer points than this (in the kept body) is an error.
         kind: "body" | "head" | "hand_left" | "hand_right" (see ``ghum_pipe.io.kinds``).
+        frame: the file's frame as an earlier read found it (``scan.json``): units and up axis are
+            not detected again and the person-shape checks are skipped; ``units``/``up`` ignored.
     Returns:
         :class:`Scan`. Raises :class:`ScanError` on anything a user must fix.
     """
@@ -104,14 +106,16 @@ def load_scan(path: str | Path, units: str | None = None, up: str | None = None,
         raise ScanError(f"{len(raw.verts)} points, a body scan needs at least {min_points}", path,
                         "Check the file is a whole-body scan, not a preview or a part")
     weights = vertex_weights(raw.verts, raw.faces)
+    if frame is not None:
+        units = frame.units
     units, keep, axes, floor = _units_and_body(raw, weights, path, units, notes, kind)
     raw, weights = _subset(raw, keep), weights[keep]
     if len(raw.verts) < min_points:
         raise ScanError(f"the kept body has {len(raw.verts)} points, at least {min_points} are needed",
                         path, "Check the file is a whole-body scan")
-    if kind != "body":
+    if frame is None and kind != "body":
         frame = _closeup_frame(raw, weights, axes, path, units, up, kind, notes)
-    else:
+    elif frame is None:  # (a given frame was recorded by an earlier read of this file)
         problem = shape_problem(axes)
         if problem:
             raise ScanError(f"does not look like a person: {problem}", path,

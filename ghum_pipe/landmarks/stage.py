@@ -1,5 +1,6 @@
-"""Per-scan landmark stage (thin shell): load a scan, find landmarks, write landmarks.json and
-the contact sheet in the scan file's own frame and units.
+"""Per-scan landmark stage (thin shell): load a scan with the frame and kind ingest recorded
+(``scan.json``), find landmarks, write landmarks.json and the contact sheet in the scan file's own
+frame and units.
 """
 
 from __future__ import annotations
@@ -48,23 +49,6 @@ class LandmarkConfig:
         return asdict(self)
 
 
-def scan_kind(scan_path, config) -> str:
-    """``config.kind``, else the kind from kinds.csv next to the scan or the id suffix."""
-    from ghum_pipe.io.kinds import check_kind, resolve_kind
-    from pathlib import Path
-
-    if config.kind is not None:
-        return check_kind(config.kind, scan_path)
-    return resolve_kind(Path(scan_path).stem, scan_path)
-
-
-def _load(scan_path, config):
-    """The scan in metres, +Z up, via ``ghum_pipe.io.load_scan``."""
-    from ghum_pipe.io.scan import load_scan
-
-    return load_scan(scan_path, units=config.units, up=config.up, kind=scan_kind(scan_path, config))
-
-
 def landmarks_json(found, frame) -> dict:
     """The landmarks.json document (DEVELOPERS.md contract) for ``found`` in the file ``frame``."""
     return {
@@ -97,12 +81,14 @@ def run_landmarks(scan_path, scan_dir, config: LandmarkConfig | None = None) -> 
     import numpy as np
 
     from ghum_pipe.io.atomic import atomic_path, write_json
+    from ghum_pipe.io.scan_record import load_recorded_scan
     from ghum_pipe.landmarks.find import find_landmarks
 
     config = config or LandmarkConfig()
     scan_dir = Path(scan_dir)
     t0 = time.perf_counter()
-    scan = _load(scan_path, config)
+    # the frame and kind ingest recorded in scan_dir/scan.json (detected here only without one)
+    scan, record = load_recorded_scan(scan_path, scan_dir, config.units, config.up, config.kind)
     verts, faces, colors = scan.verts, scan.faces, scan.colors
     if scan.is_point_cloud:
         from ghum_pipe.landmarks.pointcloud import mesh_point_cloud
@@ -110,7 +96,7 @@ def run_landmarks(scan_path, scan_dir, config: LandmarkConfig | None = None) -> 
         verts, faces, nearest = mesh_point_cloud(scan.verts, scan.normals, source=scan_path)
         colors = None if colors is None else colors[nearest]
     t_load = time.perf_counter() - t0
-    kind = scan_kind(scan_path, config)
+    kind = record.kind
     if kind == "body":
         found = find_landmarks(verts, faces, colors, config, source=scan_path)
     else:

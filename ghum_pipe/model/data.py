@@ -10,22 +10,22 @@ units) and ``scans/<id>/params.npz``, all keys optional:
 - ``mask``, ``vertex_mask`` or ``region_mask (V,)``: the filter F, 1 where the registration saw
   scan data (all 1 when absent).
 
-Subjects (all scans of one person share a shape) come from, in order: ``WORK/subjects.csv``
-(``scan_id,subject``), ``params.npz['subject']``, a user regex whose group 1 is the subject
-(``--subject-pattern``), else each scan is its own subject.
+Subjects (all scans of one person share a shape) come from ``ghum_pipe.io.subjects.work_subjects``:
+``WORK/subjects.csv`` (``scan_id,subject``), subjects.csv next to the scan file, a user regex whose
+group 1 is the subject (``--subject-pattern``), what the pipeline recorded (``params.npz['subject']``,
+``scan.json``), else each scan is its own subject.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ghum_pipe.errors import ModelError
+from ghum_pipe.io.subjects import work_subjects
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,17 +58,6 @@ class RegistrationSet:
             np.array([remap[self.subjects[self.subject_index[i]]] for i in idx], dtype=np.int64),
             self.verts[idx], self.mask[idx], self.pose[idx], self.has_pose[idx], self.translation[idx],
             self.has_translation[idx])
-
-
-def _subject_table(work: Path) -> dict[str, str]:
-    path = work / "subjects.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or len(rows[0]) < 2:
-        raise ModelError("expected a header 'scan_id,subject' and one row per scan", path=path)
-    return {r[0]: r[1] for r in rows[1:] if len(r) >= 2}
 
 
 def scan_dirs(work: Path) -> list[Path]:
@@ -125,20 +114,10 @@ def load_registrations(work: str | Path, resolution: str = "full", subject_patte
         raise ModelError("no scans/<id>/registration.ply found", path=work,
                          hint="Run 'ghum-pipe run' (or 'ghum-pipe synth --registrations') into this work dir first")
     t = load_template()
-    table = _subject_table(work)
-    rule = re.compile(subject_pattern) if subject_pattern else None
     rows = [_read_one(d, t.n_verts, t.n_joints) for d in dirs]
     ids = tuple(d.name for d in dirs)
-    subj = []
-    for sid, r in zip(ids, rows):
-        if sid in table:
-            subj.append(table[sid])
-        elif r[5] is not None:
-            subj.append(r[5])
-        elif rule is not None and rule.search(sid):
-            subj.append(rule.search(sid).group(1))
-        else:
-            subj.append(sid)
+    named = work_subjects(work, ids, subject_pattern)  # the pipeline's one subject resolver
+    subj = [named[sid] or sid for sid in ids]
     subjects = tuple(sorted(set(subj)))
     verts = np.stack([r[0] for r in rows])
     mask = np.stack([r[1] for r in rows])

@@ -10,9 +10,17 @@ No maths here: the stages' cores live in ``landmarks/`` and ``register/``.
 >>> result.ok, result.failures
 """
 
-from ghum_pipe.pipelines.cluster import ClusterError, ClusterOptions, open_client
-from ghum_pipe.pipelines.manifest import Manifest, WorkDirError
-from ghum_pipe.pipelines.runner import BatchResult, Failure, run_batch
+import importlib
 
-__all__ = ["BatchResult", "ClusterError", "ClusterOptions", "Failure", "Manifest", "WorkDirError", "open_client",
-           "run_batch"]
+# Imported on first use (PEP 562): the CLI imports ``pipelines.cluster`` to list its options, and
+# listing commands must not pull in numpy, the io stack or Dask.
+_EXPORTS = {"ClusterError": "cluster", "ClusterOptions": "cluster", "open_client": "cluster",
+            "Manifest": "manifest", "WorkDirError": "manifest",
+            "BatchResult": "runner", "Failure": "runner", "run_batch": "runner"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ghum_pipe.pipelines' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ghum_pipe.pipelines.{_EXPORTS[name]}"), name)

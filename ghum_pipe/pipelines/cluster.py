@@ -59,8 +59,9 @@ class ClusterOptions:
     memory: memory limit per worker, e.g. ``"4GB"`` (LocalCluster: None = the machine's memory
         split evenly; jobqueue: overrides the file's ``memory``).
     dashboard: start the Dask dashboard (on a free port; its address is logged).
-    local_directory: LocalCluster workers' scratch space (the batch commands put it in
-        ``W/.dask-scratch``, so nothing is written outside the work dir); None = Dask's default.
+    local_directory: LocalCluster workers' scratch space (the commands put it in
+        ``W/.dask-scratch``, so nothing is written outside the work dir; removed when the cluster
+        closes if it was created for it); None = Dask's default.
     """
 
     workers: int | None = None
@@ -207,6 +208,8 @@ def open_client(options: ClusterOptions | None = None) -> Iterator["distributed.
                                hint="Run ghum-pipe on the cluster's login node, or use --scheduler")
         cluster.scale(jobs=options.workers or 1)
     else:
+        scratch = None if options.local_directory is None else Path(options.local_directory)
+        made_scratch = scratch is not None and not scratch.exists()
         cluster = distributed.LocalCluster(
             n_workers=options.local_workers(),
             threads_per_worker=options.threads_per_worker,
@@ -218,13 +221,19 @@ def open_client(options: ClusterOptions | None = None) -> Iterator["distributed.
             local_directory=options.local_directory,
             silence_logs=logging.ERROR,
         )
-    with cluster, distributed.Client(cluster) as client:
-        if options.dashboard:
-            log.warning("dask dashboard: %s", client.dashboard_link)
-        try:
-            yield client
-        finally:
-            _quiet_shutdown(client)
+    try:
+        with cluster, distributed.Client(cluster) as client:
+            if options.dashboard:
+                log.warning("dask dashboard: %s", client.dashboard_link)
+            try:
+                yield client
+            finally:
+                _quiet_shutdown(client)
+    finally:
+        if not options.cluster and made_scratch:
+            shutil.rmtree(scratch, ignore_errors=True)  # the workers' spill space: nothing left behind
+            with contextlib.suppress(OSError):
+                scratch.parent.rmdir()  # W/.dask-scratch, when no other run uses it
 
 
 def _quiet_shutdown(client) -> None:

@@ -1,5 +1,8 @@
 """The ``ingest`` stage: read a scan once, check it is a usable body scan, and record what was
-found (units, up axis, counts, notes) in ``W/scans/<id>/scan.json``.
+found (units, up axis, frame, kind, subject, counts, notes) in ``W/scans/<id>/scan.json``.
+
+Later stages rebuild the scan's ``Frame`` and read its kind and subject from that record
+(:func:`read_scan_record`) instead of detecting them again.
 
 It is cheap (a file read), so the batch runner puts it first: a corrupt, empty or non-human file
 fails here in a second with its ``ScanError`` instead of deep inside rendering or registration.
@@ -21,12 +24,15 @@ class IngestConfig:
     up: force the file's up axis ("+z", "y", "-y", ...), None = detect;
     min_points: fewer points than this is not a body scan;
     kind: body | head | hand_left | hand_right, None = from kinds.csv next to the scan or the id
-    suffix (``ghum_pipe.io.kinds``; the batch runner sets it per scan)."""
+    suffix (``ghum_pipe.io.kinds``; the batch runner sets it per scan);
+    subject: the person the scan shows, a label recorded in scan.json (None = from subjects.csv next
+    to the scan, ``ghum_pipe.io.subjects``; the batch runner sets it per scan and does not hash it)."""
 
     units: str | None = None
     up: str | None = None
     min_points: int = 2000
     kind: str | None = None
+    subject: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,10 +70,12 @@ def run_ingest(scan_path: str | Path, scan_dir: str | Path, config: IngestConfig
     """
     from ghum_pipe.io import load_scan
     from ghum_pipe.io.kinds import check_kind, resolve_kind
+    from ghum_pipe.io.subjects import resolve_subject
 
     kind = check_kind(config.kind, scan_path) if config.kind else resolve_kind(Path(scan_path).stem, scan_path)
+    subject = config.subject or resolve_subject(Path(scan_path).stem, scan_path)
     scan = load_scan(scan_path, units=config.units, up=config.up, min_points=config.min_points, kind=kind)
-    summary = dict(scan_summary(scan), kind=kind)
+    summary = dict(scan_summary(scan), kind=kind, subject=subject)
     write_json(Path(scan_dir) / "scan.json", summary)
     return {k: summary[k] for k in ("kind", "units", "up", "n_points", "n_faces", "height_m", "is_point_cloud")}
 

@@ -26,6 +26,7 @@ markers whose key matches.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -36,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from filelock import FileLock, Timeout
 
 from ghum_pipe.errors import GhumPipeError
 from ghum_pipe.io.atomic import json_default, atomic_path
@@ -232,25 +232,43 @@ def _safe_hash(path: Path) -> str:
 
 
 class ManifestLock:
-    """One run per work dir: an exclusive lock on ``W/.lock`` (an OS file lock, released if the
-    process dies, so a killed run never blocks the next one); the file holds the owner's pid."""
+    """One run per work dir: an exclusive ``flock`` on ``W/.lock`` (released by the OS if the
+    process dies, so a killed run never blocks the next one). The file is removed when the run
+    ends; a run that locked a file another run just removed retries on the new one. (Not the
+    filelock package, which the caches use: it leaves the lock file behind in the user's W.)"""
 
     def __init__(self, work: str | Path):
         self.path = Path(work) / ".lock"
-        self._lock = FileLock(self.path, timeout=0, preserve_lock_file=True)
+        self._fd: int | None = None
 
     def __enter__(self) -> "ManifestLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._lock.acquire()
-        except Timeout:
-            raise WorkDirError("another ghum-pipe run is using this work dir", self.path.parent,
-                               "Wait for it to finish or use another --work") from None
-        self.path.write_text(f"{os.getpid()}\n")
+        while True:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._fd)
+                self._fd = None
+                raise WorkDirError("another ghum-pipe run is using this work dir", self.path.parent,
+                                   "Wait for it to finish or use another --work") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(self._fd)  # locked a file the previous run removed on exit: lock the new one
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
         return self
 
     def __exit__(self, *exc) -> None:
-        self._lock.release()
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # while still locked: no one can hold this file next
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 class ThrottledSaver:

@@ -104,16 +104,20 @@ def overlay_png(path: Path, scan, reg_verts_m: np.ndarray | None, reg_faces: np.
         Image.fromarray((np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8)).save(tmp)
 
 
-def render_overlay(scan_path: str, units: str | None, up: str | None, reg_file: str, out: str) -> str | None:
-    """Task form of :func:`overlay_png` from files: the scan (read as ingest read it) and its
-    ``registration.ply`` (in the scan file's frame). Returns None, or the error in one line (a
-    picture that cannot be made must not stop the report)."""
+def render_overlay(scan_path: str, scan_dir: str, reg_file: str | None, out: str) -> str | None:
+    """Task form of :func:`overlay_png` from files: the scan (with the frame and kind ingest
+    recorded in ``scan_dir/scan.json``) and its ``registration.ply`` (in the scan file's frame;
+    None: the scan's views only). Returns None, or the error in one line (a picture that cannot be
+    made must not stop the report)."""
     try:
         import trimesh
 
-        from ghum_pipe.io import load_scan
+        from ghum_pipe.io.scan_record import load_recorded_scan
 
-        scan = load_scan(scan_path, units=units, up=up)
+        scan, _ = load_recorded_scan(scan_path, scan_dir)
+        if reg_file is None:
+            overlay_png(Path(out), scan, None, None)
+            return None
         reg = trimesh.load(reg_file, process=False, force="mesh")
         overlay_png(Path(out), scan, scan.frame.to_internal(np.asarray(reg.vertices)), np.asarray(reg.faces))
         return None

@@ -30,7 +30,7 @@ from ghum_pipe.pipelines.cluster import ClientSession, ClusterOptions, session_c
 from ghum_pipe.pipelines.manifest import (
     Manifest, ManifestLock, ThrottledSaver, WorkDirError, config_hash, log_path, stage_key, sweep_temp_files,
 )
-from ghum_pipe.pipelines.stages import STAGES, closure
+from ghum_pipe.pipelines.stages import STAGES, closure, config_record
 from ghum_pipe.pipelines.task import now_iso, run_stage_task
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ def run_batch(
     force: bool = False,
     only: tuple[str, ...] | None = None,
     progress: bool = True,
+    subject_pattern: str | None = None,
 ) -> BatchResult:
     """Run ``stages`` (and the upstream stages they need) on ``scans`` in work dir ``work``.
 
@@ -102,6 +103,8 @@ def run_batch(
     retries: extra attempts for a task that crashed or whose worker died (bad input is not retried).
     force: redo the requested stages even when up to date (upstream stages are kept if current).
     only: restrict to these scan ids.
+    subject_pattern: regex whose group 1 in the scan id is the subject (``ghum_pipe.io.subjects``;
+        subjects.csv in W or next to the scans wins).
     """
     work = Path(work).resolve()
     configs = dict(configs or {})
@@ -126,11 +129,12 @@ def run_batch(
         if not ids:
             raise WorkDirError("no scans to process", work, "Pass scan files or folders, e.g. "
                                "'ghum-pipe run scans/ --work W'")
+        subjects = record_subjects(manifest, ids, subject_pattern)
         manifest.save()
         result = BatchResult(stages=tuple(stages), scan_ids=ids,
                              counts={s: dict(done=0, cached=0, failed=0, blocked=0) for s in plan_stages})
         saver = ThrottledSaver(manifest)
-        plan = _plan(manifest, ids, plan_stages, configs, set(stages) if force else set())
+        plan = _plan(manifest, ids, plan_stages, configs, set(stages) if force else set(), subjects)
         for stage in plan_stages:
             result.counts[stage]["cached"] = sum(1 for (i, s), p in plan.items() if s == stage and p is None)
         todo = {k: v for k, v in plan.items() if v is not None}
@@ -157,9 +161,63 @@ def per_scan_config(config, kind: str):
     return config
 
 
-def _plan(manifest: Manifest, ids, plan_stages, configs, forced: set) -> dict:
+def with_subject(config, subject: str | None):
+    """``config`` with its ``subject`` label set (configs that have one: ingest). A label is not
+    hashed (``stages.config_record``): naming a subject never re-runs a scan."""
+    if subject is not None and "subject" in {f.name for f in dataclasses.fields(config)}:
+        return dataclasses.replace(config, subject=subject)
+    return config
+
+
+def record_subjects(manifest: Manifest, ids, pattern: str | None = None) -> dict[str, str | None]:
+    """Resolve each scan's subject (``ghum_pipe.io.subjects``: W/subjects.csv, subjects.csv next
+    to the scan, ``pattern``) and record it in the manifest. Scans whose outputs already exist are
+    relabelled in place when a source names another subject (``scan.json``, ``params.npz``):
+    a subject is a label, it never re-runs a scan. A subject once recorded is kept while no source
+    names one (a run without ``--subject-pattern`` does not forget it)."""
+    from ghum_pipe.io.subjects import recorded_subject, resolve_subjects
+
+    resolved = resolve_subjects({i: manifest.scans[i]["path"] for i in ids}, manifest.work, pattern)
+    out = {}
+    for scan_id in ids:
+        folder = manifest.work / "scans" / scan_id
+        recorded = recorded_subject(folder)
+        subject = resolved[scan_id] or recorded or manifest.scans[scan_id].get("subject")
+        if resolved[scan_id] is not None and resolved[scan_id] != recorded:
+            relabel_outputs(folder, resolved[scan_id])
+        manifest.scans[scan_id]["subject"] = subject
+        out[scan_id] = subject
+    return out
+
+
+def relabel_outputs(folder: Path, subject: str) -> None:
+    """Write ``subject`` into a scan folder's ``scan.json`` and ``params.npz`` where they exist
+    (atomically; the rest of each file unchanged)."""
+    import json
+
+    import numpy as np
+
+    from ghum_pipe.io.atomic import write_json, write_npz
+
+    if (folder / "scan.json").is_file():
+        try:
+            doc = json.loads((folder / "scan.json").read_text())
+        except ValueError:
+            doc = None  # a broken record: the ingest stage rewrites it
+        if isinstance(doc, dict) and doc.get("subject") != subject:
+            write_json(folder / "scan.json", dict(doc, subject=subject))
+    if (folder / "params.npz").is_file():
+        with np.load(folder / "params.npz", allow_pickle=False) as z:  # lazy: reads one member
+            same = "subject" in z.files and str(z["subject"]) == subject
+            arrays = None if same else {k: z[k] for k in z.files}
+        if arrays is not None:
+            write_npz(folder / "params.npz", **dict(arrays, subject=np.array(subject)))
+
+
+def _plan(manifest: Manifest, ids, plan_stages, configs, forced: set, subjects: dict | None = None) -> dict:
     """``{(scan_id, stage): None (up to date) | (key, cfg_hash, config)}``; logs why stages run.
-    Each scan's config carries its kind (``per_scan_config``, kinds from ``io.kinds``)."""
+    Each scan's config carries its kind (``per_scan_config``, kinds from ``io.kinds``) and its
+    subject label (``with_subject``, not hashed)."""
     from ghum_pipe.io.kinds import resolve_kinds
 
     plan: dict = {}
@@ -173,8 +231,9 @@ def _plan(manifest: Manifest, ids, plan_stages, configs, forced: set) -> dict:
             spec = STAGES[stage]
             if (stage, kinds[scan_id]) not in cfg_cache:
                 cfg = per_scan_config(configs[stage], kinds[scan_id])
-                cfg_cache[(stage, kinds[scan_id])] = (cfg, config_hash(cfg.to_dict()))
+                cfg_cache[(stage, kinds[scan_id])] = (cfg, config_hash(config_record(cfg)))
             cfg, cfg_hash = cfg_cache[(stage, kinds[scan_id])]
+            cfg = with_subject(cfg, (subjects or {}).get(scan_id))
             key = stage_key(stage, input_hash, cfg_hash, [keys[d] for d in spec.depends])
             keys[stage] = key
             upstream_runs = any(plan.get((scan_id, d)) is not None for d in spec.depends)
@@ -274,7 +333,7 @@ def _collect(fut, work, scan_id, stage, key, cfg_hash, config, run_id, upstream)
         kind = type(e).__name__
         reason = (f"worker died running it ({kind}: {first}); out of memory? try fewer --workers or more --memory"
                   if kind == "KilledWorker" else f"internal error {kind}: {first}")
-        return {"stage": stage, "status": "failed", "key": key, "config_hash": cfg_hash, "config": config.to_dict(),
+        return {"stage": stage, "status": "failed", "key": key, "config_hash": cfg_hash, "config": config_record(config),
                 "run": run_id, "error": reason, "error_type": kind, "finished": now_iso(),
                 "log": str(log_path(work, scan_id, stage).relative_to(work)), "metrics": None}
 

@@ -48,6 +48,15 @@ STAGES: dict[str, StageSpec] = {
 }
 ORDER = tuple(STAGES)
 
+# Config fields that name a scan but do not change any result (a subject is a label for training):
+# left out of the hashed and recorded config, so setting one never re-runs a scan.
+LABEL_FIELDS = ("subject",)
+
+
+def config_record(config) -> dict:
+    """``config.to_dict()`` without its label fields: what the runner hashes and records."""
+    return {k: v for k, v in config.to_dict().items() if k not in LABEL_FIELDS}
+
 
 def closure(requested: tuple[str, ...]) -> tuple[str, ...]:
     """The requested stages and everything they depend on, in pipeline order."""

@@ -98,7 +98,7 @@ def run_stage_task(stage: str, scan_id: str, scan_path: str, work: str, config, 
         not run.
     """
     from ghum_pipe.pipelines.manifest import log_path, marker_path, scan_dir
-    from ghum_pipe.pipelines.stages import STAGES
+    from ghum_pipe.pipelines.stages import STAGES, config_record
 
     work_dir = Path(work)
     for up in upstream or ():
@@ -107,7 +107,7 @@ def run_stage_task(stage: str, scan_id: str, scan_path: str, work: str, config, 
     folder = scan_dir(work_dir, scan_id)
     log_file = log_path(work_dir, scan_id, stage)
     record = {
-        "stage": stage, "key": key, "config_hash": cfg_hash, "config": config.to_dict(), "run": run_id,
+        "stage": stage, "key": key, "config_hash": cfg_hash, "config": config_record(config), "run": run_id,
         "log": str(log_file.relative_to(work_dir)), "worker": _worker_address(), "started": now_iso(),
     }
     start = time.perf_counter()

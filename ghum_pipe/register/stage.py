@@ -195,16 +195,16 @@ def run_registration(scan_path, scan_dir, config: RegisterConfig = RegisterConfi
     register, write ``registration.ply``, ``params.npz``, ``metrics.json``, ``residuals.png``
     (and ``registration_lowres.ply`` with ``config.lowres``) in the scan file's frame and units.
     Returns the metrics. Nothing is written when registration fails."""
-    from ghum_pipe.io import load_scan, write_mesh
+    from ghum_pipe.io import write_mesh
     from ghum_pipe.io.atomic import write_json, write_npz
-    from ghum_pipe.io.kinds import check_kind, resolve_kind
+    from ghum_pipe.io.scan_record import load_recorded_scan
     from ghum_pipe.register.residuals import write_residual_map
     from ghum_pipe.template import load_template
 
     scan_dir = Path(scan_dir)
     t_start = time.perf_counter()
-    kind = check_kind(config.kind, scan_path) if config.kind else resolve_kind(Path(scan_path).stem, scan_path)
-    scan = load_scan(scan_path, units=config.units, up=config.up, kind=kind)
+    scan, record = load_recorded_scan(scan_path, scan_dir, config.units, config.up, config.kind)  # scan.json
+    kind = record.kind
     lm = read_landmarks_json(scan_dir / "landmarks.json", scan.frame)
     if lm["scan_kind"] != kind:
         _fail(f"the landmarks were found for a {lm['scan_kind']} scan, this registration is for a {kind} scan",
@@ -225,7 +225,7 @@ def run_registration(scan_path, scan_dir, config: RegisterConfig = RegisterConfi
         write_mesh(scan_dir / "registration_lowres.ply", frame.to_file(low.downsample(res.verts)), low.template.faces)
     write_npz(scan_dir / "params.npz", **res.params, frame_matrix=frame.matrix(),
               frame=np.array(json.dumps(frame.to_dict())), template_hash=np.array(template.hash),
-              verts_internal=res.verts)
+              verts_internal=res.verts, **({"subject": np.array(record.subject)} if record.subject else {}))
     write_residual_map(scan_dir / "residuals.png", res.scan_points, res.scan_to_reg_m,
                        title=f"{scan.id}: scan -> registration, mean {metrics['scan_to_reg_mean_mm']:.2f} mm")
     metrics["seconds_wall"] = time.perf_counter() - t_start

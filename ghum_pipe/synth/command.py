@@ -29,11 +29,14 @@ import click
 @click.option("--textured", is_flag=True,
               help="Colour body scans from a known texture in the template's atlas (OUT/truth/<id>.texture.png).")
 @click.option("--force", is_flag=True, help="Rewrite scans that already exist in OUT.")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", "jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (one subject each); the files do not depend on it.")
+@click.option("--jobs", "-j", "jobs_old", type=click.IntRange(min=1), default=None, hidden=True)  # old spelling
+@click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, errors only.")
 def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, units: str | None, up: str | None,
           fmt: str, point_cloud: bool, closeups: bool, other_model: bool, registrations: bool, force: bool,
-          jobs: int, textured: bool = False) -> None:
+          jobs: int, jobs_old: int | None, verbose: int, quiet: bool, textured: bool = False) -> None:
     """Make COUNT synthetic scans with exact ground truth in OUT.
 
     Scans go to OUT/scans/<id>.<format>, their truth (template vertices in the scan's frame,
@@ -42,7 +45,8 @@ def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, unit
 
     \b
     Ids: syn<seed>-<i> (body), syn<seed>-<i>-head|-hand_left|-hand_right (--closeups),
-    other<seed>-<i> (--other-model). All scans of one subject share its shape (truth 'subject').
+    other<seed>-<i> (--other-model). All scans of one subject share its shape (truth 'subject');
+    OUT/scans/subjects.csv says which scan shows whom, so 'ghum-pipe run OUT/scans' groups them.
     \b
     Examples:
       ghum-pipe synth data/synth --count 8 --posed --units mixed --up mixed
@@ -51,12 +55,19 @@ def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, unit
       ghum-pipe synth data/other --count 2 --other-model
       ghum-pipe synth data/train --count 50 --registrations
     """
+    import logging
+
+    jobs = jobs_old or jobs
+    logging.basicConfig(level=logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
+                        format="%(message)s")
     try:
         (out / "scans").mkdir(parents=True, exist_ok=True)
         (out / "truth").mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise click.ClickException(f"{out}: cannot create the output folders ({e.strerror}). "
-                                   "Choose a folder you can write to")
+        from ghum_pipe.cli.options import SetupError
+
+        raise SetupError(f"{out}: cannot create the output folders ({e.strerror}). "
+                         "Choose a folder you can write to") from None
     if registrations:
         from ghum_pipe.synth.registrations import make_registrations
 
@@ -81,7 +92,7 @@ def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, unit
                          point_cloud=point_cloud)
     job = dict(out=out, seed=seed, config=config, closeups=closeups, fmt=fmt, force=force, textured=textured)
     written, t0 = 0, time.time()
-    with Progress(transient=True) as progress:
+    with Progress(transient=True, disable=quiet) as progress:
         task = progress.add_task("scanning", total=count)
         if jobs <= 1:
             for i in range(count):
@@ -94,8 +105,31 @@ def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, unit
                 for fut in as_completed([pool.submit(_subject_scans, index=i, **job) for i in range(count)]):
                     written += fut.result()
                     progress.advance(task)
+    n_subjects = write_subjects_csv(out)
     click.echo(f"{written} scans written ({count} subjects) in {time.time() - t0:.0f} s: "
-               f"scans in {out / 'scans'}, truth in {out / 'truth'}")
+               f"scans in {out / 'scans'}, truth in {out / 'truth'}, subjects of {n_subjects} scans in "
+               f"{out / 'scans' / 'subjects.csv'}")
+
+
+def write_subjects_csv(out: Path) -> int:
+    """``OUT/scans/subjects.csv`` (``scan_id,subject``) from every truth record in ``OUT/truth``,
+    so the pipeline groups a subject's body and close-up scans (``ghum_pipe.io.subjects``).
+    Returns the number of rows."""
+    import json
+
+    from ghum_pipe.io.atomic import atomic_path
+
+    rows = []
+    for f in sorted((out / "truth").glob("*.json")):
+        try:
+            info = json.loads(f.read_text())
+        except ValueError:
+            continue
+        if isinstance(info, dict) and info.get("scan_id") and info.get("subject"):
+            rows.append(f"{info['scan_id']},{info['subject']}")
+    with atomic_path(out / "scans" / "subjects.csv") as tmp:
+        tmp.write_text("scan_id,subject\n" + "".join(r + "\n" for r in rows), encoding="utf-8")
+    return len(rows)
 
 
 def _worker_init() -> None:
@@ -144,4 +178,5 @@ def _other_models(out: Path, count: int, seed: int, units: str, up: str, fmt: st
 
     for i in range(count):
         write_scan(out, mannequin_scan(seed, i, units=units, up=up), fmt)
+    write_subjects_csv(out)
     click.echo(f"{count} mannequins in {out / 'scans'}, truth in {out / 'truth'}")

@@ -8,11 +8,6 @@ then a summary line), 2 for a usage or set-up error, 130 when interrupted.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import importlib.util
-import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -20,49 +15,17 @@ from pathlib import Path
 import click
 
 from ghum_pipe import __version__
+from ghum_pipe.cli.options import (
+    EXIT_FAILED, EXIT_INTERRUPTED, SetupError, in_work_dir, setup_logging, verbosity_options, work_option, writable_dir,
+)
 from ghum_pipe.errors import GhumPipeError
-from ghum_pipe.pipelines.cluster import ClusterOptions, cluster_click_options
-
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-
-
-class SetupError(click.ClickException):
-    """A GhumPipeError before any scan ran (bad work dir, cluster config, scan path)."""
-
-    exit_code = EXIT_USAGE
-
-
-def _setup_logging(verbose: int, quiet: bool) -> None:
-    from rich.logging import RichHandler
-
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(show_path=False, console=_stderr_console())], force=True)
-    if verbose < 2:
-        # MediaPipe/TFLite (glog/absl) write C++ warnings straight to the workers' stderr; the
-        # workers inherit this environment, the per-scan logs keep what matters.
-        for var in ("GLOG_minloglevel", "TF_CPP_MIN_LOG_LEVEL"):
-            os.environ.setdefault(var, "2")
-    # distributed configures its own loggers at INFO on import; its chatter is not ours to show
-    import distributed  # noqa: F401
-
-    dask_level = (logging.ERROR, logging.WARNING, logging.DEBUG)[min(verbose, 2)]
-    for name in list(logging.root.manager.loggerDict):
-        if name.split(".")[0] in ("distributed", "dask_jobqueue", "bokeh", "tornado"):
-            logging.getLogger(name).setLevel(dask_level)
-
-
-def _stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
+from ghum_pipe.pipelines.cluster import cluster_click_options
 
 
 def batch_options(command):
     """Options shared by the batch commands (landmark, register, run, ingest)."""
     opts = [
-        click.option("--work", "-w", "work", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Work dir: manifest, per-scan outputs and logs, report. Created if missing."),
+        work_option(),
         click.option("--retries", type=click.IntRange(min=0), default=1, show_default=True,
                      help="Extra attempts for a task that crashed or whose worker died (bad scans are not retried)."),
         click.option("--force", is_flag=True, help="Redo the requested stages even when up to date."),
@@ -72,20 +35,14 @@ def batch_options(command):
                      help="Units of the scan files (default: detected from the body's size)."),
         click.option("--up", default=None, metavar="AXIS",
                      help="Up axis of the scan files, e.g. +y, z, -y (default: detected)."),
-        click.option("--verbose", "-v", count=True, help="More log output (-vv for debug)."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bars, errors only."),
+        click.option("--subject-pattern", default=None, metavar="REGEX",
+                     help="Group 1 of this regex in the scan id is the subject, e.g. '^(.+?)_' "
+                          "(subjects.csv in W or next to the scans wins; default: those files only)."),
     ]
-    command = cluster_click_options(command)
+    command = cluster_click_options(verbosity_options(command))
     for opt in reversed(opts):
         command = opt(command)
     return command
-
-
-def _in_work_dir(cluster, work: Path):
-    """Local Dask workers keep their scratch files in W/.dask-scratch: nothing outside W."""
-    if isinstance(cluster, ClusterOptions) and cluster.local_directory is None:
-        return dataclasses.replace(cluster, local_directory=str(Path(work).resolve() / ".dask-scratch"))
-    return cluster
 
 
 renderer_option = click.option(
@@ -93,19 +50,22 @@ renderer_option = click.option(
     help="Landmark views: open3d ray casting (CPU), or PyTorch3D rasterisation (opt-in, needs CUDA).")
 
 
-def _run_stages(stages, scans, work, cluster, retries, force, only, units, up, verbose, quiet, extra_configs=None):
+def _run_stages(stages, scans, work, cluster, retries, force, only, units, up, subject_pattern, verbose, quiet,
+                extra_configs=None):
     """Shared body of the batch commands: run, print failures and the summary, return the result."""
     from ghum_pipe.pipelines.runner import run_batch
     from ghum_pipe.pipelines.scans import discover_scans
     from ghum_pipe.pipelines.stages import STAGES, closure
 
-    _setup_logging(verbose, quiet)
+    setup_logging(verbose, quiet)
+    writable_dir(work)
     try:
         scan_paths = discover_scans(scans) if scans else None
         configs = {s: STAGES[s].default_config(units=units, up=up, **(extra_configs or {}).get(s, {}))
                    for s in closure(stages)}
-        result = run_batch(work, scan_paths, stages, configs=configs, cluster=_in_work_dir(cluster, work),
-                           retries=retries, force=force, only=only or None, progress=not quiet)
+        result = run_batch(work, scan_paths, stages, configs=configs, cluster=in_work_dir(cluster, work),
+                           retries=retries, force=force, only=only or None, progress=not quiet,
+                           subject_pattern=subject_pattern)
     except GhumPipeError as e:
         raise SetupError(str(e)) from None
     for failure in result.failures:
@@ -121,7 +81,32 @@ def _exit_for(result) -> None:
         sys.exit(EXIT_FAILED)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Main(click.Group):
+    """The command group; Ctrl-C anywhere (also while Dask starts) ends with one line and 130."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished results are saved; run the same command again to resume", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+
+
+def _device_option(help_text: str):
+    return click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                        help=help_text + " auto: CUDA when this machine has a GPU, else CPU.")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu`` (torch is imported only here)."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(version=__version__, prog_name="ghum-pipe")
 def main():
     """Register raw 3D body scans to the rigged template and build GHUM/GHUML datasets.
@@ -173,7 +158,7 @@ def landmark(scans, renderer, work, cluster, **kw):
 
 @main.command()
 @click.argument("scans", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Torch device (default: the stage's).")
+@_device_option("Torch device for registration.")
 @click.option("--lowres", is_flag=True, help="Also write the GHUML low-res registration.")
 @batch_options
 def register(scans, device, lowres, work, cluster, **kw):
@@ -186,13 +171,13 @@ def register(scans, device, lowres, work, cluster, **kw):
       ghum-pipe register --work W
       ghum-pipe register --work W --scans subject01 --device cuda --lowres
     """
-    extra = {"register": {"device": device, "lowres": lowres or None}}
+    extra = {"register": {"device": resolve_device(device), "lowres": lowres or None}}
     _exit_for(_run_stages(("register",), scans or None, work, cluster, extra_configs=extra, **kw))
 
 
 @main.command()
 @click.argument("scans", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Torch device for registration.")
+@_device_option("Torch device for registration.")
 @click.option("--lowres", is_flag=True, help="Also write the GHUML low-res registration.")
 @click.option("--no-report", is_flag=True, help="Do not write W/report at the end.")
 @renderer_option
@@ -207,40 +192,55 @@ def run(scans, device, lowres, no_report, renderer, work, cluster, **kw):
     """
     from ghum_pipe.pipelines.cluster import ClientSession
 
-    extra = {"register": {"device": device, "lowres": lowres or None}, "landmark": {"renderer": renderer}}
-    with ClientSession(_in_work_dir(cluster, work)) as session:  # one cluster for the batch and the report's images
+    extra = {"register": {"device": resolve_device(device), "lowres": lowres or None}, "landmark": {"renderer": renderer}}
+    with ClientSession(in_work_dir(cluster, work)) as session:  # one cluster for the batch and the report's images
         result = _run_stages(("ingest", "landmark", "register"), scans, work, session, extra_configs=extra, **kw)
         if not no_report and not result.interrupted:
-            _write_report(work, quiet=kw["quiet"], cluster=session)
+            _write_report(work, verbose=kw["verbose"], quiet=kw["quiet"], cluster=session)
     _exit_for(result)
 
 
 @main.command()
-@click.option("--work", "-w", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Work dir.")
-@click.option("--all", "show_all", is_flag=True, help="List every scan (default: all if few, else those not done).")
-def status(work, show_all):
-    """Per scan and stage: done / failed with the reason / pending, and totals.
+@work_option(exists=True)
+@click.option("--all", "show_all", is_flag=True, help="List every scan (default: all if at most 60, else those not done).")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON (per scan and stage, and totals).")
+@verbosity_options
+def status(work, show_all, as_json, verbose, quiet):
+    """Per scan and stage: done / failed with the reason / pending, its subject, and totals.
+
+    Exit code 0 when every scan is done in every stage it was run with, 1 when anything failed
+    or is pending (scripts can wait on it), 2 when W is not a work dir.
 
     \b
     Example:
       ghum-pipe status --work W --all
+      ghum-pipe status --work W --json | jq '.totals'
     """
+    import json
+
     from ghum_pipe.pipelines.manifest import Manifest
-    from ghum_pipe.pipelines.status import print_status
+    from ghum_pipe.pipelines.status import print_status, status_document
 
     try:
-        print_status(Manifest.load_existing(work), show_all=show_all)
+        manifest = Manifest.load_existing(work)
     except GhumPipeError as e:
         raise SetupError(str(e)) from None
+    if as_json:
+        doc = status_document(manifest)
+        click.echo(json.dumps(doc, indent=1))
+        ok = doc["ok"]
+    else:
+        counts = print_status(manifest, show_all=show_all)
+        ok = all(c["done"] == sum(c.values()) for c in counts.values())
+    if not ok:
+        sys.exit(EXIT_FAILED)
 
 
 @main.command()
-@click.option("--work", "-w", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Work dir.")
-@click.option("--quiet", "-q", is_flag=True)
+@work_option(exists=True)
+@verbosity_options
 @cluster_click_options
-def report(work, quiet, cluster):
+def report(work, verbose, quiet, cluster):
     """Write W/report/index.html: a sortable table of scans, images, error and timing histograms.
 
     Static and offline (inline CSS/JS): open it in any browser. It links the per-scan images in
@@ -251,58 +251,35 @@ def report(work, quiet, cluster):
     Example:
       ghum-pipe report --work W && xdg-open W/report/index.html
     """
-    _write_report(work, quiet, cluster)
+    _write_report(work, verbose, quiet, cluster)
 
 
-def _write_report(work: Path, quiet: bool, cluster=None) -> None:
+def _write_report(work: Path, verbose: int = 0, quiet: bool = False, cluster=None) -> None:
     from ghum_pipe.pipelines.report import write_report
 
-    _setup_logging(0, quiet)
+    setup_logging(verbose, quiet)
+    writable_dir(work)
     try:
-        index = write_report(work, cluster=_in_work_dir(cluster, work))
+        index = write_report(work, cluster=in_work_dir(cluster, work))
     except GhumPipeError as e:
         raise SetupError(str(e)) from None
     if not quiet:
         click.echo(f"report: {index}")
 
 
-def _add_optional_commands() -> None:
-    """Commands that live with their stage (``synth``, ``train``, ``evaluate``, ``sample``), added
-    when their module exists. If one fails to import, the other commands still work and that
-    command reports the import error when used (the error is not hidden)."""
-    for module, names in (("ghum_pipe.synth.command", ("synth",)),
-                          ("ghum_pipe.model.commands", ("train", "evaluate", "sample")),
-                          ("ghum_pipe.export.command", ("export",))):
-        if importlib.util.find_spec(module) is None:
-            continue
-        try:
-            mod = importlib.import_module(module)
-        except Exception as e:  # noqa: BLE001 - reported when the command is used
-            for name in names:
-                main.add_command(_broken_command(name, module, e), name)
-            continue
-        for name in names:
-            command = getattr(mod, name, None)
-            if command is not None:
-                main.add_command(command, name)
-
-
-def _broken_command(name: str, module: str, error: Exception) -> click.Command:
-    message = f"'{name}' is unavailable: importing {module} failed ({type(error).__name__}: {error})"
-
-    @click.command(name, help=f"(unavailable: {module} failed to import)",
-                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-    def broken():
-        raise SetupError(message)
-
-    return broken
-
-
 def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-_add_optional_commands()
+def _add_commands() -> None:
+    """The commands defined in their own modules (``synth``; ``train``, ``evaluate``, ``sample``;
+    ``export``). Those modules import only click at the top, so listing the commands imports no torch."""
+    from ghum_pipe.cli.model_commands import evaluate, sample, train
+    from ghum_pipe.export.command import export
+    from ghum_pipe.synth.command import synth
 
-if __name__ == "__main__":
-    main()
+    for command in (synth, train, evaluate, sample, export):
+        main.add_command(command)
+
+
+_add_commands()

@@ -1,0 +1,48 @@
+"""Ctrl-C on a running batch, as a terminal sends it (SIGINT to the whole process group, Dask's
+worker processes included): one line, no worker traceback, exit 130, the lock and the Dask
+scratch under W removed, finished results kept. Real LocalCluster on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trimesh
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, template):
+    scans, work = tmp_path / "scans", tmp_path / "W"
+    scans.mkdir()
+    mesh = template.to_trimesh()
+    for i in range(3):
+        trimesh.Trimesh(mesh.vertices * (1 + 0.01 * i), mesh.faces, process=False).export(scans / f"b{i}.ply")
+    proc = subprocess.Popen([sys.executable, "-m", "ghum_pipe.cli", "landmark", str(scans), "-w", str(work),
+                             "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV, cwd=REPO, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(work.glob("scans/*/logs/landmark.log")):
+        time.sleep(0.3)
+    assert list(work.glob("scans/*/logs/landmark.log")), "no landmark task started"
+    assert (work / ".lock").exists() and (work / ".dask-scratch").is_dir()  # while it runs
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "distributed." not in err, err
+    lines = [l for l in err.splitlines() if l.strip() and not l.lstrip().startswith(("ingest ", "landmark "))]
+    assert len([l for l in lines if "interrupted" in l]) == 1, err
+    assert out.strip().splitlines()[-1].startswith("INTERRUPTED: 3 scan(s)")
+    assert not (work / ".lock").exists() and not (work / ".dask-scratch").exists()
+    done = [i for i, s in json.loads((work / "manifest.json").read_text())["scans"].items()
+            if s["stages"].get("ingest", {}).get("status") == "done"]
+    assert done and all((work / "scans" / i / "scan.json").is_file() for i in done)
