@@ -41,29 +41,8 @@ def case_list(scale: float, kinds: list[str] | None) -> list[tuple[str, int]]:
     return [(k, i) for i in range(max(counts.values())) for k, n in counts.items() if i < n]
 
 
-def write_case(case, out: Path) -> Path:
-    """OUT/<case>/scan.ply (oriented point cloud, metres, +Z up), landmarks.json, truth.npz."""
-    import open3d as o3d
-
-    from ghum_pipe.io.atomic import atomic_path, write_json, write_npz
-
-    d = out / case.case_id
-    d.mkdir(parents=True, exist_ok=True)
-    pcd = o3d.geometry.PointCloud()
-    pcd.points = o3d.utility.Vector3dVector(case.scan_points)
-    pcd.normals = o3d.utility.Vector3dVector(case.scan_normals)
-    scan_path = d / "scan.ply"
-    with atomic_path(scan_path) as tmp:
-        o3d.io.write_point_cloud(str(tmp), pcd, write_ascii=False)
-    lm = case.landmarks
-    write_json(d / "landmarks.json", {"names": list(lm["names"]), "points": np.asarray(lm["points"]).tolist(),
-                                      "confidence": np.asarray(lm["confidence"]).tolist(), "scan_kind": "body"})
-    write_npz(d / "truth.npz", verts_m=case.truth_verts, observed=case.observed, kind=np.array(case.kind))
-    return scan_path
-
-
 def register_case(t, tl, kind: str, index: int, out: Path, rereg: bool) -> dict:
-    from ghum_pipe.review.corruptions import make_case
+    from ghum_pipe.review.corruptions import make_case, write_case
 
     from ghum_pipe.errors import GhumPipeError
     from ghum_pipe.register.stage import RegisterConfig, run_registration
@@ -75,7 +54,7 @@ def register_case(t, tl, kind: str, index: int, out: Path, rereg: bool) -> dict:
         return json.loads(record.read_text())
     t0 = time.perf_counter()
     if not scan_path.exists() or not (d / "truth.npz").exists():
-        write_case(make_case(t, tl, kind, index), out)
+        write_case(make_case(t, tl, kind, index), d)
     t_gen = time.perf_counter() - t0
     t0 = time.perf_counter()
     row = dict(case=f"{kind}-{index}", kind=kind, t_gen=t_gen)

@@ -100,3 +100,26 @@ def test_rules_levels_and_reasons():
     r = apply_rules({"a_mm": 6.0, "cov_pct": 40.0}, {}, rules)
     assert r.verdict == "failed" and r.reasons[0].startswith("coverage 40.0 % < 50")
     assert apply_rules({"a_mm": float("nan")}, {}, rules).verdict == "ok"  # a missing signal is skipped
+
+
+def test_review_table_orders_worst_first(tmp_path):
+    """review_table reads metrics.json['review'] and the manifest's failed registrations."""
+    import json
+
+    from ghum_pipe.pipelines.manifest import Manifest
+    from ghum_pipe.review import review_table
+
+    for sid, verdict, reasons in (("a", "ok", []), ("b", "look", ["x 7.0 mm > 6"]), ("c", "ok", [])):
+        d = tmp_path / "scans" / sid
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"review": {"verdict": verdict, "reasons": reasons, "signals": {"x": 1.0}}}))
+    m = Manifest.load(tmp_path)
+    m.scans["d"] = {"path": "d.ply", "stages": {}}
+    m.set_stage("d", "register", {"status": "failed", "error": "d.ply: partial body"})
+    m.scans["c"] = {"path": "c.ply", "stages": {}}
+    m.set_stage("c", "register", {"status": "failed", "error": "c.ply: diverged"})  # newer than its metrics.json
+    m.save()
+    rows = review_table(tmp_path)
+    assert [(r["scan_id"], r["verdict"]) for r in rows] == [("c", "failed"), ("d", "failed"), ("b", "look"), ("a", "ok")]
+    assert rows[1]["reasons"] == ["register failed: d.ply: partial body"]
+    assert rows[3]["signals"] == {"x": 1.0}

@@ -30,6 +30,7 @@ Kinds (what the scanner or the subject did):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -247,3 +248,24 @@ def make_case(t, tl, kind: str, index: int) -> Case:
     sv, sn, samples = _scan(verts, faces, colors, scanner, rng, keep)
     observed = KDTree(samples).query(truth, k=1)[0] < 0.005
     return Case(f"{kind}-{index}", kind, sv, sn, truth, landmarks, observed)
+
+
+def write_case(case: Case, d: Path) -> Path:
+    """d/scan.ply (oriented point cloud, metres, +Z up), d/landmarks.json, d/truth.npz; returns
+    the scan's path. ``d`` is a scan's folder of a work dir (the register stage's inputs)."""
+    import open3d as o3d
+
+    from ghum_pipe.io.atomic import atomic_path, write_json, write_npz
+
+    d.mkdir(parents=True, exist_ok=True)
+    pcd = o3d.geometry.PointCloud()
+    pcd.points = o3d.utility.Vector3dVector(case.scan_points)
+    pcd.normals = o3d.utility.Vector3dVector(case.scan_normals)
+    scan_path = d / "scan.ply"
+    with atomic_path(scan_path) as tmp:
+        o3d.io.write_point_cloud(str(tmp), pcd, write_ascii=False)
+    lm = case.landmarks
+    write_json(d / "landmarks.json", {"names": list(lm["names"]), "points": np.asarray(lm["points"]).tolist(),
+                                      "confidence": np.asarray(lm["confidence"]).tolist(), "scan_kind": "body"})
+    write_npz(d / "truth.npz", verts_m=case.truth_verts, observed=case.observed, kind=np.array(case.kind))
+    return scan_path

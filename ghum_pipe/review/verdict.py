@@ -114,7 +114,8 @@ def review_registration(
         pose: (J, 3) fitted axis-angle (params.npz ``pose``); offsets_m: (V, 3) rest-pose
             free-form offsets (params.npz ``offsets``). Skeleton signals are skipped without them.
         kind: "body", or a close-up ("head", "hand_left", "hand_right"): close-ups get the
-            residual and landmark signals over their region only.
+            residual (registration->scan over their region) and landmark signals only, with
+            the body's bounds (not calibrated on close-ups).
     """
     from ghum_pipe.register.backend import MeshDistance, PointIndex
     from ghum_pipe.template.anatomy import hinge_axes
@@ -122,7 +123,7 @@ def review_registration(
     verts_m = np.asarray(verts_m, dtype=np.float64)
     groups = sig.body_groups(template)
     region = groups.surface if kind == "body" else groups.surface & np.asarray(template.masks[kind], bool)
-    faces = template.faces[region[template.faces].all(1)]
+    faces = template.faces[groups.surface[template.faces].all(1)]  # a close-up's scan may reach past its region
     pts = np.asarray(scan_points_m, dtype=np.float64)
     if len(pts) > config.max_scan_points:
         pts = pts[np.random.default_rng(0).choice(len(pts), config.max_scan_points, replace=False)]
