@@ -105,6 +105,39 @@ def residual_signals(scan_to_reg_m: np.ndarray, reg_to_scan_m: np.ndarray, obser
     )
 
 
+HAND = ("wrist", "finger", "metacarpal")
+
+
+def residual_parts(groups: BodyGroups) -> np.ndarray:
+    """(V,) str: the groups of ``body_groups`` with the hands apart from the arms ("hand.L"),
+    the parts whose residuals are compared one by one."""
+    part = groups.vertex_group.copy()
+    hand = starts_with(groups.vertex_joint, HAND)
+    part[hand] = np.char.add("hand.", np.where(np.char.endswith(groups.vertex_joint[hand], ".L"), "L", "R"))
+    return part
+
+
+def part_residual_signals(s2r_m: np.ndarray, s2r_vertex: np.ndarray, r2s_m: np.ndarray, r2s_vertex: np.ndarray,
+                          parts: np.ndarray, min_count: int = 50) -> tuple[dict, dict]:
+    """The worst body part's p95 residual each way (mm) and which part: a hand fitted to the
+    wrong curl or a foot turned the wrong way hides in the whole body's p95.
+
+    s2r_m (N,) with s2r_vertex (N,) the registration vertex each scan sample is closest to;
+    r2s_m (M,) with r2s_vertex (M,) the vertex each distance belongs to; parts (V,) str.
+    Parts with fewer than ``min_count`` values are skipped."""
+    out, detail = {}, {}
+    for name, dist, vert in (("s2r_part_p95_mm", s2r_m, s2r_vertex), ("r2s_part_p95_mm", r2s_m, r2s_vertex)):
+        p = parts[vert]
+        worst, which = 0.0, ""
+        for part in np.unique(p):
+            d = dist[p == part]
+            if len(d) >= min_count and np.percentile(d, 95) * 1e3 > worst:
+                worst, which = float(np.percentile(d, 95) * 1e3), str(part)
+        out[name] = worst
+        detail[name] = which
+    return out, detail
+
+
 def landmark_kind(name: str) -> str:
     return "face" if name.startswith("face_") else "hand" if "_hand_" in name else "pose"
 
@@ -118,6 +151,10 @@ def landmark_signals(reg_landmarks_m: np.ndarray, scan_landmarks_m: np.ndarray, 
     for k in ("pose", "hand", "face"):
         if (kinds == k).any():
             out[f"lm_{k}_rms_mm"] = float(np.sqrt((d[kinds == k] ** 2).mean()))
+    hands = {side: np.char.startswith(np.asarray(names, dtype=str), f"{side}_hand_") for side in ("left", "right")}
+    worst_hand = [(float(np.sqrt((d[m] ** 2).mean())), side) for side, m in hands.items() if m.any()]
+    if worst_hand:
+        out["lm_hand_worst_rms_mm"], detail["lm_hand_worst_rms_mm"] = max(worst_hand)
     if (kinds == "pose").any():
         i = np.flatnonzero(kinds == "pose")[np.argmax(d[kinds == "pose"])]
         out["lm_pose_max_mm"] = float(d[i])

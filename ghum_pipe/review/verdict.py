@@ -43,7 +43,10 @@ DEFAULT_RULES = (
     Rule("r2s_p95_mm", 25.0, 80.0, "registration->scan p95", "mm"),
     Rule("lm_pose_rms_mm", 20.0, 60.0, "body landmark RMS", "mm"),
     Rule("lm_pose_max_mm", 50.0, 150.0, "worst body landmark", "mm"),
+    Rule("s2r_part_p95_mm", 10.0, 40.0, "worst part's scan->registration p95", "mm"),
+    Rule("r2s_part_p95_mm", 40.0, 120.0, "worst part's registration->scan p95", "mm"),
     Rule("lm_hand_rms_mm", 20.0, 60.0, "hand landmark RMS", "mm"),
+    Rule("lm_hand_worst_rms_mm", 20.0, 60.0, "worst hand's landmark RMS", "mm"),
     Rule("lm_face_rms_mm", 10.0, 40.0, "face landmark RMS", "mm"),
     Rule("observed_pct", 80.0, 50.0, "surface with scan data within 10 mm", "%", below=True),
     Rule("part_mismatch_pct", 5.0, 30.0, "limb landmarks on the wrong limb", "%"),
@@ -127,10 +130,16 @@ def review_registration(
     pts = np.asarray(scan_points_m, dtype=np.float64)
     if len(pts) > config.max_scan_points:
         pts = pts[np.random.default_rng(0).choice(len(pts), config.max_scan_points, replace=False)]
-    s2r = MeshDistance(verts_m, faces).closest(pts)["dist"]
+    closest = MeshDistance(verts_m, faces).closest(pts)
+    s2r = closest["dist"]
     r2s = PointIndex(pts).query(verts_m[region], 1)[0][:, 0]
     signals = sig.residual_signals(s2r, r2s, config.observed_dist_m)
     details: dict = {}
+    if kind == "body":
+        s2r_vertex = faces[closest["face"], np.argmax(closest["bary"], axis=1)]
+        s, d = sig.part_residual_signals(s2r, s2r_vertex, r2s, np.flatnonzero(region), sig.residual_parts(groups))
+        signals.update(s)
+        details.update(d)
 
     names = [n for n in landmarks["names"] if n in set(template_landmarks.names)]
     keep = np.isin(np.asarray(landmarks["names"]), names)
