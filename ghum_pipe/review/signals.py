@@ -50,12 +50,14 @@ class BodyGroups:
     """Per-template lookups, built once (``body_groups``).
 
     vertex_group (V,) str: "torso" | "head" | "arm.L" | "arm.R" | "leg.L" | "leg.R";
-    vertex_joint (V,) str: the dominant joint's name; surface (V,) bool.
+    vertex_joint (V,) str: the dominant joint's name; surface (V,) bool;
+    rest_normals (V, 3): unit normals of the rest template (the frame of the offsets).
     """
 
     vertex_group: np.ndarray
     vertex_joint: np.ndarray
     surface: np.ndarray
+    rest_normals: np.ndarray
 
 
 _GROUPS: dict[str, BodyGroups] = {}
@@ -65,6 +67,7 @@ def body_groups(template) -> BodyGroups:
     """The template's vertex groups (cached per template hash)."""
     if template.hash in _GROUPS:
         return _GROUPS[template.hash]
+    from ghum_pipe.register.backend import vertex_normals
     from ghum_pipe.register.evaluate import dominant_part
 
     joint = np.asarray(template.joint_names)[dominant_part(template)].astype(str)
@@ -74,7 +77,8 @@ def body_groups(template) -> BodyGroups:
         m = starts_with(joint, prefixes)
         side = np.where(np.char.endswith(joint, ".L"), "L", "R")
         group[m] = np.char.add(f"{limb}.", side[m])
-    out = BodyGroups(group.astype(str), joint, np.asarray(template.masks["surface"], bool))
+    out = BodyGroups(group.astype(str), joint, np.asarray(template.masks["surface"], bool),
+                     vertex_normals(template.rest_verts, template.faces))
     _GROUPS[template.hash] = out
     return out
 
@@ -239,11 +243,17 @@ def bone_signals(verts_m: np.ndarray, coco_regressor, coco_names) -> tuple[dict,
     return {"bone_asymmetry_pct": worst}, {"bone_asymmetry_pct": name}
 
 
-def offset_signals(offsets_m: np.ndarray, surface: np.ndarray) -> dict:
+def offset_signals(offsets_m: np.ndarray, groups: BodyGroups) -> dict:
     """How far the free-form surface left the skinned model: p95 / p99 of the rest-pose
-    offsets' length over surface vertices, mm."""
-    n = np.linalg.norm(np.asarray(offsets_m)[surface], axis=1) * 1e3
-    return {"offset_p95_mm": float(np.percentile(n, 95)), "offset_p99_mm": float(np.percentile(n, 99))}
+    offsets' length over surface vertices, and the p75 of their normal component over the
+    torso (mm). Skin lies on the shape model's torso within a few mm; loose clothing is a
+    shell centimetres off it that the shape coefficients cannot make."""
+    offsets_m = np.asarray(offsets_m)
+    n = np.linalg.norm(offsets_m[groups.surface], axis=1) * 1e3
+    torso = groups.surface & (groups.vertex_group == "torso")
+    normal = np.abs(np.einsum("ij,ij->i", offsets_m[torso], groups.rest_normals[torso])) * 1e3
+    return {"offset_p95_mm": float(np.percentile(n, 95)), "offset_p99_mm": float(np.percentile(n, 99)),
+            "offset_torso_p75_mm": float(np.percentile(normal, 75))}
 
 
 def penetration_depth_m(verts_m: np.ndarray, faces: np.ndarray, part_faces: np.ndarray, test_verts: np.ndarray,

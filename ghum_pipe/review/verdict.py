@@ -53,6 +53,7 @@ DEFAULT_RULES = (
     Rule("joint_limit_excess_deg", 10.0, 45.0, "joint beyond its range by", "deg"),
     Rule("bone_asymmetry_pct", 6.0, 20.0, "left/right bone length difference", "%"),
     Rule("offset_p95_mm", 20.0, 50.0, "free-form offsets p95", "mm"),
+    Rule("offset_torso_p75_mm", 6.0, 20.0, "torso surface off the body model (p75)", "mm"),
     Rule("arm_in_torso_mm", 10.0, 30.0, "forearm/hand inside the torso", "mm"),
     Rule("leg_in_leg_mm", 10.0, 30.0, "leg inside the other leg", "mm"),
 )
@@ -162,6 +163,6 @@ def review_registration(
         signals.update(s)
         details.update(d)
         if offsets_m is not None:
-            signals.update(sig.offset_signals(offsets_m, groups.surface))
+            signals.update(sig.offset_signals(offsets_m, groups))
         signals.update(sig.intersection_signals(verts_m, template.faces, groups))
     return apply_rules(signals, details, config.rules)
