@@ -124,7 +124,8 @@ def residual_parts(groups: BodyGroups) -> np.ndarray:
 def part_residual_signals(s2r_m: np.ndarray, s2r_vertex: np.ndarray, r2s_m: np.ndarray, r2s_vertex: np.ndarray,
                           parts: np.ndarray, min_count: int = 50) -> tuple[dict, dict]:
     """The worst body part's p95 residual each way (mm) and which part: a hand fitted to the
-    wrong curl or a foot turned the wrong way hides in the whole body's p95.
+    wrong curl or a foot turned the wrong way hides in the whole body's p95; and the scan ->
+    registration one over the whole body's (``s2r_part_ratio``).
 
     s2r_m (N,) with s2r_vertex (N,) the registration vertex each scan sample is closest to;
     r2s_m (M,) with r2s_vertex (M,) the vertex each distance belongs to; parts (V,) str.
@@ -139,6 +140,10 @@ def part_residual_signals(s2r_m: np.ndarray, s2r_vertex: np.ndarray, r2s_m: np.n
                 worst, which = float(np.percentile(d, 95) * 1e3), str(part)
         out[name] = worst
         detail[name] = which
+    # the same against the whole body's p95: a scale-free version (the scanner's noise sets
+    # the whole body's p95, a misfitted part stands out of it)
+    out["s2r_part_ratio"] = out["s2r_part_p95_mm"] / max(float(np.percentile(s2r_m, 95)) * 1e3, 1e-3)
+    detail["s2r_part_ratio"] = detail["s2r_part_p95_mm"]
     return out, detail
 
 
