@@ -13,7 +13,8 @@ the registration against its truth (surface vertices, mean and p95 mm).
 A registration is **bad** when its true p95 error is > 10 mm. It is **flagged** when its verdict
 is ``look`` or ``failed``, or when the register stage itself refused it (RegistrationError).
 Prints one row per case and the table per kind, then recall (bad ones flagged) and the
-false-flag rate (good ones flagged). Registrations are cached in OUT/<case>/ (``metrics.json``
+false-flag rate (good ones flagged), and the same for the peer: what flagged scans before the
+review (the register stage's refusals and metrics.json's scan->registration p95). Registrations are cached in OUT/<case>/ (``metrics.json``
 present = done), so re-running after changing thresholds only re-reviews (~1 s a scan);
 ``--rereg`` redoes them. ``--signals`` also prints every signal against the truth error, for
 calibrating the thresholds (docs/review.md).
@@ -91,6 +92,8 @@ def score_case(t, row: dict, out: Path) -> dict:
 
 
 def print_table(rows: list[dict], show_signals: bool) -> None:
+    from ghum_pipe.review import DEFAULT_RULES
+
     print(f"\n{'case':>18} {'err mm':>7} {'p95 mm':>7} {'bad':>4} {'verdict':>7}  reasons")
     for r in rows:
         p95 = r.get("p95")
@@ -120,6 +123,16 @@ def print_table(rows: list[dict], show_signals: bool) -> None:
             for key in tot:
                 tot[key] += c[key]
         print(f"{k:>15} {c['n']:>3} {c['bad']:>4} {c['bad_flag']:>11} {c['good']:>5} {c['good_flag']:>12} {c['refused']:>8}")
+    # the peer: what the pipeline flagged before the review (the register stage's refusals and
+    # its scan->registration distance in metrics.json), at the review's own look bound
+    bound = next(r.look for r in DEFAULT_RULES if r.signal == "s2r_p95_mm")
+    scored = [r for r in rows if "p95" in r]
+    peer_flag = lambda r: r["signals"].get("s2r_p95_mm", 0.0) > bound  # noqa: E731
+    pb = [r for r in scored if r["p95"] > BAD_P95_MM]
+    pg = [r for r in scored if r["p95"] <= BAD_P95_MM]
+    print(f"peer (register's refusals + scan->registration p95 > {bound:g} mm only): recall "
+          f"{100 * sum(map(peer_flag, pb)) / max(len(pb), 1):.1f} % ({sum(map(peer_flag, pb))}/{len(pb)}), "
+          f"false-flag rate {100 * sum(map(peer_flag, pg)) / max(len(pg), 1):.1f} % ({sum(map(peer_flag, pg))}/{len(pg)})")
     recall = tot["bad_flag"] / tot["bad"] if tot["bad"] else float("nan")
     ffr = tot["good_flag"] / tot["good"] if tot["good"] else float("nan")
     print(f"\nbad = true p95 > {BAD_P95_MM:.0f} mm over surface vertices; refused = the register stage raised "
