@@ -49,6 +49,7 @@ bench: install
 	$(PY) bench/register.py
 	$(PY) bench/scaling.py
 	$(PY) bench/model.py
+	$(PY) bench/review.py
 
 train-demo: install
 	$(PY) -m ghum_pipe.cli synth $(DEMO)/regs --registrations --count 40 --seed 0
