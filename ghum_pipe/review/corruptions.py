@@ -18,7 +18,7 @@ Kinds (what the scanner or the subject did):
   landmark names swapped on the whole body, the arms, the legs or the hands;
 - ``limb_cut``: a forearm+hand or a lower leg+foot outside the scanner's volume (no samples,
   no landmarks there);
-- ``arms_fused``: the arms hang against the torso, so the scan's surface joins them;
+- ``arms_fused``: the arms hang against the torso (in a cloud: touching samples, not one merged surface);
 - ``crossed_arms``, ``crossed_legs``, ``sitting``: poses outside the natural sampler's range;
 - ``curled_fingers``: both hands in fists (beyond the sampler's curl);
 - ``noise_holes``: 6 mm depth noise and 8 missing patches of 6-12 cm;
