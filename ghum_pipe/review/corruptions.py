@@ -15,7 +15,8 @@ limb's left/right swap).
 Kinds (what the scanner or the subject did):
 - ``clean_apose``, ``clean_posed``: no corruption (the good registrations);
 - ``lr_swap_all`` / ``lr_swap_arms`` / ``lr_swap_legs`` / ``lr_swap_hands``: left and right
-  landmark names swapped on the whole body, the arms, the legs or the hands;
+  landmark names swapped on the whole body, the arms below the shoulders, the legs below the
+  hips, or the hands;
 - ``limb_cut``: a forearm+hand or a lower leg+foot outside the scanner's volume (no samples,
   no landmarks there);
 - ``arms_fused``: the arms hang against the torso (in a cloud: touching samples, not one merged surface);
@@ -23,8 +24,8 @@ Kinds (what the scanner or the subject did):
 - ``curled_fingers``: both hands in fists (beyond the sampler's curl);
 - ``noise_holes``: 6 mm depth noise and 8 missing patches of 6-12 cm;
 - ``clothing``: a loose shell 2-4 cm off the torso and thighs (truth: the body under it);
-- ``second_body``: a pole held in a hand, a stool against the legs, or a second person
-  touching the subject's side.
+- ``second_body``: a pole through a hand, a stool against the calves, or a second person
+  (A-pose) beside the subject, hands overlapping by 3 cm.
 """
 
 from __future__ import annotations
