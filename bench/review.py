@@ -41,7 +41,7 @@ def case_list(scale: float, kinds: list[str] | None) -> list[tuple[str, int]]:
     return [(k, i) for i in range(max(counts.values())) for k, n in counts.items() if i < n]
 
 
-def register_case(t, tl, kind: str, index: int, out: Path, rereg: bool) -> dict:
+def register_case(t, tl, kind: str, index: int, out: Path, rereg: bool, seed: int) -> dict:
     from ghum_pipe.review.corruptions import make_case, write_case
 
     from ghum_pipe.errors import GhumPipeError
@@ -54,7 +54,7 @@ def register_case(t, tl, kind: str, index: int, out: Path, rereg: bool) -> dict:
         return json.loads(record.read_text())
     t0 = time.perf_counter()
     if not scan_path.exists() or not (d / "truth.npz").exists():
-        write_case(make_case(t, tl, kind, index), d)
+        write_case(make_case(t, tl, kind, index, seed), d)
     t_gen = time.perf_counter() - t0
     t0 = time.perf_counter()
     row = dict(case=f"{kind}-{index}", kind=kind, t_gen=t_gen)
@@ -143,6 +143,8 @@ def print_table(rows: list[dict], show_signals: bool) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "review")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="another draw of the suite (held-out check of the bounds); cached in OUT-seed<N>")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every kind's case count (at least 1 each)")
     ap.add_argument("--kinds", default="", help="comma-separated kinds to run (default: all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -159,6 +161,11 @@ def main():
     from ghum_pipe.register.landmark_pairs import load_template_landmark_set
     from ghum_pipe.template import load_template
 
+    from ghum_pipe.review.corruptions import SEED
+
+    seed = SEED if args.seed is None else args.seed
+    if seed != SEED:
+        args.out = args.out.with_name(f"{args.out.name}-seed{seed}")
     t = load_template()
     tl = load_template_landmark_set(t)
     rows = []
@@ -167,7 +174,7 @@ def main():
         d = args.out / f"{kind}-{i}"
         if args.no_register and not (d / "bench.json").exists():
             continue
-        row = register_case(t, tl, kind, i, args.out, args.rereg)
+        row = register_case(t, tl, kind, i, args.out, args.rereg, seed)
         if args.register_only:
             print(row, flush=True)
             continue

@@ -182,13 +182,13 @@ def _append(verts, faces, colors, v2, f2, c2):
             np.vstack([colors, np.broadcast_to(c2, (len(v2), 3))]))
 
 
-def make_case(t, tl, kind: str, index: int) -> Case:
-    """Case ``index`` of ``kind``: deterministic in (SEED, kind, index)."""
+def make_case(t, tl, kind: str, index: int, seed: int = SEED) -> Case:
+    """Case ``index`` of ``kind``: deterministic in (seed, kind, index)."""
     from pykdtree.kdtree import KDTree
 
     kind_no = list(COUNTS).index(kind)
-    rng = np.random.default_rng([SEED, kind_no, index])
-    subject = make_subject(t, SEED, 1000 * kind_no + index)
+    rng = np.random.default_rng([seed, kind_no, index])
+    subject = make_subject(t, seed, 1000 * kind_no + index)
     pose = _pose(t, kind, rng)
     verts, _ = pose_template(t, subject.betas, pose, np.zeros(t.n_expression))
     truth = verts.copy()
@@ -197,7 +197,7 @@ def make_case(t, tl, kind: str, index: int) -> Case:
     scanner = BODY_SCANNER
     keep = None
     drop = None
-    lm_rng = np.random.default_rng([SEED, kind_no, index, 1])
+    lm_rng = np.random.default_rng([seed, kind_no, index, 1])
     landmarks = _landmarks(tl, truth, lm_rng)
     if kind == "limb_cut":
         side = "L" if index % 2 == 0 else "R"
@@ -211,7 +211,7 @@ def make_case(t, tl, kind: str, index: int) -> Case:
         pre = "left_" if side == "L" else "right_"
         names = tl.names
         drop = np.array([n.startswith(pre) and n[len(pre):].startswith(words) for n in names])
-        landmarks = _landmarks(tl, truth, np.random.default_rng([SEED, kind_no, index, 1]), drop)
+        landmarks = _landmarks(tl, truth, np.random.default_rng([seed, kind_no, index, 1]), drop)
     elif kind.startswith("lr_swap_"):
         landmarks["names"] = swap_names(landmarks["names"], kind[len("lr_swap_"):])
     elif kind == "noise_holes":
@@ -241,7 +241,7 @@ def make_case(t, tl, kind: str, index: int) -> Case:
             v2, f2 = _box([lo[0] + 0.05, back - 0.01, lo[2]], [hi[0] - 0.05, back + 0.35, lo[2] + 0.45])
             verts, faces, colors = _append(verts, faces, colors, v2, f2, (80.0, 80.0, 80.0))
         else:  # another subject standing beside, shoulders touching
-            other = make_subject(t, SEED + 1, 1000 * kind_no + index)
+            other = make_subject(t, seed + 1, 1000 * kind_no + index)
             ov, _ = pose_template(t, other.betas, np.zeros((t.n_joints, 3)), np.zeros(t.n_expression))
             # its left hand overlaps the subject's right hand by 3 cm (the scan joins them)
             ov = ov + np.array([truth[:, 0].min() + 0.03 - ov[:, 0].max(), 0.0, 0.0])
