@@ -59,6 +59,7 @@ bench: install
 	$(PY) bench/scaling.py
 	$(PY) bench/model.py
 	$(PY) bench/texture.py
+	$(PY) bench/review.py
 
 # Avatars opened in Blender's own glTF importer (bpy, ~370 MB, not in `make test`'s install) and
 # checked by the Khronos glTF-Validator (npm package, needs node: apt-get install nodejs npm).

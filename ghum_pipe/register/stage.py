@@ -230,4 +230,6 @@ def run_registration(scan_path, scan_dir, config: RegisterConfig = RegisterConfi
                        title=f"{scan.id}: scan -> registration, mean {metrics['scan_to_reg_mean_mm']:.2f} mm")
     metrics["seconds_wall"] = time.perf_counter() - t_start
     write_json(scan_dir / "metrics.json", metrics)
+    from ghum_pipe.review import review_scan  # the review verdict, added to metrics.json (docs/review.md)
+    metrics["review"] = review_scan(scan_dir, scan_path, template=template, scan=scan).to_dict()
     return metrics
