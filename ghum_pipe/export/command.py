@@ -53,7 +53,9 @@ def _scan_dirs(work: Path, only: tuple[str, ...]) -> list[Path]:
                    "first (fails for a scan without colours); none: untextured.")
 @click.option("--texture-size", type=click.IntRange(64, 8192), default=2048, show_default=True,
               help="Baked texture size in texels (square).")
-def export(work, model, only, fmt, out, texture, texture_size):
+@click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
+@click.option("--quiet", "-q", is_flag=True, help="Errors only.")
+def export(work, model, only, fmt, out, texture, texture_size, verbose, quiet):
     """Export registrations as skinned glTF avatars (avatar.glb): the subject's rest mesh, the
     template's skeleton and skinning, the scan's pose and expression (morph targets), UVs and
     the baked texture; metres, +Y up. Also avatar.obj/.mtl and registration.json.
@@ -68,8 +70,10 @@ def export(work, model, only, fmt, out, texture, texture_size):
       ghum-pipe export --work W --texture bake --only anna_01
       ghum-pipe export --model MODEL --out avatars/
     """
+    from ghum_pipe.cli.options import setup_logging
     from ghum_pipe.template import load_template
 
+    setup_logging(verbose, quiet)
     if (work is None) == (model is None):
         raise click.UsageError("give --work W (registrations) or --model M (a trained model's mean body)")
     if model is not None:
@@ -82,7 +86,8 @@ def export(work, model, only, fmt, out, texture, texture_size):
         except GhumPipeError as e:
             click.echo(str(e), err=True)
             sys.exit(EXIT_FAILED)
-        click.echo(f"exported {len(files)} model(s) to {out}")
+        if not quiet:
+            click.echo(f"exported {len(files)} model(s) to {out}")
         return
     from ghum_pipe.export.scan import export_registration
 
@@ -102,8 +107,9 @@ def export(work, model, only, fmt, out, texture, texture_size):
             elif texture == "auto" and (d / "texture.png").exists():
                 tex = d / "texture.png"
             res = export_registration(d, target, template, texture=tex)
-            click.echo(f"{d.name}: {target / 'avatar.glb'} (posed = registration.ply within "
-                       f"{res['roundtrip_max_mm']:.4f} mm{', textured' if tex else ''})")
+            if not quiet:
+                click.echo(f"{d.name}: {target / 'avatar.glb'} (posed = registration.ply within "
+                           f"{res['roundtrip_max_mm']:.4f} mm{', textured' if tex else ''})")
         except GhumPipeError as e:
             failed += 1
             click.echo(str(e), err=True)
