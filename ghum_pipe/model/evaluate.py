@@ -96,30 +96,6 @@ def fit_errors(model: GHUM, data: RegistrationSet, cfg: EvalConfig, use_psd: boo
     return dict(mean_mm=float(np.mean(per_scan)), per_scan_mm=per_scan, per_vertex_m=vsum / np.maximum(vcnt, 1))
 
 
-def truth_of(work: Path) -> dict | None:
-    """Synthetic truth (``truth/`` from ``synth --registrations``), or None for real data."""
-    if not (Path(work) / "truth" / "corrective.npz").is_file():
-        return None
-    from ghum_pipe.synth.registrations import load_truth_corrective
-
-    with np.load(Path(work) / "truth" / "skinning.npz") as z:
-        skin = {k: z[k] for k in z.files}
-    planted = np.zeros(0, dtype=np.int64)
-    if (Path(work) / "truth" / "joints.npz").is_file():
-        with np.load(Path(work) / "truth" / "joints.npz") as z:
-            planted = z["joints"]
-    return dict(corrective=load_truth_corrective(work), skinning=skin, planted_joints=planted)
-
-
-def subject_truth(work: Path, subjects) -> tuple[np.ndarray, np.ndarray]:
-    rest, joints = [], []
-    for s in subjects:
-        with np.load(Path(work) / "truth" / "subjects" / f"{s}.npz") as z:
-            rest.append(z["rest_verts"])
-            joints.append(z["rest_joints"])
-    return np.stack(rest), np.stack(joints)
-
-
 @torch.no_grad()
 def psd_removed_fraction(model: GHUM, corrective: dict, poses: np.ndarray, to_model=None,
                          own_joints: bool = False) -> float:
@@ -130,7 +106,7 @@ def psd_removed_fraction(model: GHUM, corrective: dict, poses: np.ndarray, to_mo
     joint-centre error (a shoulder centre 5 mm off moves the whole arm by (R - I) d, which the
     shoulder's D absorbs over the biceps), which is right for the posed model but is not the
     planted elbow/hip corrective."""
-    from ghum_pipe.synth.registrations import corrective_offsets
+    from ghum_pipe.model.truth import corrective_offsets
     from ghum_pipe.template.lbs import batch_rodrigues
 
     rot = batch_rodrigues(torch.as_tensor(poses, dtype=torch.float64).reshape(-1, 3)).reshape(len(poses), -1, 3, 3)

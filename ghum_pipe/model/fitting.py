@@ -129,7 +129,7 @@ class FitResult:
         return float(e.mean() * 1000)
 
 
-def _lbfgs(params, objective, iters: int) -> None:
+def lbfgs(params, objective, iters: int) -> None:
     """Minimise ``objective()`` over ``params`` by L-BFGS with a strong-Wolfe line search;
     tolerances at 0 so it runs its ``iters`` iterations unless the line search stalls."""
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
@@ -190,11 +190,11 @@ def fit_model(model, mesh_verts, mask=None, init_pose=None, init_translation=Non
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        _lbfgs([trans], objective, n[0])
-        _lbfgs([zb, trans], objective, n[1])
-        _lbfgs([zb, zf, trans], objective, n[2])
-        _lbfgs([pose, trans], objective, n[3])
-        _lbfgs([pose, trans, zb, zf], objective, max(1, iters - sum(n)))
+        lbfgs([trans], objective, n[0])
+        lbfgs([zb, trans], objective, n[1])
+        lbfgs([zb, zf, trans], objective, n[2])
+        lbfgs([pose, trans], objective, n[3])
+        lbfgs([pose, trans, zb, zf], objective, max(1, iters - sum(n)))
     finally:
         for p in model.parameters():
             p.requires_grad_(True)

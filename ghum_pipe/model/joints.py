@@ -15,11 +15,11 @@ import torch
 
 from ghum_pipe.model.config import TrainConfig
 from ghum_pipe.model.data import RegistrationSet
-from ghum_pipe.model.fitting import _lbfgs
+from ghum_pipe.model.fitting import lbfgs
 from ghum_pipe.model.ghum import GHUM, blend_skin, template_for
 from ghum_pipe.model.networks import skinning_weights
 from ghum_pipe.model.solvers import solve_joint_regressor
-from ghum_pipe.model.train import TrainState, _expand_face, _psd_all, model_rotmats
+from ghum_pipe.model.state import TrainState, expand_face, model_rotmats, psd_all
 from ghum_pipe.template.lbs import batch_rigid_transform
 
 
@@ -69,7 +69,7 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
     reg = model.joint_regressor
     with torch.no_grad():
         rest = state.rest[subj]
-        x = (rest + _expand_face(model, state.expression[sc]) + _psd_all(model, pose0))[:, sub]
+        x = (rest + expand_face(model, state.expression[sc]) + psd_all(model, pose0))[:, sub]
         joints0 = reg(state.rest)  # (S, J, 3)
         # the prior: the template's own shape->joint map (a ridge towards the current value
         # instead lets repeated updates walk along directions the poses can compensate)
@@ -126,7 +126,7 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
                     + cfg.joint_pose_prior * (dpose**2).sum()
                     + 1e-2 * (dlogits**2).sum())  # logits: only a weak pull, they are nuisance here
 
-        _lbfgs(q, objective, cfg.joint_iters)
+        lbfgs(q, objective, cfg.joint_iters)
         for _ in range(1, cfg.joint_passes):
             # Pose correctives (a biceps bulging with the elbow bent) are local residuals that
             # no joint centre explains; least squares still leans the centres towards them
@@ -138,7 +138,7 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
                 r = residual(*(qi * si for qi, si in zip(q, scale))).norm(dim=-1)
                 sigma = 1.4826 * r[mask > 0].median().clamp_min(1e-3)
                 robust.copy_((1.0 / (1.0 + (r / (cfg.joint_robust_k * sigma)) ** 2)).sqrt()[..., None])
-            _lbfgs(q, objective, cfg.joint_iters)
+            lbfgs(q, objective, cfg.joint_iters)
     finally:
         for p in model.parameters():
             p.requires_grad_(True)

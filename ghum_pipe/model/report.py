@@ -17,6 +17,7 @@ from ghum_pipe.model import evaluate as ev
 from ghum_pipe.model import plots
 from ghum_pipe.model.baselines import fit_template, pca_shape_model, template_joint_error_mm
 from ghum_pipe.model.data import load_registrations
+from ghum_pipe.model.truth import planted_truth, subject_truth
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def run_evaluation(model_root: Path, work: Path, out_dir: Path | None = None,
     first = next(iter(models.values()))
     full = ev._cap(ev.heldout(load_registrations(work, "full", subject_pattern), first.meta, work), cfg.max_scans)
     log.info("evaluating on %d held-out scans of %d subjects", len(full), len(full.subjects))
-    truth = ev.truth_of(work)
+    truth = planted_truth(work)
     t = load_template()
     results: dict = dict(work=str(work), n_scans=len(full), subjects=list(full.subjects), fit=[], checks=[],
                          speed=[], vae_vs_pca=[])
@@ -75,7 +76,7 @@ def run_evaluation(model_root: Path, work: Path, out_dir: Path | None = None,
             removed = ev.psd_removed_fraction(model, truth["corrective"], poses, to_model)
             results["checks"].append(_check(f"{name}: PSD removes planted corrective (fraction)", removed, ">= 0.70",
                                             removed >= 0.7))
-            rest, joints = ev.subject_truth(work, full.subjects)
+            rest, joints = subject_truth(work, full.subjects)
             rest_m = to_model(rest) if low else rest
             with torch.no_grad():
                 pred = model.joint_regressor(torch.as_tensor(rest_m, dtype=torch.float32)).numpy()
@@ -103,7 +104,7 @@ def run_evaluation(model_root: Path, work: Path, out_dir: Path | None = None,
     ghum_name = next((n for n, mdl in models.items() if mdl.config.resolution == "full"), None)
     if ghum_name is not None and cfg.dims:
         train_shapes = ev.training_shapes(dirs[ghum_name])
-        test = torch.as_tensor(ev.subject_truth(work, full.subjects)[0], dtype=torch.float32) if truth is not None \
+        test = torch.as_tensor(subject_truth(work, full.subjects)[0], dtype=torch.float32) if truth is not None \
             else _estimated_shapes(models[ghum_name], full)
         results["vae_vs_pca"] = ev.vae_vs_pca(train_shapes, test, cfg.dims, cfg.vae_steps)
         plots.vae_pca_curve(results["vae_vs_pca"], out_dir / "vae_vs_pca.png")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,26 +30,13 @@ from ghum_pipe.model.config import ModelConfig, TrainConfig
 from ghum_pipe.model.data import RegistrationSet
 from ghum_pipe.model.fitting import fit_poses, part_pose_init
 from ghum_pipe.model.ghum import GHUM
+from ghum_pipe.model.joints import update_joint_regressor
 from ghum_pipe.model.networks import pose_features
 from ghum_pipe.model.solvers import pair_table, solve_skinning_psd
+from ghum_pipe.model.state import TrainState, expand_face, model_rotmats, psd_all
 from ghum_pipe.template.lbs import batch_rigid_transform
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainState:
-    """Everything training carries between steps (all CPU tensors, picklable for Dask).
-
-    model: the model's state_dict; pose (N, J, 3), translation (N, 3) per scan; rest (S, V, 3)
-    per subject; expression (N, Vf, 3) per scan on the face vertices; history: loss log."""
-
-    model: dict
-    pose: torch.Tensor
-    translation: torch.Tensor
-    rest: torch.Tensor
-    expression: torch.Tensor
-    history: list
 
 
 @functools.lru_cache(maxsize=4)
@@ -69,11 +55,6 @@ def model_from_state(config: ModelConfig, state_dict: dict | None) -> GHUM:
 def _tensors(data: RegistrationSet, idx=None):
     idx = np.arange(len(data)) if idx is None else np.asarray(idx)
     return torch.as_tensor(data.verts[idx]), torch.as_tensor(data.mask[idx])
-
-
-def _expand_face(model: GHUM, face: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(face.shape[0], model.n_verts, 3)
-    return out.index_add(1, model.face_index, face)
 
 
 def init_state(model: GHUM, data: RegistrationSet) -> TrainState:
@@ -100,7 +81,7 @@ def pose_step(model: GHUM, data: RegistrationSet, state: TrainState, idx: np.nda
     """Step (a) for the scans ``idx``: returns their new pose (n, J, 3) and translation (n, 3)."""
     target, mask = _tensors(data, idx)
     rest = state.rest[torch.as_tensor(data.subject_index[idx])]
-    expr = _expand_face(model, state.expression[idx])
+    expr = expand_face(model, state.expression[idx])
     return fit_poses(model, target, mask, rest, expr, state.pose[idx], state.translation[idx], iters)
 
 
@@ -116,7 +97,7 @@ def refresh_shapes(model: GHUM, data: RegistrationSet, state: TrainState, batch:
         rest = state.rest[torch.as_tensor(data.subject_index[idx])]
         unposed[idx] = model.unpose(target, rest, state.pose[idx], state.translation[idx])
     raw = unposed
-    unposed = raw - _psd_all(model, state.pose)
+    unposed = raw - psd_all(model, state.pose)
     mask = torch.as_tensor(data.mask)
     subj = torch.as_tensor(data.subject_index)
     # scans near the rest pose dominate each subject's rest shape: there skinning and PSD errors
@@ -153,21 +134,11 @@ def _rest_pose_weight(pose: torch.Tensor, subject: torch.Tensor, scale: float = 
     return torch.exp(-(d - dmin[subject]) / scale).clamp_min(1e-6)
 
 
-def _psd_all(model: GHUM, pose: torch.Tensor, batch: int = 32) -> torch.Tensor:
-    return torch.cat([model.psd(model_rotmats(pose[lo:lo + batch])) for lo in range(0, len(pose), batch)])
-
-
 def _template_basis(model: GHUM) -> torch.Tensor:
     from ghum_pipe.model.ghum import template_for
 
     t = template_for(model.config.resolution, model.config.top_k)
     return torch.as_tensor(t.shape_basis, dtype=torch.float32)
-
-
-def model_rotmats(pose: torch.Tensor) -> torch.Tensor:
-    from ghum_pipe.template.lbs import as_rotmats
-
-    return as_rotmats(pose)
 
 
 def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig, round_: int) -> None:
@@ -188,20 +159,18 @@ def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: Train
     for i in range(cfg.inner):
         refresh_shapes(model, data, state)
         if cfg.learn_joints and round_ == 0 and i == 0:
-            from ghum_pipe.model.joints import update_joint_regressor
-
             # once, before skinning and D exist: both can locally mimic a joint-centre shift
             # and then absorb it (learning C after them: 14 mm off; repeating it every round
             # walks the shoulders off along pose-compensated directions)
             update_joint_regressor(model, data, state, cfg)
         with torch.no_grad():
             rest = state.rest[subj]
-            x = rest + _expand_face(model, state.expression)
+            x = rest + expand_face(model, state.expression)
             joints = model.joint_regressor(rest)
             _, rel = batch_rigid_transform(rot, joints, model.parents, model.levels)
             # omega and D from one least-squares problem (solvers.solve_skinning_psd); face
             # vertices: expression offsets already absorb their residual, D stays 0 there
-            w, W = solve_skinning_psd(feats, x, _psd_all(model, state.pose), rel, target - state.translation[:, None],
+            w, W = solve_skinning_psd(feats, x, psd_all(model, state.pose), rel, target - state.translation[:, None],
                                       mask, model.skin_indices, model.skin_allowed, model.skin_weights,
                                       model.psd.pair_joint, table, cfg.skin_ridge, cfg.psd_ridge,
                                       psd_vertices=~face, groups=subj)
@@ -219,7 +188,7 @@ def posed_error_mm(model: GHUM, data: RegistrationSet, state: TrainState, batch:
         idx = np.arange(lo, min(len(data), lo + batch))
         target, mask = _tensors(data, idx)
         rest = state.rest[torch.as_tensor(data.subject_index[idx])]
-        v, _ = model.articulate(rest, state.pose[idx], _expand_face(model, state.expression[idx]),
+        v, _ = model.articulate(rest, state.pose[idx], expand_face(model, state.expression[idx]),
                                 state.translation[idx])
         num += float(((v - target).norm(dim=-1) * mask).sum())
         den += float(mask.sum())
