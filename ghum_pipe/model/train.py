@@ -195,12 +195,15 @@ def posed_error_mm(model: GHUM, data: RegistrationSet, state: TrainState, batch:
     return 1000 * num / max(den, 1.0)
 
 
-def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int) -> float:
-    """Train a VAE on x (N, D) metres (PCA-initialised); returns its mean vertex error (mm) on x.
+def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int, prior: torch.Tensor | None = None,
+            prior_subjects: float = 0.0) -> float:
+    """Train a VAE on x (N, D) metres (PCA-initialised, with the ``prior`` shape space (K, D)
+    weighted as ``prior_subjects`` samples when given: ``VAE.init_pca``); returns its mean
+    vertex error (mm) on x.
 
     Loss: squared reconstruction error in cm^2 per sample + ``kl_weight`` * KL."""
     torch.manual_seed(seed)
-    vae.init_pca(x)
+    vae.init_pca(x, prior, prior_subjects)
     opt = torch.optim.Adam(vae.parameters(), lr=3e-4)  # small: the PCA start is already good
     with torch.no_grad():
         coeffs = vae.coefficients(x)  # the frozen first layer, computed once
@@ -227,7 +230,9 @@ def fit_vaes(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainCo
     model.load_state_dict(state.model)
     refresh_shapes(model, data, state)
     shapes = (state.rest - model.mean_rest).reshape(len(data.subjects), -1)
-    shape_mm = fit_vae(model.shape_vae, shapes, cfg.vae_steps, cfg.kl_weight, cfg.seed)
+    prior = _template_basis(model).reshape(-1, shapes.shape[1])
+    shape_mm = fit_vae(model.shape_vae, shapes, cfg.vae_steps, cfg.kl_weight, cfg.seed, prior,
+                       cfg.model.shape_prior_subjects)
     face_seen = torch.as_tensor(data.mask[:, model.face_index.numpy()]).mean(1) > 0.5
     expr = state.expression[face_seen].reshape(int(face_seen.sum()), -1)
     expr_mm = fit_vae(model.expression_vae, expr, cfg.vae_steps, cfg.kl_weight, cfg.seed + 1)
