@@ -29,7 +29,7 @@ def cli(*args, timeout=900) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_scans_to_model_beats_nothing_the_template_does(tmp_path, template):
+def test_scans_to_model_is_no_worse_than_the_template(tmp_path, template):
     from ghum_pipe.model.data import load_registrations
     from ghum_pipe.synth.generate import SynthConfig, body_scan
     from ghum_pipe.synth.writers import write_scan

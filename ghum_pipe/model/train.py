@@ -201,9 +201,14 @@ def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int, prior
     weighted as ``prior_subjects`` samples when given: ``VAE.init_pca``); returns its mean
     vertex error (mm) on x.
 
-    Loss: squared reconstruction error in cm^2 per sample + ``kl_weight`` * KL."""
+    Loss: squared reconstruction error in cm^2 per sample + ``kl_weight`` * KL. If training
+    ends reconstructing x worse than its linear start (the sampling noise and the KL shrink the
+    small components; measured on 32-100 subjects, docs/model.md), the start is kept: the
+    learned space is then at least the (prior-blended) PCA."""
     torch.manual_seed(seed)
     vae.init_pca(x, prior, prior_subjects)
+    start = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+    start_mm = _recon_mm(vae, x)
     opt = torch.optim.Adam(vae.parameters(), lr=3e-4)  # small: the PCA start is already good
     with torch.no_grad():
         coeffs = vae.coefficients(x)  # the frozen first layer, computed once
@@ -220,9 +225,18 @@ def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int, prior
     finally:
         if flush:
             torch.set_flush_denormal(False)
-    with torch.no_grad():
-        recon = vae.decode(vae.encode(x)[0])
-        return float((recon - x).reshape(x.shape[0], -1, 3).norm(dim=-1).mean() * 1000)
+    end_mm = _recon_mm(vae, x)
+    if end_mm > start_mm:
+        vae.load_state_dict(start)
+        return start_mm
+    return end_mm
+
+
+@torch.no_grad()
+def _recon_mm(vae, x: torch.Tensor) -> float:
+    """Mean vertex error (mm) of the VAE's deterministic reconstruction (z = mu) of x (N, D)."""
+    recon = vae.decode(vae.encode(x)[0])
+    return float((recon - x).reshape(x.shape[0], -1, 3).norm(dim=-1).mean() * 1000)
 
 
 def fit_vaes(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig) -> dict:
