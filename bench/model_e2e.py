@@ -85,20 +85,25 @@ def make_scans(out: Path, n: int, seed: int, takes: int, closeups: bool, jobs: i
 
 
 def _subject_scans(job) -> list[str]:
-    from ghum_pipe.synth.generate import SynthConfig, body_scan, closeup_scans
+    from ghum_pipe.synth.generate import SynthConfig, body_scan, closeup_scans, subject_id
     from ghum_pipe.synth.writers import write_scan
     from ghum_pipe.template import load_template
 
     torch.set_num_threads(1)
     out, seed, i, takes, closeups = job
     t = load_template()
-    scans = [body_scan(t, seed, i, SynthConfig(expressions=k > 0), take=k) for k in range(takes)]
+    sid = subject_id(seed, i)
+    ids = [sid if k == 0 else f"{sid}-t{k}" for k in range(takes)]
+    done = lambda scan_id: (out / "scans" / f"{scan_id}.ply").exists() and (out / "truth" / f"{scan_id}.npz").exists()  # noqa: E731
+    for k, scan_id in enumerate(ids):
+        if not done(scan_id):
+            write_scan(out, body_scan(t, seed, i, SynthConfig(expressions=k > 0), take=k), "ply")
     if closeups:
-        scans += closeup_scans(t, seed, i, SynthConfig(expressions=True), kinds=("head", "hand_left"))
-    for s in scans:
-        if not (out / "scans" / f"{s.scan_id}.ply").exists():
+        kinds = [k for k in ("head", "hand_left") if not done(f"{sid}-{k}")]
+        for s in closeup_scans(t, seed, i, SynthConfig(expressions=True), kinds=kinds) if kinds else []:
             write_scan(out, s, "ply")
-    return [s.scan_id for s in scans]
+        ids += [f"{sid}-head", f"{sid}-hand_left"]
+    return ids
 
 
 def write_subjects_csv(work: Path, truth_dir: Path, ids) -> None:
@@ -168,7 +173,8 @@ def scan_route(args, times: dict) -> dict:
     W, G = out / "W", out / "W_truth"
     write_subjects_csv(W, truth_dir, ids)
     times["ghum-pipe run (landmark + register)"] = run(
-        PY + ["run", str(out / "synth" / "scans"), "--work", str(W), "--workers", str(args.workers), "-q"], log)
+        PY + ["run", *[str(out / "synth" / "scans" / f"{i}.ply") for i in ids], "--work", str(W), "--workers",
+              str(args.workers), "-q"], log)
     t0 = time.time()
     write_truth_registrations(G, truth_dir, [i for i in ids if (W / "scans" / i / "registration.ply").is_file()])
     write_subjects_csv(G, truth_dir, [i for i in ids if (W / "scans" / i / "registration.ply").is_file()])
