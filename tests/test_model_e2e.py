@@ -2,8 +2,9 @@
 ``ghum-pipe run`` (landmark -> register, real MediaPipe and Dask) -> ``ghum-pipe train``
 (GHUM, one round) -> ``ghum-pipe evaluate --truth`` on the held-out subject's scan.
 
-Five scans of three subjects (two of them scanned twice: A-pose and a random pose). Budget
-~4 min of CPU on 2 cores (registering one scan costs ~15-25 s).
+Four scans of three subjects (one scanned twice: A-pose and a random pose). Budget ~4 min of
+CPU on 2 cores (registering one scan costs ~15-25 s); on a shared machine the wall time can be
+several times that, hence the generous subprocess timeouts (no timing is asserted).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,22 +25,28 @@ ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPA
 SEED = 7
 
 
-def cli(*args, timeout=900) -> subprocess.CompletedProcess:
+def cli(*args, timeout=3600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ghum_pipe.cli", *map(str, args)], capture_output=True, text=True,
                           env=ENV, cwd=REPO, timeout=timeout)
+
+
+def _scan(job) -> None:
+    from ghum_pipe.synth.generate import SynthConfig, body_scan
+    from ghum_pipe.synth.writers import write_scan
+    from ghum_pipe.template import load_template
+
+    out, i, k = job
+    write_scan(out, body_scan(load_template(), SEED, i, SynthConfig(), take=k), "ply")
 
 
 @pytest.mark.slow
 def test_scans_to_model_is_no_worse_than_the_template(tmp_path, template):
     from ghum_pipe.model.data import load_registrations
-    from ghum_pipe.synth.generate import SynthConfig, body_scan
-    from ghum_pipe.synth.writers import write_scan
 
     out = tmp_path / "synth"
-    takes = {0: 2, 1: 2, 2: 1}  # subject index -> body scans (A-pose, then posed)
-    for i, n in takes.items():
-        for k in range(n):
-            write_scan(out, body_scan(template, SEED, i, SynthConfig(), take=k), "ply")
+    jobs = [(out, i, k) for i, n in {0: 2, 1: 1, 2: 1}.items() for k in range(n)]  # (A-pose, then posed)
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(_scan, jobs))
     work = tmp_path / "W"
     res = cli("run", out / "scans", "--work", work, "--workers", "2", "-q")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -51,8 +59,8 @@ def test_scans_to_model_is_no_worse_than_the_template(tmp_path, template):
             with np.load(out / "truth" / f"{sid}.npz") as z:
                 w.writerow([sid, str(z["subject"])])
     data = load_registrations(work)
-    assert len(data) == 5 and len(data.subjects) == 3, (data.scan_ids, data.subjects)
-    assert sorted(np.bincount(data.subject_index).tolist()) == [1, 2, 2]  # grouped, not one subject per scan
+    assert len(data) == 4 and len(data.subjects) == 3, (data.scan_ids, data.subjects)
+    assert sorted(np.bincount(data.subject_index).tolist()) == [1, 1, 2]  # grouped, not one subject per scan
     # the filter F is the register stage's vertex_mask: scan data within 1 cm (holes under the feet)
     for k, sid in enumerate(data.scan_ids):
         with np.load(work / "scans" / sid / "params.npz") as z:
