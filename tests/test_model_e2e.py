@@ -83,6 +83,11 @@ def test_scans_to_model_is_no_worse_than_the_template(tmp_path, template):
     print(json.dumps({k: {m: r.get(m) for m in ("mean_mm", "no_psd_mm", "truth_mm", "truth_no_psd_mm")}
                       for k, r in rows.items()}, indent=1))
     # the spec (#15 targets): with few subjects the trained model is no worse than the template's
-    # own space (32 coefficients + pose) on held-out people, measured against their true mesh
+    # own space (32 coefficients + pose) on held-out people, measured against their true mesh.
+    # Measured (2 training subjects): GHUM 1.89 mm, the template 8.05 mm (its Adam fit from the
+    # registration's pose is the weaker fitter), the template's 32 coefficients inside GHUM's own
+    # fitter 1.88 mm. GHUM's 64-d space contains those 32 directions, so only the L-BFGS path
+    # differs there: margin 0.05 mm (5x the measured 0.01 mm difference).
     assert ghum["truth_mm"] <= tpl["truth_mm"], (ghum, tpl)
+    assert ghum["truth_mm"] <= rows["template space-32 (ghum skinning, joints, PSD)"]["truth_mm"] + 0.05
     assert ghum["truth_mm"] < 10.0  # a fit, not a failure: registrations are ~2-4 mm from the truth
