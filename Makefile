@@ -10,7 +10,7 @@ DEMO ?= demo
 # Tests and benchmarks use this many workers/threads unless told otherwise.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test test-fast bench train-demo clean sysdeps blender-check
+.PHONY: install demo test test-fast bench train-demo model-e2e clean sysdeps blender-check
 
 install: $(STAMP)
 
@@ -74,6 +74,12 @@ train-demo: install
 	$(PY) -m ghum_pipe.cli synth $(DEMO)/regs --registrations --count 40 --seed 0
 	$(PY) -m ghum_pipe.cli train --work $(DEMO)/regs --out $(DEMO)/model
 	$(PY) -m ghum_pipe.cli evaluate --model $(DEMO)/model --work $(DEMO)/regs
+
+# Scans -> run -> train -> evaluate against the truth, beside training from the true registrations,
+# and the shape-space comparison on a large population. The defaults fit ~15 min on 2 cores.
+MODEL_E2E_ARGS ?= --scan-subjects 6 --takes 2 --population 500
+model-e2e: install
+	$(PY) bench/model_e2e.py $(DEMO)/model-e2e $(MODEL_E2E_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

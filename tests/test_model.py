@@ -172,7 +172,7 @@ def test_joint_regressor_learns_planted_joints(template, measured):
     from ghum_pipe.model.config import TrainConfig
     from ghum_pipe.model.data import RegistrationSet
     from ghum_pipe.model.joints import update_joint_regressor
-    from ghum_pipe.model.train import TrainState
+    from ghum_pipe.model.state import TrainState
     from ghum_pipe.synth.registrations import joint_shift, planted_joint_shifts
 
     m = GHUM(ModelConfig(shape_latent=4, hidden=16), template)
@@ -310,7 +310,7 @@ def test_training_starts_scans_without_a_pose_from_their_parts(tmp_path):
     from ghum_pipe.model.train import init_state
     from ghum_pipe.synth.registrations import make_registrations
 
-    make_registrations(tmp_path / "regs", 3, seed=2, poses_per_subject=3, closeups=False)
+    make_registrations(tmp_path / "regs", 3, seed=2, poses_per_subject=3, closeups=False, population="template")
     data = load_registrations(tmp_path / "regs", "low")
     none = dataclasses.replace(data, pose=np.zeros_like(data.pose), has_pose=np.zeros(len(data), bool),
                                has_translation=np.zeros(len(data), bool))

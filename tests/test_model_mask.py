@@ -54,7 +54,7 @@ def test_vertex_mask_keeps_garbage_out_of_training(tmp_path):
 
     torch.manual_seed(0)
     clean = tmp_path / "clean"
-    make_registrations(clean, 3, seed=0, poses_per_subject=2, closeups=False)
+    make_registrations(clean, 3, seed=0, poses_per_subject=2, closeups=False, population="template")
     dirty, unmasked = tmp_path / "dirty", tmp_path / "unmasked"
     shutil.copytree(clean, dirty)
     shutil.copytree(clean, unmasked)

@@ -17,13 +17,15 @@ def test_train_ghuml_with_dask_recovers_planted_truth(tmp_path, measured):
     from ghum_pipe.model import evaluate as ev
     from ghum_pipe.model.data import load_registrations
     from ghum_pipe.pipelines.model_schedule import train_models
+    from ghum_pipe.model.truth import planted_truth, subject_truth
     from ghum_pipe.synth.registrations import make_registrations
     from ghum_pipe.template.lowres import load_lowres
 
     work = tmp_path / "regs"
     # without the planted joint-centre shifts (C must then keep the template's map); D's
     # recovery with shifted joints is measured by make train-demo (docs/model.md)
-    make_registrations(work, 10, seed=0, poses_per_subject=6, closeups=False, joint_shifts=False)
+    make_registrations(work, 10, seed=0, poses_per_subject=6, closeups=False, joint_shifts=False,
+                       population="template")
     cfg = TrainConfig(model=ghuml_config(shape_latent=4, hidden=64), rounds=3, pose_iters=5, vae_steps=100,
                       holdout=0.25)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -34,7 +36,7 @@ def test_train_ghuml_with_dask_recovers_planted_truth(tmp_path, measured):
     # after round 0 (it was ~2.9 mm before), so later rounds only have to not get worse
     assert hist[-1] <= hist[0] + 1e-3 and hist[-1] < 1.0, hist
     model = GHUM.load(tmp_path / "model" / "ghuml")
-    truth = ev.truth_of(work)
+    truth = planted_truth(work)
     full = load_registrations(str(work), "full")
     held = ev.heldout(full, model.meta, work)
     assert len(held.subjects) == 2 and not set(held.subjects) & set(summary["train_subjects"])
@@ -46,7 +48,7 @@ def test_train_ghuml_with_dask_recovers_planted_truth(tmp_path, measured):
     removed = ev.psd_removed_fraction(model, truth["corrective"], held.pose[body], low.downsample)
     print("PSD removed (held-out poses)", removed)
     measured("PSD removed", removed, ">=", 0.6)
-    rest, joints = ev.subject_truth(work, held.subjects)
+    rest, joints = subject_truth(work, held.subjects)
     with torch.no_grad():
         pred = model.joint_regressor(torch.as_tensor(low.downsample(rest), dtype=torch.float32)).numpy()
     # C is learned here too; the true joints are the template's map, which it must keep

@@ -131,9 +131,12 @@ def train(work: Path, out: Path, lowres_only: bool, fullres_only: bool, rounds: 
 @click.option("--no-curve", is_flag=True, help="Skip the VAE-vs-PCA curve (trains one VAE per latent size).")
 @click.option("--subject-pattern", default=None, metavar="REGEX",
               help="Group 1 of this regex in the scan id is the subject (as for 'train').")
+@click.option("--truth", "truth_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Ground truth of synthetic scans (the OUT/truth folder of 'ghum-pipe synth'): also report "
+                   "each fit's error to the true mesh.")
 @verbosity_options
 def evaluate(model_root: Path, work: Path, out: Path | None, max_scans: int, fit_iters: int, no_curve: bool,
-             subject_pattern: str | None, verbose: int, quiet: bool) -> None:
+             subject_pattern: str | None, truth_dir: Path | None, verbose: int, quiet: bool) -> None:
     """Measure trained models on held-out registrations: fit error (mm) vs PCA and template
     baselines, PSD and skinning recovery, joint error, VAE vs PCA, speed; tables + PNGs.
 
@@ -147,7 +150,7 @@ def evaluate(model_root: Path, work: Path, out: Path | None, max_scans: int, fit
     _logging(verbose, quiet)
     cfg = EvalConfig(fit_iters=fit_iters, max_scans=max_scans, dims=() if no_curve else EvalConfig().dims)
     try:
-        results = run_evaluation(model_root, work, out, cfg, subject_pattern)
+        results = run_evaluation(model_root, work, out, cfg, subject_pattern, truth_dir)
     except GhumPipeError as e:
         raise SetupError(str(e)) from None
     click.echo(summarise(results))

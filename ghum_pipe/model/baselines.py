@@ -3,6 +3,8 @@
 - :func:`pca_shape_model`: the same model with its shape VAE replaced by plain PCA of the
   training rest shapes at the same latent size (the VAE's linear path after ``init_pca``, with
   its MLPs at zero, *is* PCA);
+- :func:`template_shape_model`: the same model with its shape space replaced by the
+  template's own 32 linear coefficients (learned skinning, joints and PSD kept);
 - :func:`fit_template`: the classic-model baseline: the template's own parameter space (Anny's
   32 linear shape coefficients, 52 ARKit expressions, template skinning and joints, no PSD)
   fitted to a registration by pose + shape + expression;
@@ -30,6 +32,31 @@ def pca_shape_model(model, training_rest: torch.Tensor):
     return pca
 
 
+def template_shape_model(model):
+    """A copy of ``model`` whose shape space is the template's own (its 32 one-std directions
+    at ``model``'s resolution, latent 32)."""
+    from ghum_pipe.model.ghum import template_for
+    from ghum_pipe.model.networks import VAE
+
+    t = template_for(model.config.resolution, model.config.top_k)
+    P = torch.as_tensor(t.shape_basis, dtype=torch.float32).reshape(t.n_shape, -1)
+    _, S, Vt = torch.linalg.svd(P, full_matrices=False)
+    out = copy.deepcopy(model)
+    out.shape_vae = VAE(out.shape_vae.dim, t.n_shape, hidden=out.config.hidden)
+    out.shape_vae.set_basis(Vt, S)
+    out.config = type(model.config)(**{**model.config.to_dict(), "shape_latent": t.n_shape})
+    return out
+
+
+def template_projection_error_mm(basis: torch.Tensor, test: torch.Tensor) -> float:
+    """Mean vertex error (mm) of the best projection of test offsets (M, V, 3) from the
+    template's mean onto the template's shape space ``basis`` (K, V, 3)."""
+    B = basis.reshape(basis.shape[0], -1).double()
+    Y = test.reshape(test.shape[0], -1).double()
+    c = torch.linalg.lstsq(B.T, Y.T).solution.T
+    return float((c @ B - Y).reshape(test.shape[0], -1, 3).norm(dim=-1).mean() * 1000)
+
+
 def pca_projection_error_mm(train: torch.Tensor, test: torch.Tensor, k: int) -> float:
     """Mean vertex error (mm) of projecting test (M, V, 3) onto the top-k PCA of train (S, V, 3)."""
     X = train.reshape(train.shape[0], -1).double()
@@ -44,7 +71,7 @@ def pca_projection_error_mm(train: torch.Tensor, test: torch.Tensor, k: int) -> 
 def fit_template(t, target: torch.Tensor, mask: torch.Tensor, init_pose: torch.Tensor | None = None,
                  iters: int = 150) -> torch.Tensor:
     """Fit the template (Anny shape coefficients + pose + expression + translation) to
-    registrations (B, V, 3); returns the per-vertex error (B, V) metres."""
+    registrations (B, V, 3); returns the fitted vertices (B, V, 3) metres."""
     B = target.shape[0]
 
     class _Mean:  # rigid_init needs the mean rest shape and a joint regressor
@@ -75,7 +102,7 @@ def fit_template(t, target: torch.Tensor, mask: torch.Tensor, init_pose: torch.T
         opt.step()
     with torch.no_grad():
         v, _ = t.pose(shape, pose, expr.clamp(0, 1))
-        return (v + trans[:, None] - target).norm(dim=-1)
+        return v + trans[:, None]
 
 
 def template_joint_error_mm(t, rest_verts: np.ndarray, rest_joints: np.ndarray, joints=None) -> float:

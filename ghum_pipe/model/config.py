@@ -16,6 +16,8 @@ class ModelConfig:
     psd_radius_m: a joint's PSD may move only vertices skinned to it or its parent,
         within this distance of its centre (the sparsity pattern; the solve's ridge inside it).
     top_k: skinning influences per vertex (I).
+    shape_prior_subjects: the template's shape space is the shape VAE's prior, weighted as
+        this many subjects (``networks.VAE.init_pca``); 0 = the training shapes' PCA alone.
     """
 
     resolution: str = "full"
@@ -24,6 +26,7 @@ class ModelConfig:
     hidden: int = 256
     psd_radius_m: float = 0.25
     top_k: int = 4
+    shape_prior_subjects: float = 32.0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -5,7 +5,10 @@ the model's config.json; a different work dir is all held out). Measured:
 
 - fit error: mean per-vertex Euclidean error (mm, F-masked, at full resolution: GHUML's fit is
   upsampled with the fixed low->full map) after fitting pose + latents, for GHUM, GHUML, PCA
-  shape baselines at the same latent sizes and the template's own parameter space;
+  shape baselines at the same latent sizes, each model with the template's 32 shape
+  coefficients as its shape space, and the template's own parameter space; with ground truth
+  (``--truth``: synthetic scans) also the fitted model's error to the true mesh (template
+  surface vertices, within a close-up's region), which registration errors cannot hide;
 - PSD: the same fit with D switched off, and (synthetic data) the fraction of the planted
   corrective D removes on the held-out poses, over the vertices where the planted field is
   >= 20 % of its peak: ``1 - mean|D(theta) - dX(theta)| / mean|dX(theta)|``;
@@ -44,7 +47,7 @@ class EvalConfig:
 
     fit_iters: int = 60
     max_scans: int | None = 12
-    dims: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
+    dims: tuple[int, ...] = (4, 8, 16, 32, 64)
     vae_steps: int = 400
     batch: int = 8
 
@@ -71,15 +74,17 @@ def heldout(data: RegistrationSet, meta: dict, work: Path) -> RegistrationSet:
     return data.select(keep)
 
 
-def _cap(data: RegistrationSet, n: int | None) -> RegistrationSet:
+def cap(data: RegistrationSet, n: int | None) -> RegistrationSet:
     """At most n scans, spread evenly over the (sorted) scans, hence over subjects."""
     return data if n is None or len(data) <= n else data.select(np.linspace(0, len(data) - 1, n).round().astype(int))
 
 
 def fit_errors(model: GHUM, data: RegistrationSet, cfg: EvalConfig, use_psd: bool = True,
-               upsample=None, full: RegistrationSet | None = None) -> dict:
-    """Fit each registration; returns per-scan mean error (mm) and per-vertex mean error (m)."""
-    per_scan, vsum, vcnt = [], 0.0, 0.0
+               upsample=None, full: RegistrationSet | None = None, truth=None) -> dict:
+    """Fit each registration; returns per-scan mean error (mm) and per-vertex mean error (m)
+    to the registration, and with ``truth`` (``truth.ScanTruth`` of the full-resolution scans)
+    the mean error to the true mesh (``truth_mm``, per scan ``truth_per_scan_mm``)."""
+    per_scan, vsum, vcnt, per_truth = [], 0.0, 0.0, []
     for lo in range(0, len(data), cfg.batch):
         idx = np.arange(lo, min(len(data), lo + cfg.batch))
         init = torch.as_tensor(data.pose[idx]) if data.has_pose[idx].all() else None
@@ -89,35 +94,18 @@ def fit_errors(model: GHUM, data: RegistrationSet, cfg: EvalConfig, use_psd: boo
             err = np.linalg.norm(verts - full.verts[idx], axis=-1)
             mask = full.mask[idx]
         else:
+            verts = fit.verts.numpy()
             err, mask = fit.vertex_error_m.numpy(), data.mask[idx]
+        if truth is not None:
+            terr = np.linalg.norm(verts - truth.verts[idx], axis=-1)
+            per_truth += list((terr * truth.mask[idx]).sum(1) / truth.mask[idx].sum(1) * 1000)
         per_scan += list((err * mask).sum(1) / mask.sum(1) * 1000)
         vsum = vsum + (err * mask).sum(0)
         vcnt = vcnt + mask.sum(0)
-    return dict(mean_mm=float(np.mean(per_scan)), per_scan_mm=per_scan, per_vertex_m=vsum / np.maximum(vcnt, 1))
-
-
-def truth_of(work: Path) -> dict | None:
-    """Synthetic truth (``truth/`` from ``synth --registrations``), or None for real data."""
-    if not (Path(work) / "truth" / "corrective.npz").is_file():
-        return None
-    from ghum_pipe.synth.registrations import load_truth_corrective
-
-    with np.load(Path(work) / "truth" / "skinning.npz") as z:
-        skin = {k: z[k] for k in z.files}
-    planted = np.zeros(0, dtype=np.int64)
-    if (Path(work) / "truth" / "joints.npz").is_file():
-        with np.load(Path(work) / "truth" / "joints.npz") as z:
-            planted = z["joints"]
-    return dict(corrective=load_truth_corrective(work), skinning=skin, planted_joints=planted)
-
-
-def subject_truth(work: Path, subjects) -> tuple[np.ndarray, np.ndarray]:
-    rest, joints = [], []
-    for s in subjects:
-        with np.load(Path(work) / "truth" / "subjects" / f"{s}.npz") as z:
-            rest.append(z["rest_verts"])
-            joints.append(z["rest_joints"])
-    return np.stack(rest), np.stack(joints)
+    out = dict(mean_mm=float(np.mean(per_scan)), per_scan_mm=per_scan, per_vertex_m=vsum / np.maximum(vcnt, 1))
+    if truth is not None:
+        out.update(truth_mm=float(np.mean(per_truth)), truth_per_scan_mm=per_truth)
+    return out
 
 
 @torch.no_grad()
@@ -130,7 +118,7 @@ def psd_removed_fraction(model: GHUM, corrective: dict, poses: np.ndarray, to_mo
     joint-centre error (a shoulder centre 5 mm off moves the whole arm by (R - I) d, which the
     shoulder's D absorbs over the biceps), which is right for the posed model but is not the
     planted elbow/hip corrective."""
-    from ghum_pipe.synth.registrations import corrective_offsets
+    from ghum_pipe.model.truth import corrective_offsets
     from ghum_pipe.template.lbs import batch_rodrigues
 
     rot = batch_rodrigues(torch.as_tensor(poses, dtype=torch.float64).reshape(-1, 3)).reshape(len(poses), -1, 3, 3)
@@ -180,14 +168,26 @@ def speed_ms(model: GHUM, batch: int, repeats: int = 5) -> float:
     return float(np.median(times))
 
 
-def vae_vs_pca(train_shapes: torch.Tensor, test_shapes: torch.Tensor, dims, steps: int, hidden: int = 256) -> list:
-    """Held-out reconstruction error (mm) of shape VAEs and PCA at each latent size."""
+def vae_vs_pca(train_shapes: torch.Tensor, test_shapes: torch.Tensor, dims, steps: int, hidden: int = 256,
+               template_mean: torch.Tensor | None = None, template_basis: torch.Tensor | None = None,
+               prior_subjects: float = 32.0) -> list:
+    """Held-out reconstruction error (mm) of shape VAEs and PCA at each latent size (rest
+    shapes (S, V, 3) / (M, V, 3) metres). With the template's mean (V, 3) and shape basis
+    (K, V, 3): also the template's own space (its best projection, ``template_mm``), PCA on
+    the template's prior (``VAE.init_pca`` with ``prior_subjects``; the linear path the trained
+    models start from: ``prior_pca_mm``) and the VAE trained from it as ``train`` does
+    (``prior_vae_mm``)."""
     from ghum_pipe.model.networks import VAE
     from ghum_pipe.model.train import fit_vae
 
     mean = train_shapes.mean(0)
     x = (train_shapes - mean).reshape(train_shapes.shape[0], -1)
     y = (test_shapes - mean).reshape(test_shapes.shape[0], -1)
+    tpl = None
+    if template_basis is not None:
+        from ghum_pipe.model.baselines import template_projection_error_mm
+
+        tpl = template_projection_error_mm(template_basis, test_shapes - template_mean)
     rows = []
     for d in dims:
         torch.manual_seed(d)  # its MLPs start random
@@ -195,9 +195,24 @@ def vae_vs_pca(train_shapes: torch.Tensor, test_shapes: torch.Tensor, dims, step
         fit_vae(vae, x, steps, 1e-3, seed=d)
         with torch.no_grad():
             rec = vae.decode(vae.encode(y)[0])
-        rows.append(dict(dim=d, vae_mm=float((rec - y).reshape(len(y), -1, 3).norm(dim=-1).mean() * 1000),
-                         pca_mm=pca_projection_error_mm(train_shapes, test_shapes, d),
-                         pca_components_available=min(d, train_shapes.shape[0] - 1)))
+        row = dict(dim=d, vae_mm=float((rec - y).reshape(len(y), -1, 3).norm(dim=-1).mean() * 1000),
+                   pca_mm=pca_projection_error_mm(train_shapes, test_shapes, d),
+                   pca_components_available=min(d, train_shapes.shape[0] - 1))
+        if tpl is not None:
+            prior = VAE(x.shape[1], d, hidden)
+            xt = (train_shapes - template_mean).reshape(train_shapes.shape[0], -1)
+            yt = (test_shapes - template_mean).reshape(test_shapes.shape[0], -1)
+            pb = template_basis.reshape(template_basis.shape[0], -1)
+            prior.init_pca(xt, pb, prior_subjects)
+            with torch.no_grad():
+                rec = prior.decode(prior.encode(yt)[0])
+            row.update(template_mm=tpl, prior_pca_mm=float((rec - yt).reshape(len(yt), -1, 3).norm(dim=-1).mean() * 1000))
+            torch.manual_seed(d)
+            fit_vae(prior, xt, steps, 1e-3, seed=d, prior=pb, prior_subjects=prior_subjects)  # as training does
+            with torch.no_grad():
+                rec = prior.decode(prior.encode(yt)[0])
+            row.update(prior_vae_mm=float((rec - yt).reshape(len(yt), -1, 3).norm(dim=-1).mean() * 1000))
+        rows.append(row)
     return rows
 
 
@@ -224,18 +239,27 @@ def _meta(model: GHUM) -> dict:
 
 def summarise(results: dict) -> str:
     """The report's tables as plain text (also printed by the command)."""
-    lines = ["| model | latent | fit error (mm) | without PSD (mm) |", "|---|---|---|---|"]
+    nan = float("nan")
+    truth = any("truth_mm" in r for r in results["fit"])
+    lines = ["| model | latent | fit to registration (mm) | without PSD (mm) |"
+             + (" to truth (mm) | without PSD (mm) |" if truth else ""),
+             "|---|---|---|---|" + ("---|---|" if truth else "")]
     for row in results["fit"]:
-        lines.append(f"| {row['model']} | {row.get('latent', '')} | {row['mean_mm']:.2f} | "
-                     f"{row.get('no_psd_mm', float('nan')):.2f} |")
+        line = (f"| {row['model']} | {row.get('latent', '')} | {row['mean_mm']:.2f} | "
+                f"{row.get('no_psd_mm', nan):.2f} |")
+        if truth:
+            line += f" {row.get('truth_mm', nan):.2f} | {row.get('truth_no_psd_mm', nan):.2f} |"
+        lines.append(line)
     if results.get("checks"):
         lines += ["", "| check | value | target | ok |", "|---|---|---|---|"]
         for c in results["checks"]:
             lines.append(f"| {c['name']} | {c['value']:.3f} | {c['target']} | {'yes' if c['ok'] else 'NO'} |")
     if results.get("vae_vs_pca"):
-        lines += ["", "| latent dims | VAE (mm) | PCA (mm) |", "|---|---|---|"]
+        lines += ["", "| latent dims | VAE (mm) | PCA (mm) | PCA on the template's prior (mm) | VAE on the prior (mm) "
+                  "| template 32 (mm) |", "|---|---|---|---|---|---|"]
         for r in results["vae_vs_pca"]:
-            lines.append(f"| {r['dim']} | {r['vae_mm']:.2f} | {r['pca_mm']:.2f} |")
+            lines.append(f"| {r['dim']} | {r['vae_mm']:.2f} | {r['pca_mm']:.2f} | {r.get('prior_pca_mm', nan):.2f} | "
+                         f"{r.get('prior_vae_mm', nan):.2f} | {r.get('template_mm', nan):.2f} |")
     if results.get("speed"):
         lines += ["", "| model | batch | forward (ms) |", "|---|---|---|"]
         for r in results["speed"]:

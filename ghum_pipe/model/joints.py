@@ -18,7 +18,7 @@ from ghum_pipe.model.data import RegistrationSet
 from ghum_pipe.model.ghum import GHUM, blend_skin, template_for
 from ghum_pipe.model.networks import skinning_weights
 from ghum_pipe.model.solvers import solve_joint_regressor
-from ghum_pipe.model.train import TrainState, _expand_face, _psd_all, model_rotmats
+from ghum_pipe.model.state import TrainState, expand_face, model_rotmats, psd_all
 from ghum_pipe.ops.diagonal import rademacher_vjps
 from ghum_pipe.ops.lbfgs import minimize_lbfgs_torch
 from ghum_pipe.template.lbs import batch_rigid_transform
@@ -56,7 +56,7 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
     reg = model.joint_regressor
     with torch.no_grad():
         rest = state.rest[subj]
-        x = (rest + _expand_face(model, state.expression[sc]) + _psd_all(model, pose0))[:, sub]
+        x = (rest + expand_face(model, state.expression[sc]) + psd_all(model, pose0))[:, sub]
         joints0 = reg(state.rest)  # (S, J, 3)
         # the prior: the template's own shape->joint map (a ridge towards the current value
         # instead lets repeated updates walk along directions the poses can compensate)

@@ -53,16 +53,38 @@ class VAE(nn.Module):
         nn.init.constant_(self.logvar.bias, -8.0)  # start near-deterministic: sigma 0.02
 
     @torch.no_grad()
-    def init_pca(self, x: torch.Tensor) -> None:
-        """Set the frozen basis and the linear paths from the PCA of x (N, D) metres."""
-        self.mean.copy_(x.mean(0))
-        U, S, Vt = torch.linalg.svd(x - self.mean, full_matrices=False)
-        # only components with real variance (N samples span at most N - 1 directions)
-        m = min(self.max_basis, int((S > 1e-4 * S[0]).sum()), max(1, x.shape[0] - 1))
+    def init_pca(self, x: torch.Tensor, prior: torch.Tensor | None = None, prior_subjects: float = 0.0) -> None:
+        """Set the frozen basis and the linear paths from the PCA of x (N, D) metres.
+
+        With a ``prior`` (K, D), one-standard-deviation directions of a shape space the data is
+        expected to share (the template's: x are offsets from its mean), weighted as
+        ``prior_subjects`` samples: the basis is the eigen-decomposition of the blended second
+        moment about the prior's mean 0, (x^T x + prior_subjects P^T P) / (N + prior_subjects).
+        Few subjects leave the prior's directions in it (with latent >= K + N every one of
+        them: the model can only add to the prior's space); many subjects outweigh it."""
+        if prior is None or prior_subjects <= 0:
+            self.mean.copy_(x.mean(0))
+            U, S, Vt = torch.linalg.svd(x - self.mean, full_matrices=False)
+            # only components with real variance (N samples span at most N - 1 directions)
+            m = min(self.max_basis, int((S > 1e-4 * S[0]).sum()), max(1, x.shape[0] - 1))
+            std = S[:m] / max(1.0, (x.shape[0] - 1) ** 0.5)
+        else:
+            self.mean.zero_()
+            rows = torch.cat([x, prior.to(x.dtype) * prior_subjects**0.5])
+            U, S, Vt = torch.linalg.svd(rows, full_matrices=False)
+            m = min(self.max_basis, int((S > 1e-4 * S[0]).sum()))
+            std = S[:m] / (x.shape[0] + prior_subjects) ** 0.5
+        self.set_basis(Vt[:m], std)
+
+    @torch.no_grad()
+    def set_basis(self, directions: torch.Tensor, std: torch.Tensor) -> None:
+        """A linear shape space as the frozen basis: orthonormal ``directions`` (M, D) with
+        coefficient standard deviations ``std`` (M,), the linear paths at identity, MLPs at 0."""
+        m = directions.shape[0]
         self.basis.zero_()
-        self.basis[:m] = Vt[:m]
+        self.basis[:m] = directions
         self.coef_std.fill_(1.0)
-        self.coef_std[:m] = S[:m] / max(1.0, (x.shape[0] - 1) ** 0.5)
+        self.coef_std[:m] = std
         k = min(m, self.latent)
         self.enc_lin.weight.zero_()
         self.dec_lin.weight.zero_()

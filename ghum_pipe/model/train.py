@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,26 +30,13 @@ from ghum_pipe.model.config import ModelConfig, TrainConfig
 from ghum_pipe.model.data import RegistrationSet
 from ghum_pipe.model.fitting import fit_poses, part_pose_init
 from ghum_pipe.model.ghum import GHUM
+from ghum_pipe.model.joints import update_joint_regressor
 from ghum_pipe.model.networks import pose_features
 from ghum_pipe.model.solvers import pair_table, solve_skinning_psd
+from ghum_pipe.model.state import TrainState, expand_face, model_rotmats, psd_all
 from ghum_pipe.template.lbs import batch_rigid_transform
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainState:
-    """Everything training carries between steps (all CPU tensors, picklable for Dask).
-
-    model: the model's state_dict; pose (N, J, 3), translation (N, 3) per scan; rest (S, V, 3)
-    per subject; expression (N, Vf, 3) per scan on the face vertices; history: loss log."""
-
-    model: dict
-    pose: torch.Tensor
-    translation: torch.Tensor
-    rest: torch.Tensor
-    expression: torch.Tensor
-    history: list
 
 
 @functools.lru_cache(maxsize=4)
@@ -69,11 +55,6 @@ def model_from_state(config: ModelConfig, state_dict: dict | None) -> GHUM:
 def _tensors(data: RegistrationSet, idx=None):
     idx = np.arange(len(data)) if idx is None else np.asarray(idx)
     return torch.as_tensor(data.verts[idx]), torch.as_tensor(data.mask[idx])
-
-
-def _expand_face(model: GHUM, face: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(face.shape[0], model.n_verts, 3)
-    return out.index_add(1, model.face_index, face)
 
 
 def init_state(model: GHUM, data: RegistrationSet) -> TrainState:
@@ -100,7 +81,7 @@ def pose_step(model: GHUM, data: RegistrationSet, state: TrainState, idx: np.nda
     """Step (a) for the scans ``idx``: returns their new pose (n, J, 3) and translation (n, 3)."""
     target, mask = _tensors(data, idx)
     rest = state.rest[torch.as_tensor(data.subject_index[idx])]
-    expr = _expand_face(model, state.expression[idx])
+    expr = expand_face(model, state.expression[idx])
     return fit_poses(model, target, mask, rest, expr, state.pose[idx], state.translation[idx], iters)
 
 
@@ -116,7 +97,7 @@ def refresh_shapes(model: GHUM, data: RegistrationSet, state: TrainState, batch:
         rest = state.rest[torch.as_tensor(data.subject_index[idx])]
         unposed[idx] = model.unpose(target, rest, state.pose[idx], state.translation[idx])
     raw = unposed
-    unposed = raw - _psd_all(model, state.pose)
+    unposed = raw - psd_all(model, state.pose)
     mask = torch.as_tensor(data.mask)
     subj = torch.as_tensor(data.subject_index)
     # scans near the rest pose dominate each subject's rest shape: there skinning and PSD errors
@@ -153,21 +134,11 @@ def _rest_pose_weight(pose: torch.Tensor, subject: torch.Tensor, scale: float = 
     return torch.exp(-(d - dmin[subject]) / scale).clamp_min(1e-6)
 
 
-def _psd_all(model: GHUM, pose: torch.Tensor, batch: int = 32) -> torch.Tensor:
-    return torch.cat([model.psd(model_rotmats(pose[lo:lo + batch])) for lo in range(0, len(pose), batch)])
-
-
 def _template_basis(model: GHUM) -> torch.Tensor:
     from ghum_pipe.model.ghum import template_for
 
     t = template_for(model.config.resolution, model.config.top_k)
     return torch.as_tensor(t.shape_basis, dtype=torch.float32)
-
-
-def model_rotmats(pose: torch.Tensor) -> torch.Tensor:
-    from ghum_pipe.template.lbs import as_rotmats
-
-    return as_rotmats(pose)
 
 
 def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig, round_: int) -> None:
@@ -188,20 +159,18 @@ def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: Train
     for i in range(cfg.inner):
         refresh_shapes(model, data, state)
         if cfg.learn_joints and round_ == 0 and i == 0:
-            from ghum_pipe.model.joints import update_joint_regressor
-
             # once, before skinning and D exist: both can locally mimic a joint-centre shift
             # and then absorb it (learning C after them: 14 mm off; repeating it every round
             # walks the shoulders off along pose-compensated directions)
             update_joint_regressor(model, data, state, cfg)
         with torch.no_grad():
             rest = state.rest[subj]
-            x = rest + _expand_face(model, state.expression)
+            x = rest + expand_face(model, state.expression)
             joints = model.joint_regressor(rest)
             _, rel = batch_rigid_transform(rot, joints, model.parents, model.levels)
             # omega and D from one least-squares problem (solvers.solve_skinning_psd); face
             # vertices: expression offsets already absorb their residual, D stays 0 there
-            w, W = solve_skinning_psd(feats, x, _psd_all(model, state.pose), rel, target - state.translation[:, None],
+            w, W = solve_skinning_psd(feats, x, psd_all(model, state.pose), rel, target - state.translation[:, None],
                                       mask, model.skin_indices, model.skin_allowed, model.skin_weights,
                                       model.psd.pair_joint, table, cfg.skin_ridge, cfg.psd_ridge,
                                       psd_vertices=~face, groups=subj)
@@ -219,19 +188,27 @@ def posed_error_mm(model: GHUM, data: RegistrationSet, state: TrainState, batch:
         idx = np.arange(lo, min(len(data), lo + batch))
         target, mask = _tensors(data, idx)
         rest = state.rest[torch.as_tensor(data.subject_index[idx])]
-        v, _ = model.articulate(rest, state.pose[idx], _expand_face(model, state.expression[idx]),
+        v, _ = model.articulate(rest, state.pose[idx], expand_face(model, state.expression[idx]),
                                 state.translation[idx])
         num += float(((v - target).norm(dim=-1) * mask).sum())
         den += float(mask.sum())
     return 1000 * num / max(den, 1.0)
 
 
-def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int) -> float:
-    """Train a VAE on x (N, D) metres (PCA-initialised); returns its mean vertex error (mm) on x.
+def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int, prior: torch.Tensor | None = None,
+            prior_subjects: float = 0.0) -> float:
+    """Train a VAE on x (N, D) metres (PCA-initialised, with the ``prior`` shape space (K, D)
+    weighted as ``prior_subjects`` samples when given: ``VAE.init_pca``); returns its mean
+    vertex error (mm) on x.
 
-    Loss: squared reconstruction error in cm^2 per sample + ``kl_weight`` * KL."""
+    Loss: squared reconstruction error in cm^2 per sample + ``kl_weight`` * KL. If training
+    ends reconstructing x worse than its linear start (the sampling noise and the KL shrink the
+    small components; measured on 32-100 subjects, docs/model.md), the start is kept: the
+    learned space is then at least the (prior-blended) PCA."""
     torch.manual_seed(seed)
-    vae.init_pca(x)
+    vae.init_pca(x, prior, prior_subjects)
+    start = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+    start_mm = _recon_mm(vae, x)
     opt = torch.optim.Adam(vae.parameters(), lr=3e-4)  # small: the PCA start is already good
     with torch.no_grad():
         coeffs = vae.coefficients(x)  # the frozen first layer, computed once
@@ -248,9 +225,18 @@ def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int) -> fl
     finally:
         if flush:
             torch.set_flush_denormal(False)
-    with torch.no_grad():
-        recon = vae.decode(vae.encode(x)[0])
-        return float((recon - x).reshape(x.shape[0], -1, 3).norm(dim=-1).mean() * 1000)
+    end_mm = _recon_mm(vae, x)
+    if end_mm > start_mm:
+        vae.load_state_dict(start)
+        return start_mm
+    return end_mm
+
+
+@torch.no_grad()
+def _recon_mm(vae, x: torch.Tensor) -> float:
+    """Mean vertex error (mm) of the VAE's deterministic reconstruction (z = mu) of x (N, D)."""
+    recon = vae.decode(vae.encode(x)[0])
+    return float((recon - x).reshape(x.shape[0], -1, 3).norm(dim=-1).mean() * 1000)
 
 
 def fit_vaes(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig) -> dict:
@@ -258,7 +244,9 @@ def fit_vaes(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainCo
     model.load_state_dict(state.model)
     refresh_shapes(model, data, state)
     shapes = (state.rest - model.mean_rest).reshape(len(data.subjects), -1)
-    shape_mm = fit_vae(model.shape_vae, shapes, cfg.vae_steps, cfg.kl_weight, cfg.seed)
+    prior = _template_basis(model).reshape(-1, shapes.shape[1])
+    shape_mm = fit_vae(model.shape_vae, shapes, cfg.vae_steps, cfg.kl_weight, cfg.seed, prior,
+                       cfg.model.shape_prior_subjects)
     face_seen = torch.as_tensor(data.mask[:, model.face_index.numpy()]).mean(1) > 0.5
     expr = state.expression[face_seen].reshape(int(face_seen.sum()), -1)
     expr_mm = fit_vae(model.expression_vae, expr, cfg.vae_steps, cfg.kl_weight, cfg.seed + 1)

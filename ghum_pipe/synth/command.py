@@ -28,6 +28,9 @@ import click
               help="Instead of scans, write ground-truth registrations for training (no scanner).")
 @click.option("--textured", is_flag=True,
               help="Colour body scans from a known texture in the template's atlas (OUT/truth/<id>.texture.png).")
+@click.option("--population", type=click.Choice(["anny", "template"]), default="anny", show_default=True,
+              help="Rest shapes: 'anny' = Anny's full phenotype model + person-specific soft tissue and "
+                   "asymmetry (outside the template's shape space); 'template' = the template's 32 coefficients.")
 @click.option("--force", is_flag=True, help="Rewrite scans that already exist in OUT.")
 @click.option("--workers", "jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (one subject each); the files do not depend on it.")
@@ -35,8 +38,8 @@ import click
 @click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, errors only.")
 def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, units: str | None, up: str | None,
-          fmt: str, point_cloud: bool, closeups: bool, other_model: bool, registrations: bool, force: bool,
-          jobs: int, jobs_old: int | None, verbose: int, quiet: bool, textured: bool = False) -> None:
+          fmt: str, point_cloud: bool, closeups: bool, other_model: bool, registrations: bool, population: str,
+          force: bool, jobs: int, jobs_old: int | None, verbose: int, quiet: bool, textured: bool = False) -> None:
     """Make COUNT synthetic scans with exact ground truth in OUT.
 
     Scans go to OUT/scans/<id>.<format>, their truth (template vertices in the scan's frame,
@@ -72,7 +75,7 @@ def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, unit
         from ghum_pipe.synth.registrations import make_registrations
 
         extra = {"closeups": True} if closeups else {}
-        ids = make_registrations(out, count, seed, **extra)
+        ids = make_registrations(out, count, seed, population=population, **extra)
         click.echo(f"{len(ids)} registrations in {out / 'scans'}, truth in {out / 'truth'}")
         return
     if fmt in ("pcd", "xyz"):
@@ -89,7 +92,7 @@ def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, unit
     from ghum_pipe.synth.generate import SynthConfig
 
     config = SynthConfig(posed=posed, expressions=expressions, units=units or "m", up=up or "z",
-                         point_cloud=point_cloud)
+                         point_cloud=point_cloud, population=population)
     job = dict(out=out, seed=seed, config=config, closeups=closeups, fmt=fmt, force=force, textured=textured)
     written, t0 = 0, time.time()
     with Progress(transient=True, disable=quiet) as progress:

@@ -4,8 +4,11 @@ Scan ``index`` of a batch with seed ``seed`` depends only on (seed, index): ever
 comes from ``np.random.default_rng([seed, index, stream])``, one stream per purpose, so a scan
 is the same whatever the batch size, order or options that do not concern it.
 
-A subject (``make_subject``) is a random adult phenotype from the template's phenotype bank
-with its shape coefficients, a skin/hair/shorts colouring and an id. ``body_scan`` poses it
+A subject (``make_subject``) is a random adult with a skin/hair/shorts colouring and an id.
+Its rest shape comes from ``SynthConfig.population``: ``anny`` (default) draws it outside the
+template's shape space (Anny's full phenotype model plus person-specific soft tissue and
+asymmetry, ``population.py``); ``template`` takes a phenotype of the template's bank and its
+32 shape coefficients (the truth then lies in the template's basis). ``body_scan`` poses it
 (A-pose, or a random natural pose with ``posed``), optionally with a facial expression, scans it
 with the ring scanner of ``scanner.py``, places it by a random rigid transform and writes it in
 the scan's units and up axis. ``closeup_scans`` scans the head and each hand of the same subject
@@ -29,7 +32,8 @@ from ghum_pipe.synth.scanner import (
 from ghum_pipe.synth.skin import SkinRegions, subject_colors
 
 # One random stream per purpose (the third entry of the seed sequence).
-STREAM_SUBJECT, STREAM_POSE, STREAM_SCANNER, STREAM_PLACE = 0, 1, 2, 3
+STREAM_SUBJECT, STREAM_POSE, STREAM_SCANNER, STREAM_PLACE, STREAM_SHAPE = 0, 1, 2, 3, 4
+STREAM_TAKE = 100  # take k > 0 of a subject uses streams STREAM_TAKE * k + (pose, scanner, place)
 STREAM_CLOSEUP = {"head": 10, "hand_left": 20, "hand_right": 30}
 CLOSEUP_KINDS = tuple(STREAM_CLOSEUP)
 OBSERVED_M = 0.005  # a template vertex counts as observed if a scan sample lies this close
@@ -44,7 +48,9 @@ class SynthConfig:
     units: str = "m"  # m | cm | mm | mixed (alternates m, mm)
     up: str = "z"  # z | y | mixed
     point_cloud: bool = False  # keep the merged raw samples instead of the Poisson mesh
-    n_betas: int = 32  # leading shape coefficients of the phenotype used (16..32)
+    n_betas: int = 32  # population 'template': leading shape coefficients used (16..32)
+    population: str = "anny"  # anny | template (see population.py)
+    variation: float = 1.0  # population 'anny': scale of the soft-tissue / asymmetry offsets
     max_tilt_deg: float = 5.0
     max_translation_m: float = 1.0
     scanner: ScannerConfig = BODY_SCANNER
@@ -58,11 +64,19 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class Subject:
+    """rest_verts (V, 3) / rest_joints (J, 3): the rest shape (metres, +Z up), posed by
+    :func:`pose_rest`; betas: the template coefficients (population 'template': the shape
+    itself; 'anny': its least-squares projection, for reference)."""
+
     subject_id: str
-    phenotype: np.ndarray  # (P,) in [0, 1], names in t.phenotype_names
+    phenotype: np.ndarray  # (P,) in [0, 1], names in phenotype_names
+    phenotype_names: tuple
     betas: np.ndarray  # (S,) shape coefficients (zeros beyond n_betas)
     colors: np.ndarray  # (V, 3) float 0-255 per template vertex
     tones: dict
+    rest_verts: np.ndarray
+    rest_joints: np.ndarray
+    factors: np.ndarray  # (N_FACTORS,) the person-specific latent z (zeros for 'template')
 
 
 @dataclass(frozen=True)
@@ -108,13 +122,26 @@ def _poser(t) -> PoseSampler:
 
 
 def make_subject(t, seed: int, index: int, config: SynthConfig = SynthConfig()) -> Subject:
-    """Subject ``index`` of the batch: a phenotype from ``t.phenotype_bank`` and its colouring."""
+    """Subject ``index`` of the batch: its rest shape (``config.population``) and colouring."""
+    from ghum_pipe.synth.population import N_FACTORS, POPULATIONS, draw_person
+
+    if config.population not in POPULATIONS:
+        raise ValueError(f"population {config.population!r}: use one of {POPULATIONS}")
     rng = _rng(seed, index, STREAM_SUBJECT)
-    k = int(rng.integers(len(t.phenotype_bank)))
-    betas = np.array(t.phenotype_bank_betas[k], dtype=np.float64)
-    betas[config.n_betas:] = 0.0
+    if config.population == "template":
+        k = int(rng.integers(len(t.phenotype_bank)))
+        betas = np.array(t.phenotype_bank_betas[k], dtype=np.float64)
+        betas[config.n_betas:] = 0.0
+        colors, tones = subject_colors(_regions(t), rng)
+        v, j = t.shaped(torch.as_tensor(betas[None]), dtype=torch.float64)
+        return Subject(subject_id(seed, index), np.asarray(t.phenotype_bank[k], np.float64), tuple(t.phenotype_names),
+                       betas, colors, tones, v[0].numpy(), j[0].numpy(), np.zeros(N_FACTORS))
+    from ghum_pipe.synth.anny_shapes import PHENOTYPES
+
     colors, tones = subject_colors(_regions(t), rng)
-    return Subject(subject_id(seed, index), np.asarray(t.phenotype_bank[k], np.float64), betas, colors, tones)
+    person = draw_person(t, _rng(seed, index, STREAM_SHAPE), config.variation)
+    return Subject(subject_id(seed, index), person.phenotype, PHENOTYPES, person.betas, colors, tones,
+                   person.verts, person.joints, person.factors)
 
 
 def pose_template(t, betas: np.ndarray, pose: np.ndarray, expression: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +150,23 @@ def pose_template(t, betas: np.ndarray, pose: np.ndarray, expression: np.ndarray
         v, j = t.pose(torch.as_tensor(betas[None], dtype=torch.float64),
                       torch.as_tensor(pose[None], dtype=torch.float64),
                       torch.as_tensor(expression[None], dtype=torch.float64))
+    return v[0].numpy(), j[0].numpy()
+
+
+def pose_rest(t, rest_verts: np.ndarray, rest_joints: np.ndarray, pose: np.ndarray,
+              expression: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(V, 3), (J, 3) float64 metres: a rest shape (V, 3) with joints (J, 3) given the
+    template's expression blendshapes and posed by the template's skinning (float64). For a
+    shape of the template's space this is ``pose_template`` (tested)."""
+    from ghum_pipe.template.lbs import as_rotmats, lbs
+
+    tt = t.tensors(dtype=torch.float64)
+    e = torch.as_tensor(expression[None], dtype=torch.float64)
+    v = torch.as_tensor(rest_verts[None]) + torch.einsum("be,evk->bvk", e, tt["expression_basis"])
+    j = torch.as_tensor(rest_joints[None]) + torch.einsum("be,ejk->bjk", e, tt["expression_joint_basis"])
+    with torch.no_grad():
+        v, j = lbs(v, j, as_rotmats(torch.as_tensor(pose[None], dtype=torch.float64)), tt["parents"],
+                   tt["skin_indices"], tt["skin_weights"], tt["levels"])
     return v[0].numpy(), j[0].numpy()
 
 
@@ -169,35 +213,41 @@ def _finish(t, scan_id, subject, kind, index, seed, config, pose, expression, ve
         verts=frames.apply(T, verts_t), verts_m=frames.apply(rigid, verts_t),
         joints=frames.apply(T, joints_t), joints_m=frames.apply(rigid, joints_t),
         joint_names=np.array(t.joint_names), betas=subject.betas, phenotype=subject.phenotype,
-        phenotype_names=np.array(t.phenotype_names), pose=pose, expression=expression, transform=T,
+        phenotype_names=np.array(subject.phenotype_names), pose=pose, expression=expression, transform=T,
+        rest_verts=subject.rest_verts, rest_joints=subject.rest_joints, factors=subject.factors,
+        population=np.array(config.population),
         units=np.array(units), up=np.array(up), subject=np.array(subject.subject_id), kind=np.array(kind),
         observed=observed,
     )
     active = {n: round(float(a), 3) for n, a in zip(t.expression_names, expression) if a > 0}
     info = dict(
         scan_id=scan_id, subject=subject.subject_id, kind=kind, seed=seed, index=index, units=units, up=up,
-        posed=bool(np.any(pose)), expression=active, n_betas=config.n_betas,
-        phenotype=dict(zip(t.phenotype_names, np.round(subject.phenotype, 4).tolist())),
+        posed=bool(np.any(pose)), expression=active, n_betas=config.n_betas, population=config.population,
+        phenotype=dict(zip(subject.phenotype_names, np.round(subject.phenotype, 4).tolist())),
         transform=T.tolist(), n_observed_verts=int(observed.sum()), point_cloud=sf is None, **subject.tones, **info,
     )
     normals = None if sn is None else frames.apply_to_normals(T, sn)
     return SynthScan(scan_id, frames.apply(T, sv), sf, sc, normals, truth, info)
 
 
-def body_scan(t, seed: int, index: int, config: SynthConfig = SynthConfig()) -> SynthScan:
-    """Whole-body scan ``index`` of the batch (kind 'body')."""
+def body_scan(t, seed: int, index: int, config: SynthConfig = SynthConfig(), take: int = 0) -> SynthScan:
+    """Whole-body scan ``index`` of the batch (kind 'body'). ``take`` k > 0 is another scan of
+    the same subject (id ``syn<seed>-<i>-t<k>``, always posed, its own pose, placement and
+    scanner noise), so one subject can have several scans."""
     subject = make_subject(t, seed, index, config)
-    rng = _rng(seed, index, STREAM_POSE)
-    pose = _poser(t).sample(rng) if config.posed else np.zeros((t.n_joints, 3))
+    base = STREAM_TAKE * take
+    rng = _rng(seed, index, base + STREAM_POSE)
+    pose = _poser(t).sample(rng) if (config.posed or take) else np.zeros((t.n_joints, 3))
     expression = random_expression(t.expression_names, rng) if config.expressions else np.zeros(t.n_expression)
-    verts, joints = pose_template(t, subject.betas, pose, expression)
-    rng_scan = _rng(seed, index, STREAM_SCANNER)
+    verts, joints = pose_rest(t, subject.rest_verts, subject.rest_joints, pose, expression)
+    rng_scan = _rng(seed, index, base + STREAM_SCANNER)
     surface = t.masks["surface"]
     lo, hi = verts[surface].min(0), verts[surface].max(0)
     cams = ring_cameras(lo, hi, azimuth0=rng_scan.uniform(0, 2 * np.pi))
     scanned = _scan_surface(verts, t.faces, subject.colors, cams, config.scanner, rng_scan, config.point_cloud)
-    return _finish(t, subject.subject_id, subject, "body", index, seed, config, pose, expression, verts, joints,
-                   scanned, _rng(seed, index, STREAM_PLACE))
+    scan_id = subject.subject_id if take == 0 else f"{subject.subject_id}-t{take}"
+    return _finish(t, scan_id, subject, "body", index, seed, config, pose, expression, verts, joints,
+                   scanned, _rng(seed, index, base + STREAM_PLACE))
 
 
 def closeup_scans(t, seed: int, index: int, config: SynthConfig = SynthConfig(), kinds=CLOSEUP_KINDS) -> list[SynthScan]:
@@ -222,7 +272,7 @@ def closeup_scans(t, seed: int, index: int, config: SynthConfig = SynthConfig(),
                 pose[j] = full[j]
         expression = (random_expression(t.expression_names, rng) if (config.expressions and kind == "head")
                       else np.zeros(t.n_expression))
-        verts, joints = pose_template(t, subject.betas, pose, expression)
+        verts, joints = pose_rest(t, subject.rest_verts, subject.rest_joints, pose, expression)
         region = t.masks[kind]
         scan_faces = _grow_faces(t.faces, region, rings=3)
         keep = region[t.faces[scan_faces]].all(1)

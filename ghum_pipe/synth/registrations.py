@@ -62,6 +62,8 @@ import numpy as np
 import torch
 
 from ghum_pipe.io.atomic import atomic_path, write_json, write_npz
+from ghum_pipe.model.truth import corrective_offsets, load_truth_corrective  # noqa: F401 (re-exported)
+from ghum_pipe.synth.population import N_FACTORS, draw_person
 
 # (name, joint (without side), where on the surface, gaussian sigma (m), amplitude (m))
 CORRECTIVES = (
@@ -86,7 +88,11 @@ class RegistrationSynthOptions:
     covers only that region and the rest of the mesh is corrupted, as a partial registration is);
     expression_prob: chance a scan has a random facial expression; noise_mm: per-vertex noise;
     skin_noise: std of the smooth log-weight perturbation; joint_shifts: plant the joint-centre
-    displacement (False: the true joints are the template's shape->joint map)."""
+    displacement (False: the true joints are the template's shape->joint map); population:
+    ``anny`` (rest shapes outside the template's basis, ``population.py``: subject s of seed
+    S is drawn from ``default_rng([S, s, 4])``, its joints are Anny's) or ``template`` (a
+    phenotype of the template's bank, its 32 coefficients and the template's joint map);
+    variation: scale of the ``anny`` soft tissue and asymmetry."""
 
     poses_per_subject: int = 4
     closeups: bool = True
@@ -94,6 +100,8 @@ class RegistrationSynthOptions:
     noise_mm: float = 0.5
     skin_noise: float = 0.6
     joint_shifts: bool = True
+    population: str = "anny"
+    variation: float = 1.0
 
 
 def _rest_normals(t) -> np.ndarray:
@@ -185,13 +193,6 @@ def joint_shift(shifts: dict, n_joints: int, rest_verts: np.ndarray) -> np.ndarr
     return out
 
 
-def corrective_offsets(fields: np.ndarray, joints: np.ndarray, rotmats: np.ndarray) -> np.ndarray:
-    """(V, 3) rest-space corrective for one pose: sum_k field_k * sin^2(angle_k / 2), with
-    sin^2(a/2) = (3 - trace R_k) / 4 from the joint's local rotation matrix (J, 3, 3)."""
-    s = (3.0 - np.trace(rotmats[joints], axis1=1, axis2=2)) / 4.0
-    return np.einsum("k,kvc->vc", s, fields)
-
-
 def _axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:
     return axis / np.linalg.norm(axis) * angle
 
@@ -250,6 +251,7 @@ def make_registrations(out_dir: Path, count: int, seed: int = 0, **options) -> l
     skin_w = planted_skin_weights(t, opts.skin_noise, seed + 1)
     corr = planted_corrective(t)
     tt = t.tensors()
+    tt64 = t.tensors(dtype=torch.float64)
     write_json(out_dir / "truth" / "corrective.json", dict(items=corr["spec"], options=asdict(opts), seed=seed))
     write_npz(out_dir / "truth" / "corrective.npz", joints=corr["joints"], fields=corr["fields"],
               names=np.array(corr["names"]))
@@ -267,13 +269,18 @@ def make_registrations(out_dir: Path, count: int, seed: int = 0, **options) -> l
     region = {"head": t.masks["head"] & t.masks["surface"], "hand_left": t.masks["hand_left"]}
     for s in range(count):
         subject = f"subj{seed:03d}_{s:04d}"
-        betas = t.phenotype_bank_betas[bank[s]]
-        shape_t = torch.as_tensor(betas[None], dtype=torch.float64)
-        rest_v, rest_j = t.shaped(shape_t, dtype=torch.float64)
+        if opts.population == "template":
+            betas = t.phenotype_bank_betas[bank[s]]
+            phenotype, factors = t.phenotype_bank[bank[s]], np.zeros(N_FACTORS)
+            rest_v, rest_j = t.shaped(torch.as_tensor(betas[None], dtype=torch.float64), dtype=torch.float64)
+        else:  # drawn from its own stream: the poses below stay those of the 'template' population
+            person = draw_person(t, np.random.default_rng([seed, s, 4]), opts.variation)
+            betas, phenotype, factors = person.betas, person.phenotype, person.factors
+            rest_v, rest_j = torch.as_tensor(person.verts[None]), torch.as_tensor(person.joints[None])
         shift = torch.as_tensor(joint_shift(shifts, t.n_joints, rest_v[0].numpy()) * opts.joint_shifts)
         write_npz(out_dir / "truth" / "subjects" / f"{subject}.npz", rest_verts=rest_v[0].numpy(),
                   rest_joints=(rest_j[0] + shift).numpy(), template_joints=rest_j[0].numpy(), betas=betas,
-                  phenotype=t.phenotype_bank[bank[s]])
+                  phenotype=phenotype, factors=factors, population=np.array(opts.population))
         kinds = ["body"] * opts.poses_per_subject + (["head", "hand_left"] if opts.closeups else [])
         for k, kind in enumerate(kinds):
             scan_id = f"{subject}_{kind}{k:02d}"
@@ -281,7 +288,9 @@ def make_registrations(out_dir: Path, count: int, seed: int = 0, **options) -> l
             expr = random_expression(t, rng) if (k > 0 and rng.uniform() < opts.expression_prob) else np.zeros(t.n_expression)
             rot = batch_rodrigues(torch.as_tensor(pose)).numpy()
             dx = corrective_offsets(corr["fields"], corr["joints"], rot)
-            v, j = t.shaped(shape_t, torch.as_tensor(expr[None]), dtype=torch.float64)
+            e = torch.as_tensor(expr[None])
+            v = rest_v + torch.einsum("be,evk->bvk", e, tt64["expression_basis"])
+            j = rest_j + torch.einsum("be,ejk->bjk", e, tt64["expression_joint_basis"])
             v = v + torch.as_tensor(dx[None])
             verts, joints = lbs(v, j + shift, torch.as_tensor(rot[None]), tt["parents"], tt["skin_indices"], skin_w_t,
                                 tt["levels"])
@@ -313,11 +322,3 @@ def _write_registration(scan_dir: Path, t, verts: np.ndarray, params: dict) -> N
     with atomic_path(scan_dir / "registration.ply") as tmp:
         trimesh.Trimesh(verts, t.faces, process=False).export(tmp)
     write_npz(scan_dir / "params.npz", **params)
-
-
-def load_truth_corrective(out_dir: Path) -> dict:
-    """The planted corrective as written by :func:`make_registrations`."""
-    with np.load(Path(out_dir) / "truth" / "corrective.npz") as z:
-        d = {k: z[k] for k in z.files}
-    d["spec"] = json.loads((Path(out_dir) / "truth" / "corrective.json").read_text())["items"]
-    return d
