@@ -26,7 +26,7 @@ import numpy as np
 
 def synth(out: Path, n: int) -> list[Path]:
     cmd = [sys.executable, "-m", "ghum_pipe.cli", "synth", str(out), "-n", str(n), "--seed", "21", "--closeups",
-           "--expressions", "--units", "mixed", "--up", "mixed"]
+           "--expressions", "--units", "mixed", "--up", "mixed", "--population", "template"]  # the README's numbers
     if not (out / "scans").exists() or len(list((out / "scans").iterdir())) < 4 * n:
         subprocess.run(cmd, check=True)
     return sorted(p for p in (out / "scans").iterdir() if p.stem.endswith(("-head", "-hand_left", "-hand_right")))

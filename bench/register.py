@@ -32,7 +32,10 @@ import numpy as np
 def synth(out: Path, n: int, seed: int, *flags: str) -> list[Path]:
     if n <= 0:
         return []
+    # the template's own population: the README's numbers; people outside it: bench/model_e2e.py
     cmd = [sys.executable, "-m", "ghum_pipe.cli", "synth", str(out), "-n", str(n), "--seed", str(seed), *flags]
+    if "--other-model" not in flags:
+        cmd += ["--population", "template"]
     if not (out / "scans").exists() or len(list((out / "scans").iterdir())) < n:
         subprocess.run(cmd, check=True)
     return sorted((out / "scans").iterdir())[:n]

@@ -72,8 +72,10 @@ def closeups(tmp_path_factory, template):
     from ghum_pipe.synth.writers import write_scan
 
     out = tmp_path_factory.mktemp("closeups")
-    head = closeup_scans(template, 3, 0, SynthConfig(expressions=True, units="mm", up="y"), kinds=("head",))
-    hand = closeup_scans(template, 3, 0, SynthConfig(), kinds=("hand_right",))
+    # the template's own population: the bounds below were measured on it (bench/closeup.py)
+    head = closeup_scans(template, 3, 0, SynthConfig(expressions=True, units="mm", up="y", population="template"),
+                         kinds=("head",))
+    hand = closeup_scans(template, 3, 0, SynthConfig(population="template"), kinds=("hand_right",))
     for scan in head + hand:
         write_scan(out, scan, "ply")
     return out

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ghum_pipe.synth import frames
-from ghum_pipe.synth.scanner import _drop_islands
+from ghum_pipe.synth.scanner import drop_islands
 
 GRID_M = 0.005
 
@@ -226,7 +226,7 @@ def mannequin_mesh(rng: np.random.Generator, grid_m: float = GRID_M):
     pcd.normals = o3d.utility.Vector3dVector(nrm)
     mesh, _ = o3d.geometry.TriangleMesh.create_from_point_cloud_poisson(pcd, depth=9, scale=1.05, n_threads=1)
     verts, faces = np.asarray(mesh.vertices), np.asarray(mesh.triangles).astype(np.int64)
-    faces = _drop_islands(faces, len(verts), min_frac=1.0)  # the body is the largest piece
+    faces = drop_islands(faces, len(verts), min_frac=1.0)  # the body is the largest piece
     used = np.unique(faces)
     remap = np.full(len(verts), -1, np.int64)
     remap[used] = np.arange(len(used))

@@ -229,7 +229,7 @@ def reconstruct(pcd: o3d.geometry.PointCloud, config: ScannerConfig) -> tuple[np
     dist, _ = tree.query(verts, k=1)
     keep_v = dist <= config.crop_m
     faces = faces[keep_v[faces].all(1)]
-    faces = _drop_islands(faces, len(verts), config.min_island_frac)
+    faces = drop_islands(faces, len(verts), config.min_island_frac)
     used = np.unique(faces)
     remap = np.full(len(verts), -1, np.int64)
     remap[used] = np.arange(len(used))
@@ -239,7 +239,7 @@ def reconstruct(pcd: o3d.geometry.PointCloud, config: ScannerConfig) -> tuple[np
     return verts, faces, np.clip(colors, 0, 255).round().astype(np.uint8)
 
 
-def _drop_islands(faces: np.ndarray, n_verts: int, min_frac: float) -> np.ndarray:
+def drop_islands(faces: np.ndarray, n_verts: int, min_frac: float) -> np.ndarray:
     """Keep the connected pieces (faces joined through shared edges, so pieces that only touch
     at a vertex count as separate) with at least ``min_frac`` of the largest piece's faces."""
     from scipy.sparse import coo_matrix
