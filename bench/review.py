@@ -35,14 +35,14 @@ BAD_P95_MM = 10.0
 
 def case_list(scale: float, kinds: list[str] | None) -> list[tuple[str, int]]:
     """(kind, index) interleaved across kinds, so a partial run has some of every kind."""
-    from ghum_pipe.review.corruptions import COUNTS
+    from ghum_pipe.synth.corruptions import COUNTS
 
     counts = {k: max(1, int(round(n * scale))) for k, n in COUNTS.items() if not kinds or k in kinds}
     return [(k, i) for i in range(max(counts.values())) for k, n in counts.items() if i < n]
 
 
 def register_case(t, tl, kind: str, index: int, out: Path, rereg: bool, seed: int) -> dict:
-    from ghum_pipe.review.corruptions import make_case, write_case
+    from ghum_pipe.synth.corruptions import make_case, write_case
 
     from ghum_pipe.errors import GhumPipeError
     from ghum_pipe.register.stage import RegisterConfig, run_registration
@@ -161,7 +161,7 @@ def main():
     from ghum_pipe.register.landmark_pairs import load_template_landmark_set
     from ghum_pipe.template import load_template
 
-    from ghum_pipe.review.corruptions import SEED
+    from ghum_pipe.synth.corruptions import SEED
 
     seed = SEED if args.seed is None else args.seed
     if seed != SEED:

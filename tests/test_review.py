@@ -7,7 +7,7 @@ import torch
 
 from ghum_pipe.register.landmark_pairs import load_template_landmark_set
 from ghum_pipe.review import Review, Rule, apply_rules, review_registration
-from ghum_pipe.review.corruptions import swap_names
+from ghum_pipe.synth.corruptions import swap_names
 from ghum_pipe.template import load_template
 from ghum_pipe.template.anatomy import MIRROR
 

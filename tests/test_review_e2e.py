@@ -11,7 +11,7 @@ from ghum_pipe.register.evaluate import surface_error_mm
 from ghum_pipe.register.landmark_pairs import load_template_landmark_set
 from ghum_pipe.register.stage import RegisterConfig, run_registration
 from ghum_pipe.review import review_table
-from ghum_pipe.review.corruptions import make_case, write_case
+from ghum_pipe.synth.corruptions import make_case, write_case
 from ghum_pipe.template import load_template
 
 CASES = (("clean_apose", 0), ("lr_swap_all", 0), ("limb_cut", 0))

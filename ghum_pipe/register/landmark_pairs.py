@@ -11,9 +11,13 @@ is applied to the ground-truth vertices).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from ghum_pipe.errors import RegistrationError
 
 # MediaPipe pose names that Anny's COCO regressor defines (same anatomical point).
 _POSE_FROM_COCO = {
@@ -177,3 +181,26 @@ def _farthest_points(P: np.ndarray, n: int) -> np.ndarray:
         chosen.append(int(np.argmax(d)))
         d = np.minimum(d, np.linalg.norm(P - P[chosen[-1]], axis=1))
     return np.asarray(chosen)
+
+
+HINT_LANDMARKS = "Re-run `ghum-pipe landmark` for this scan and check its contact sheet"
+
+
+def read_landmarks_json(path: Path, frame) -> dict:
+    """landmarks.json (file frame and units) -> names, points (internal metres, on the scan's
+    grid: ``io.frame.canonical_metres``), confidence."""
+    from ghum_pipe.io.frame import canonical_metres
+
+    if not path.exists():
+        raise RegistrationError("no landmarks.json", path, "Run `ghum-pipe landmark` on this scan first")
+    try:
+        doc = json.loads(path.read_text())
+        names = [str(n) for n in doc["names"]]
+        pts = np.asarray(doc["points"], dtype=np.float64).reshape(-1, 3)
+        conf = np.asarray(doc.get("confidence", np.ones(len(names))), dtype=np.float64)
+    except (ValueError, KeyError, TypeError) as e:
+        raise RegistrationError(f"unreadable landmarks ({e})", path, HINT_LANDMARKS) from None
+    if len(names) != len(pts) or len(conf) != len(names):
+        raise RegistrationError(f"{len(names)} names, {len(pts)} points, {len(conf)} confidences", path, HINT_LANDMARKS)
+    return {"names": names, "points": canonical_metres(frame.to_internal(pts)), "confidence": conf,
+            "scan_kind": str(doc.get("scan_kind", "body"))}

@@ -23,7 +23,8 @@ import torch
 
 from ghum_pipe.errors import RegistrationError
 from ghum_pipe.register.backend import single_threaded_blas
-from ghum_pipe.register.landmark_pairs import load_template_landmark_set, match_landmarks
+from ghum_pipe.register.landmark_pairs import (HINT_LANDMARKS, load_template_landmark_set, match_landmarks,
+                                               read_landmarks_json)
 from ghum_pipe.register.nonrigid import NonrigidConfig, matchable_vertices, refine_nonrigid
 from ghum_pipe.register.region import RegionConfig, register_region
 from ghum_pipe.register.result import RegistrationResult, observed_vertices, registration_metrics
@@ -32,7 +33,6 @@ from ghum_pipe.register.skeleton import SkeletonConfig, fit_skeleton, rest_offse
 from ghum_pipe.register.target import build_target
 
 TORSO_LANDMARKS = ("left_shoulder", "right_shoulder", "left_hip", "right_hip")
-HINT_LANDMARKS = "Re-run `ghum-pipe landmark` for this scan and check its contact sheet"
 
 
 @dataclass(frozen=True)
@@ -168,26 +168,6 @@ def register_scan(
     params = dict(pose=fit.pose, shape=fit.shape, expression=fit.expression, scale=np.float64(fit.scale),
                   translation=fit.translation, offsets=offsets, vertex_mask=observed, kind=np.array("body"))
     return RegistrationResult(verts=verts, params=params, metrics=metrics, scan_points=scan_pts, scan_to_reg_m=s2r)
-
-
-def read_landmarks_json(path: Path, frame) -> dict:
-    """landmarks.json (file frame and units) -> names, points (internal metres, on the scan's
-    grid: ``io.frame.canonical_metres``), confidence."""
-    from ghum_pipe.io.frame import canonical_metres
-
-    if not path.exists():
-        _fail("no landmarks.json", path, "Run `ghum-pipe landmark` on this scan first")
-    try:
-        doc = json.loads(path.read_text())
-        names = [str(n) for n in doc["names"]]
-        pts = np.asarray(doc["points"], dtype=np.float64).reshape(-1, 3)
-        conf = np.asarray(doc.get("confidence", np.ones(len(names))), dtype=np.float64)
-    except (ValueError, KeyError, TypeError) as e:
-        _fail(f"unreadable landmarks ({e})", path, HINT_LANDMARKS)
-    if len(names) != len(pts) or len(conf) != len(names):
-        _fail(f"{len(names)} names, {len(pts)} points, {len(conf)} confidences", path, HINT_LANDMARKS)
-    return {"names": names, "points": canonical_metres(frame.to_internal(pts)), "confidence": conf,
-            "scan_kind": str(doc.get("scan_kind", "body"))}
 
 
 def run_registration(scan_path, scan_dir, config: RegisterConfig = RegisterConfig()) -> dict:

@@ -67,7 +67,7 @@ def body_groups(template) -> BodyGroups:
     """The template's vertex groups (cached per template hash)."""
     if template.hash in _GROUPS:
         return _GROUPS[template.hash]
-    from ghum_pipe.register.backend import vertex_normals
+    from ghum_pipe.ops.normals import vertex_normals
     from ghum_pipe.register.evaluate import dominant_part
 
     joint = np.asarray(template.joint_names)[dominant_part(template)].astype(str)
@@ -269,7 +269,8 @@ def penetration_depth_m(verts_m: np.ndarray, faces: np.ndarray, part_faces: np.n
     Depth is the distance to the part's closest point, counted when the point lies behind
     that face (against its outward normal). Faces near the part's open boundary (where it
     is cut from the rest of the body) are left out, since behind them is not inside."""
-    from ghum_pipe.register.backend import MeshDistance, face_normals
+    from ghum_pipe.ops.normals import face_normals
+    from ghum_pipe.register.backend import MeshDistance
 
     f = faces[part_faces]
     if len(f) == 0 or len(test_verts) == 0:

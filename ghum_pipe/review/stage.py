@@ -25,8 +25,7 @@ def review_scan(scan_dir, scan_path, config: ReviewConfig = ReviewConfig(), temp
     from ghum_pipe.io import load_scan
     from ghum_pipe.io.atomic import write_json
     from ghum_pipe.io.frame import Frame
-    from ghum_pipe.register.landmark_pairs import load_template_landmark_set
-    from ghum_pipe.register.stage import read_landmarks_json
+    from ghum_pipe.register.landmark_pairs import load_template_landmark_set, read_landmarks_json
     from ghum_pipe.template import load_template
 
     scan_dir = Path(scan_dir)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ghum_pipe.review import signals as sig
+import ghum_pipe.review.signals as sig
 
 VERDICTS = ("ok", "look", "failed")
 

@@ -223,7 +223,7 @@ def make_case(t, tl, kind: str, index: int, seed: int = SEED) -> Case:
         for c, r in zip(centres, radii):
             keep &= np.linalg.norm(fc - c, axis=1) > r
     elif kind == "clothing":
-        from ghum_pipe.register.backend import vertex_normals
+        from ghum_pipe.ops.normals import vertex_normals
 
         shell = _group_mask(t, ("spine", "pelvis", "root", "upperleg", "clavicle"))
         n = vertex_normals(verts, t.faces)
