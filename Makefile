@@ -43,7 +43,8 @@ $(STAMP): pyproject.toml | sysdeps
 	touch $(STAMP)
 
 demo: install
-	$(PY) -m ghum_pipe.cli synth $(DEMO)/synth --count 2 --seed 0
+	# the template's own population: the README's numbers (people outside it: make model-e2e)
+	$(PY) -m ghum_pipe.cli synth $(DEMO)/synth --count 2 --seed 0 --population template
 	$(PY) -m ghum_pipe.cli run $(DEMO)/synth/scans --work $(DEMO)/work --workers 2
 	@echo "Outputs: $(DEMO)/work/scans/<id>/ (landmarks.json, registration.ply, residuals.png), report: $(DEMO)/work/report/index.html"
 
@@ -71,7 +72,7 @@ blender-check: install
 	GHUM_PIPE_REQUIRE_BLENDER=1 $(PY) -m pytest -q -s tests/test_export_blender.py tests/test_export_validator.py
 
 train-demo: install
-	$(PY) -m ghum_pipe.cli synth $(DEMO)/regs --registrations --count 40 --seed 0
+	$(PY) -m ghum_pipe.cli synth $(DEMO)/regs --registrations --count 40 --seed 0 --population template
 	$(PY) -m ghum_pipe.cli train --work $(DEMO)/regs --out $(DEMO)/model
 	$(PY) -m ghum_pipe.cli evaluate --model $(DEMO)/model --work $(DEMO)/regs
 
