@@ -43,7 +43,7 @@ def make_scans(out: Path, count: int) -> dict[str, Path]:
     dirs = {}
     for i, (kind, (opts, seed)) in enumerate(KINDS.items()):
         d = out / f"kind{i}"
-        if not (d / "scans").exists() or len(list((d / "scans").iterdir())) < count:
+        if not (d / "scans").exists() or len([p for p in (d / "scans").iterdir() if p.suffix != ".csv"]) < count:
             print(f"ghum-pipe synth {d} --count {count} {' '.join(opts)} ...", flush=True)
             subprocess.run([sys.executable, "-m", "ghum_pipe.cli", "synth", str(d), "--count", str(count),
                             "--seed", str(seed), *opts], check=True, stdout=subprocess.DEVNULL)

@@ -36,9 +36,10 @@ def synth(out: Path, n: int, seed: int, *flags: str) -> list[Path]:
     cmd = [sys.executable, "-m", "ghum_pipe.cli", "synth", str(out), "-n", str(n), "--seed", str(seed), *flags]
     if "--other-model" not in flags:
         cmd += ["--population", "template"]
-    if not (out / "scans").exists() or len(list((out / "scans").iterdir())) < n:
+    scans = lambda: sorted(p for p in (out / "scans").glob("*") if p.suffix != ".csv")  # noqa: E731 (synth's subjects.csv)
+    if not (out / "scans").exists() or len(scans()) < n:
         subprocess.run(cmd, check=True)
-    return sorted((out / "scans").iterdir())[:n]
+    return scans()[:n]
 
 
 def scan_to_mesh_mm(points_m, verts_m, faces):

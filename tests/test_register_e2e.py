@@ -21,7 +21,7 @@ def test_synth_scan_registers_within_targets(tmp_path, template, measured):
     # the template's own population: the bounds below were measured on it (bench/register.py)
     subprocess.run([sys.executable, "-m", "ghum_pipe.cli", "synth", str(out), "-n", "1", "--seed", "11",
                     "--units", "mm", "--population", "template"], check=True, capture_output=True)
-    path = next((out / "scans").iterdir())
+    path = next((out / "scans").glob("*.ply"))  # (synth also writes subjects.csv there)
     scan_dir = tmp_path / "work" / path.stem
     run_landmarks(path, scan_dir)
     metrics = run_registration(path, scan_dir, RegisterConfig(lowres=True))
