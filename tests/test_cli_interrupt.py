@@ -19,6 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """A command started from a terminal has SIGINT at its default; one started under a shell's
+    `&` (as a CI runner may start the tests) inherits it ignored, and then Ctrl-C could not reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, template):
     scans, work = tmp_path / "scans", tmp_path / "W"
@@ -28,7 +34,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, template):
         trimesh.Trimesh(mesh.vertices * (1 + 0.01 * i), mesh.faces, process=False).export(scans / f"b{i}.ply")
     proc = subprocess.Popen([sys.executable, "-m", "ghum_pipe.cli", "landmark", str(scans), "-w", str(work),
                              "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV, cwd=REPO, start_new_session=True)
+                            env=ENV, cwd=REPO, start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
     deadline = time.time() + 240
     while time.time() < deadline and not list(work.glob("scans/*/logs/landmark.log")):
         time.sleep(0.3)
