@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from ghum_pipe.errors import ModelError
-from ghum_pipe.model.baselines import fit_template, pca_projection_error_mm, pca_shape_model
-from ghum_pipe.model.data import RegistrationSet, load_registrations
+from ghum_pipe.model.baselines import pca_projection_error_mm
+from ghum_pipe.model.data import RegistrationSet
 from ghum_pipe.model.ghum import GHUM
 
 log = logging.getLogger(__name__)
