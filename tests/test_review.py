@@ -123,3 +123,38 @@ def test_review_table_orders_worst_first(tmp_path):
     assert [(r["scan_id"], r["verdict"]) for r in rows] == [("c", "failed"), ("d", "failed"), ("b", "look"), ("a", "ok")]
     assert rows[1]["reasons"] == ["register failed: d.ply: partial body"]
     assert rows[3]["signals"] == {"x": 1.0}
+
+
+def test_heat_map_faces_the_body_and_shows_a_planted_bump(t, tmp_path):
+    """The residual map's "front" is the body's own: a body turned 70 degrees about +Z is still
+    seen face on, and a 6 mm bump planted on the chest shows in the front view, not the back."""
+    from PIL import Image
+
+    from ghum_pipe.register.backend import MeshDistance
+    from ghum_pipe.review.heatmap import body_front, render_residual_views, vertex_residuals_mm, write_residual_map
+
+    a = np.deg2rad(70.0)
+    R = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+    verts = posed(t, np.zeros((t.n_joints, 3))) @ R.T
+    front = body_front(verts, t.coco_regressor, t.coco_names)
+    assert np.degrees(np.arccos(front @ (R @ [0.0, -1.0, 0.0]))) < 3.0  # the template faces -Y
+
+    scan = surface_samples(t, verts)
+    centre = (t.coco_regressor @ verts)[[t.coco_names.index(n) for n in ("left_shoulder", "right_shoulder")]].mean(0)
+    rel = scan - centre
+    side = np.cross([0.0, 0.0, 1.0], front)
+    chest = (np.abs(rel @ side) < 0.08) & (rel[:, 2] > -0.2) & (rel[:, 2] < -0.05) & (rel @ front > 0.0)
+    scan[chest] += 0.006 * front  # pushed out of the chest
+    surface = t.masks["surface"]
+    faces = t.faces[surface[t.faces].all(1)]
+    dist = MeshDistance(verts, faces).closest(scan)["dist"]
+    values = vertex_residuals_mm(verts, scan, dist, surface)
+    assert np.nanmax(values) > 5.0 and np.nanmedian(values) < 0.5
+    img_front, img_back = render_residual_views(verts, faces, values, 6.0, front)
+    # the colour map's top is yellow (high red and green, less blue); the grey background is not
+    hot = lambda img: int(((img[..., 0] > 180) & (img[..., 1] > 140) & (img[..., 0].astype(int) - img[..., 2] > 60)).sum())  # noqa: E731
+    assert hot(img_front) > 50 and hot(img_back) == 0  # measured 850 and 0
+
+    out = write_residual_map(tmp_path / "residuals.png", verts, faces, scan, dist, front, vertices=surface)
+    assert Image.open(tmp_path / "residuals.png").size[0] > 300
+    assert out["vmax_mm"] >= 1.0 and out["vmax_mm"] == np.ceil(np.percentile(dist * 1e3, 95) * 2) / 2 or out["vmax_mm"] == 1.0

@@ -178,7 +178,8 @@ def run_registration(scan_path, scan_dir, config: RegisterConfig = RegisterConfi
     from ghum_pipe.io import write_mesh
     from ghum_pipe.io.atomic import write_json, write_npz
     from ghum_pipe.io.scan_record import load_recorded_scan
-    from ghum_pipe.register.residuals import write_residual_map
+    from ghum_pipe.review import review_result
+    from ghum_pipe.review.heatmap import body_front, write_residual_map
     from ghum_pipe.template import load_template
 
     scan_dir = Path(scan_dir)
@@ -194,6 +195,9 @@ def run_registration(scan_path, scan_dir, config: RegisterConfig = RegisterConfi
     frame = scan.frame
     metrics = dict(res.metrics, kind=kind, scan_id=scan.id, frame=frame.to_dict(), n_verts=int(len(res.verts)),
                    template_hash=template.hash)
+    # the review verdict (docs/review.md), in the one metrics.json write
+    metrics["review"] = review_result(res.verts, scan.verts, lm, template, pose=res.params.get("pose"),
+                                      offsets_m=res.params.get("offsets"), kind=kind, source=str(scan_path)).to_dict()
     low = None
     if config.lowres:
         from ghum_pipe.template.lowres import load_lowres
@@ -206,10 +210,11 @@ def run_registration(scan_path, scan_dir, config: RegisterConfig = RegisterConfi
     write_npz(scan_dir / "params.npz", **res.params, frame_matrix=frame.matrix(),
               frame=np.array(json.dumps(frame.to_dict())), template_hash=np.array(template.hash),
               verts_internal=res.verts, **({"subject": np.array(record.subject)} if record.subject else {}))
-    write_residual_map(scan_dir / "residuals.png", res.scan_points, res.scan_to_reg_m,
-                       title=f"{scan.id}: scan -> registration, mean {metrics['scan_to_reg_mean_mm']:.2f} mm")
+    surface = template.masks["surface"]
+    region = surface if kind == "body" else surface & np.asarray(template.masks[kind], bool)
+    write_residual_map(scan_dir / "residuals.png", res.verts, template.faces[surface[template.faces].all(1)],
+                       res.scan_points, res.scan_to_reg_m, body_front(res.verts, template.coco_regressor, template.coco_names),
+                       vertices=region, title=f"{scan.id}: scan -> registration, mean {metrics['scan_to_reg_mean_mm']:.2f} mm")
     metrics["seconds_wall"] = time.perf_counter() - t_start
     write_json(scan_dir / "metrics.json", metrics)
-    from ghum_pipe.review import review_scan  # the review verdict, added to metrics.json (docs/review.md)
-    metrics["review"] = review_scan(scan_dir, scan_path, template=template, scan=scan).to_dict()
     return metrics

@@ -1,18 +1,39 @@
-"""Shell of the review: read a registered scan's outputs, review them, record the verdict.
+"""Shell of the review: review a registration, record the verdict.
 
-``review_scan`` runs after ``register.stage.run_registration`` (which calls it) and writes
-``metrics.json['review'] = {"verdict", "reasons": [...], "signals": {...}}`` atomically;
+``review_result`` is what ``register.stage.run_registration`` calls on the registration it has
+in memory, before it writes ``metrics.json`` once with ``metrics['review'] = {"verdict",
+"reasons": [...], "signals": {...}}``; a review that raises gives a ``look`` verdict naming the
+error instead of failing a registration whose outputs are fine. ``review_scan`` re-reviews an
+already registered scan from its files (the corruption bench, older work dirs);
 ``review_table`` collects the verdicts of a work dir for the report's review queue.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from ghum_pipe.review.verdict import VERDICTS, Review, ReviewConfig, review_registration
+
+log = logging.getLogger(__name__)
+
+
+def review_result(verts_m, scan_points_m, landmarks: dict, template, pose=None, offsets_m=None, kind: str = "body",
+                  config: ReviewConfig = ReviewConfig(), source: str = "scan") -> Review:
+    """:func:`review_registration` with the template's landmark set, that never raises: an
+    error inside the review becomes a ``look`` verdict whose reason names it (the registration
+    itself is unaffected; a person should look, since the review could not)."""
+    from ghum_pipe.register.landmark_pairs import load_template_landmark_set
+
+    try:
+        return review_registration(verts_m, scan_points_m, landmarks, template, load_template_landmark_set(template),
+                                   pose=pose, offsets_m=offsets_m, kind=kind, config=config)
+    except Exception as e:  # the review is advisory: it must not lose a registration
+        log.warning("%s: the review could not run (%s: %s)", source, type(e).__name__, e, exc_info=log.isEnabledFor(10))
+        return Review("look", (f"the review could not run ({type(e).__name__}: {e})",), {})
 
 
 def review_scan(scan_dir, scan_path, config: ReviewConfig = ReviewConfig(), template=None, scan=None) -> Review:
@@ -25,7 +46,7 @@ def review_scan(scan_dir, scan_path, config: ReviewConfig = ReviewConfig(), temp
     from ghum_pipe.io import load_scan
     from ghum_pipe.io.atomic import write_json
     from ghum_pipe.io.frame import Frame
-    from ghum_pipe.register.landmark_pairs import load_template_landmark_set, read_landmarks_json
+    from ghum_pipe.register.landmark_pairs import read_landmarks_json
     from ghum_pipe.template import load_template
 
     scan_dir = Path(scan_dir)
@@ -42,8 +63,8 @@ def review_scan(scan_dir, scan_path, config: ReviewConfig = ReviewConfig(), temp
         offsets = p["offsets"] if "offsets" in p else None
     lm = read_landmarks_json(scan_dir / "landmarks.json", frame)
     template = template or load_template()
-    review = review_registration(verts, scan.verts, lm, template, load_template_landmark_set(template),
-                                 pose=pose, offsets_m=offsets, kind=kind, config=config)
+    review = review_result(verts, scan.verts, lm, template, pose=pose, offsets_m=offsets, kind=kind, config=config,
+                           source=str(scan_path))
     metrics["review"] = review.to_dict()
     write_json(scan_dir / "metrics.json", metrics)
     return review
