@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from PIL import Image
 
 from ghum_pipe.errors import LandmarkError
 from ghum_pipe.io.frame import Frame
@@ -123,3 +124,11 @@ def test_no_person_is_a_clear_error(tmp_path):
     with pytest.raises(LandmarkError, match=r"column.ply: no person detected in \d+/12 views"):
         run_landmarks(path, tmp_path / "work", LandmarkConfig(units="m", up="z"))
     assert not (tmp_path / "work" / "landmarks.json").exists()
+    # what the detector saw is kept: every view, each with the red frame of "no detection"
+    sheet = np.asarray(Image.open(tmp_path / "work" / "views" / "contact_sheet.png"))
+    from ghum_pipe.landmarks.contact_sheet import COLUMNS, LEGEND_PX, TILE_PX
+
+    assert sheet.shape[0] == 2 * TILE_PX + LEGEND_PX  # 12 views in 2 rows of 6, and the legend
+    tiles = [sheet[r * TILE_PX:(r + 1) * TILE_PX, c * TILE_PX:(c + 1) * TILE_PX] for r in range(2) for c in range(COLUMNS)]
+    red = lambda tile: ((tile[..., 0] > 200) & (tile[..., 1] < 60) & (tile[..., 2] < 60)).sum()  # noqa: E731
+    assert all(red(tile) > 300 for tile in tiles)

@@ -30,7 +30,7 @@ from ghum_pipe.landmarks import cameras as camera_rig
 from ghum_pipe.landmarks.detect import HAND_TIPS, N_FACE, N_HAND, FaceDetector, HandDetector
 from ghum_pipe.landmarks.find import (
     CLOSEUP_SURFACE_TOL_M, FACE_FOR_POSE, FoundLandmarks, LandmarkGroup, View, clear_views, render_group,
-    snap_and_collect,
+    snap_and_collect, with_views,
 )
 from ghum_pipe.landmarks.renderers import make_renderer
 
@@ -96,10 +96,10 @@ def _head(renderer, verts, config, views, timings, source):
     n_seen = sum(v.uv is not None for v in views)
     found = np.isfinite(X1).all(1)
     if found.sum() < MIN_FACE_POINTS:
-        raise LandmarkError(f"no face found on the head close-up (FaceMesh in {n_seen}/{len(ring)} views, "
-                            f"{int(found.sum())} points triangulated)", source,
-                            "Check the scan is a head with its face, upright (pass --up: the file axis from "
-                            "the neck to the crown) and that --units is right")
+        raise with_views(LandmarkError(f"no face found on the head close-up (FaceMesh in {n_seen}/{len(ring)} views, "
+                                       f"{int(found.sum())} points triangulated)", source,
+                                       "Check the scan is a head with its face, upright (pass --up: the file axis "
+                                       "from the neck to the crown) and that --units is right"), views)
     face_centre = X1[found].mean(0)
     forward = face_centre - (lo + hi) / 2
     forward[2] = 0.0
@@ -170,9 +170,9 @@ def _hand_views(renderer, verts, centre, finger, normal, side, config, views, ti
         if not ok:
             views[len(views) - len(cams) + k].uv = None
     if n_seen < MIN_HAND_VIEWS:
-        raise LandmarkError(f"no {side} hand found on the close-up (MediaPipe Hands in {n_seen}/{len(cams)} views)",
-                            source, "Check the scan is one hand cut at the wrist, its kind (hand_left/hand_right) "
-                            "and --units")
+        raise with_views(LandmarkError(f"no {side} hand found on the close-up (MediaPipe Hands in {n_seen}/{len(cams)} "
+                                       "views)", source, "Check the scan is one hand cut at the wrist, its kind "
+                                       "(hand_left/hand_right) and --units"), views)
     t0 = time.perf_counter()
     X, inl, rms, conf = hand.triangulate(config.min_score)
     timings["triangulate"] += time.perf_counter() - t0

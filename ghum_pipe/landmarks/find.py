@@ -213,6 +213,13 @@ def _face_forward(p: dict) -> np.ndarray | None:
     return None
 
 
+def with_views(error: LandmarkError, views: list[View]) -> LandmarkError:
+    """``error`` carrying the views rendered before it (``error.views``), so that the stage can
+    still write the contact sheet of a scan whose landmarks could not be found."""
+    error.views = list(views)
+    return error
+
+
 def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmarks:
     """Find body, face and hand landmarks on a mesh.
 
@@ -235,12 +242,12 @@ def find_landmarks(verts, faces, colors, config, source="scan") -> FoundLandmark
         body.add(r, None if det is None else det.uv, None if det is None else det.score)
     person = [v for v in views if v.uv is not None]
     if len(person) < config.min_person_views:
-        raise LandmarkError(
+        raise with_views(LandmarkError(
             f"no person detected in {len(ring) - len(person)}/{len(ring)} views "
             f"(found in {len(person)}, need {config.min_person_views})", source,
             "Check the file is a whole human body, standing upright along its up axis (pass --up if not "
-            "Z), and that --units is right",
-        )
+            "Z), and that --units is right; its contact sheet shows what the detector saw",
+        ), views)
     t0 = time.perf_counter()
     P, uv, score = body.arrays()
     raw_body = (P, uv.copy(), score.copy())

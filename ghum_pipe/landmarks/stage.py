@@ -67,20 +67,36 @@ def landmarks_json(found, frame) -> dict:
     }
 
 
+def write_contact_sheet(scan_dir, views, names, points) -> None:
+    """``scan_dir/views/contact_sheet.png`` (``contact_sheet.contact_sheet``), written atomically."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from ghum_pipe.io.atomic import atomic_path
+    from ghum_pipe.landmarks.contact_sheet import contact_sheet
+
+    sheet = contact_sheet(views, names, points)
+    with atomic_path(Path(scan_dir) / "views" / "contact_sheet.png") as tmp:
+        Image.fromarray(sheet).save(tmp, compress_level=1)  # fast; it is a preview
+
+
 def run_landmarks(scan_path, scan_dir, config: LandmarkConfig | None = None) -> dict:
     """Find the landmarks of one scan and write them (called by the runner; usable directly).
 
     Writes ``scan_dir/landmarks.json`` (points in the scan file's frame and units) and
     ``scan_dir/views/contact_sheet.png`` atomically; returns metrics (counts, timings in s).
     Raises ``LandmarkError`` (no person in enough views, cloud too sparse) or ``ScanError``
-    (unreadable scan); then nothing is written.
+    (unreadable scan); then nothing is written but the contact sheet of the views that were
+    rendered (what the detector saw is the first thing to look at).
     """
     import time
     from pathlib import Path
 
     import numpy as np
 
-    from ghum_pipe.io.atomic import atomic_path, write_json
+    from ghum_pipe.errors import LandmarkError
+    from ghum_pipe.io.atomic import write_json
     from ghum_pipe.io.scan_record import load_recorded_scan
     from ghum_pipe.landmarks.find import find_landmarks
 
@@ -97,25 +113,24 @@ def run_landmarks(scan_path, scan_dir, config: LandmarkConfig | None = None) -> 
         colors = None if colors is None else colors[nearest]
     t_load = time.perf_counter() - t0
     kind = record.kind
-    if kind == "body":
-        found = find_landmarks(verts, faces, colors, config, source=scan_path)
-    else:
-        from ghum_pipe.landmarks.closeup_scan import find_closeup_landmarks
+    try:
+        if kind == "body":
+            found = find_landmarks(verts, faces, colors, config, source=scan_path)
+        else:
+            from ghum_pipe.landmarks.closeup_scan import find_closeup_landmarks
 
-        found = find_closeup_landmarks(verts, faces, colors, kind, config, source=scan_path)
+            found = find_closeup_landmarks(verts, faces, colors, kind, config, source=scan_path)
+    except LandmarkError as e:
+        if config.contact_sheet and getattr(e, "views", None):
+            write_contact_sheet(scan_dir, e.views, (), np.zeros((0, 3)))
+        raise
     doc = landmarks_json(found, scan.frame)
     doc["scan_kind"] = kind
     timings = {"load": t_load, **found.timings}
     doc["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     t0 = time.perf_counter()
     if config.contact_sheet:
-        from PIL import Image
-
-        from ghum_pipe.landmarks.contact_sheet import contact_sheet
-
-        sheet = contact_sheet(found.views, found.names, found.points)
-        with atomic_path(scan_dir / "views" / "contact_sheet.png") as tmp:
-            Image.fromarray(sheet).save(tmp, compress_level=1)  # fast; it is a preview
+        write_contact_sheet(scan_dir, found.views, found.names, found.points)
     write_json(scan_dir / "landmarks.json", doc)
     timings["write"] = time.perf_counter() - t0
     groups = {"body": [n for n in found.names if not n.startswith(("face_", "left_hand_", "right_hand_"))],
