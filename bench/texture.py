@@ -18,6 +18,12 @@ vertex's colour, texels interpolate them).
 
     .venv/bin/python bench/texture.py --synth /tmp/tex                 # makes 2 textured scans (~3 min)
     .venv/bin/python bench/texture.py --synth /tmp/tex --work /tmp/texwork   # + ghum-pipe registrations
+    .venv/bin/python bench/texture.py --synth /tmp/texc --closeups            # + head/hand close-ups merged
+
+With ``--closeups`` the subjects also get textured head and hand close-ups (denser scans); each
+is baked from its truth registration and merged into the body's bake
+(``export.texture.merge_bakes``), and a second table gives, per region, the PSNR of the texels
+the close-up saw from the body scan alone and merged.
 """
 
 from __future__ import annotations
@@ -62,17 +68,19 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--work", type=Path, default=None, help="a work dir with ghum-pipe registrations of these scans")
+    ap.add_argument("--closeups", action="store_true", help="also textured close-ups, merged into the body's bake")
     args = ap.parse_args()
     if not (args.synth / "scans").is_dir():
         subprocess.run([sys.executable, "-m", "ghum_pipe.cli", "synth", str(args.synth), "--count", str(args.count),
-                        "--seed", str(args.seed), "--posed", "--textured"], check=True, cwd=REPO)
+                        "--seed", str(args.seed), "--posed", "--textured", *(["--closeups"] if args.closeups else [])],
+                       check=True, cwd=REPO)
     t = load_template()
     t0 = time.perf_counter()
     tm = uv_atlas(t.face_uvs, args.size)
     atlas_s = time.perf_counter() - t0
     seams = uv_seams(t.faces, t.face_uvs)
     cfg = BakeConfig(size=args.size)
-    rows = []
+    rows, merge_rows = [], []
     for tex_path in sorted((args.synth / "truth").glob("*.texture.png"))[: args.count]:
         sid = tex_path.name.split(".")[0]
         known = np.asarray(Image.open(tex_path).convert("RGB"))
@@ -103,6 +111,8 @@ def main() -> None:
                 known_seam=seam_colour_error(known, seams),
             ))
             print(rows[-1], flush=True)
+            if reg_name == "truth" and args.closeups:
+                merge_rows += closeup_rows(t, tm, cfg, args.synth, sid, res, known)
     print(f"\ntexture baking at {args.size}x{args.size}; atlas raster (once per run): {atlas_s:.1f} s, "
           f"{len(tm.rows)} texels in UV islands, {len(seams[0])} seam edges")
     head = ("scan", "registration", "PSNR seen", "PSNR truth-seen", "filled %", "seam", "s/scan", "cpu_s",
@@ -115,6 +125,41 @@ def main() -> None:
               f"{r['nv_seam']:.2f} | {r['nv_s']:.1f} | {r['psnr_seen'] - r['nv_psnr_seen']:+.1f} | {r['known_seam']:.2f} |")
     print("targets: PSNR >= 30 dB on seen texels and >= 5 dB over nearest-vertex (NV); >= 95 % of the texels the "
           "scan saw filled; <= 5 s per scan at 2048 (wall; the machine's load shows in s vs cpu_s)")
+    if merge_rows:
+        print("\nclose-ups merged into the body's bake (truth registrations), texels the close-up saw in its region:")
+        print("| scan | close-up | texels | PSNR body alone | PSNR merged | gain dB | close-up bake s |")
+        print("|---|---|---|---|---|---|---|")
+        for r in merge_rows:
+            print(f"| {r['scan']} | {r['kind']} | {r['texels']} | {r['alone']:.1f} | {r['merged']:.1f} | "
+                  f"{r['merged'] - r['alone']:+.1f} | {r['s']:.1f} |")
+
+
+def closeup_rows(t, tm, cfg, synth: Path, sid: str, body, known) -> list[dict]:
+    """Bake each close-up of ``sid`` from its truth, merge all into ``body`` (a BakeResult), and
+    score each region's texels (seen by its close-up) alone and merged."""
+    from ghum_pipe.export.texture import merge_bakes
+
+    bakes = {}
+    for kind in ("head", "hand_left", "hand_right"):
+        cid = f"{sid}-{kind}"
+        if not (synth / "truth" / f"{cid}.npz").exists():
+            continue
+        truth = np.load(synth / "truth" / f"{cid}.npz")
+        scan = load_scan(next((synth / "scans").glob(f"{cid}.*")), kind=kind)
+        w0 = time.perf_counter()
+        bakes[kind] = (bake_texture(truth["verts_m"], t.faces, t.face_uvs, scan.verts, scan.faces, scan.colors,
+                                    config=cfg, texels=tm), time.perf_counter() - w0)
+    merged = merge_bakes(body, [b for b, _ in bakes.values()], tm)
+    out = []
+    surface = t.masks["surface"][t.faces].all(1)
+    for kind, (b, s) in bakes.items():
+        region = np.zeros((tm.size, tm.size), bool)
+        region[tm.rows, tm.cols] = (t.masks[kind][t.faces].all(1) & surface)[tm.face]
+        region &= b.mask == SEEN
+        out.append(dict(scan=sid, kind=kind, texels=int(region.sum()), alone=psnr(body.texture, known, region),
+                        merged=psnr(merged.texture, known, region), s=s))
+        print(out[-1], flush=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ghum_pipe.errors import ExportError, GhumPipeError
-from ghum_pipe.export.texture import BakeConfig, bake_texture
+from ghum_pipe.export.texture import SEEN, BakeConfig, BakeResult, bake_texture, merge_bakes, uv_atlas
 from ghum_pipe.io.atomic import atomic_path, write_json
 
 TEXTURE_FILES = ("texture.png", "texture_confidence.png", "texture_mask.png", "texture.json")
@@ -55,8 +55,6 @@ def bake_registration(scan_dir: str | Path, template, size: int = 2048, config: 
     """Bake one registration's texture into ``scan_dir``; returns the stats (texture.json).
 
     ExportError when the scan has neither vertex colours nor a texture, or files are missing."""
-    from PIL import Image
-
     from ghum_pipe.export.scan import read_registration
 
     scan_dir = Path(scan_dir)
@@ -72,11 +70,51 @@ def bake_registration(scan_dir: str | Path, template, size: int = 2048, config: 
                        scan_colors=scan.colors, scan_uv=scan.uv, scan_texture=scan.texture,
                        scan_normals=scan_normals, config=cfg)
     t_bake = time.perf_counter() - t0 - t_read
-    for name, img in (("texture.png", res.texture), ("texture_confidence.png", np.rint(res.confidence * 255).astype(np.uint8)),
-                      ("texture_mask.png", res.mask)):
-        with atomic_path(scan_dir / name) as tmp:
-            Image.fromarray(img).save(tmp)
+    write_bake_images(scan_dir, res)
     stats = dict(res.stats, config=asdict(cfg), source="texture" if scan.texture is not None and scan.uv is not None else "vertex colours",
                  seconds_read=t_read, seconds_bake=t_bake)
     write_json(scan_dir / "texture.json", stats)
+    return stats
+
+
+def write_bake_images(scan_dir: Path, res: BakeResult) -> None:
+    """texture.png, texture_confidence.png and texture_mask.png, each atomically."""
+    from PIL import Image
+
+    for name, img in (("texture.png", res.texture), ("texture_confidence.png", np.rint(res.confidence * 255).astype(np.uint8)),
+                      ("texture_mask.png", res.mask)):
+        with atomic_path(Path(scan_dir) / name) as tmp:
+            Image.fromarray(img).save(tmp)
+
+
+def read_bake(scan_dir: Path) -> BakeResult:
+    """A bake written by :func:`bake_registration` (confidence back in [0, 1] to 1/255)."""
+    from PIL import Image
+
+    scan_dir = Path(scan_dir)
+    tex = np.asarray(Image.open(scan_dir / "texture.png").convert("RGB"))
+    conf = np.asarray(Image.open(scan_dir / "texture_confidence.png"), dtype=np.float32) / 255.0
+    mask = np.asarray(Image.open(scan_dir / "texture_mask.png"), dtype=np.uint8)
+    return BakeResult(texture=tex, confidence=conf, mask=mask, stats={})
+
+
+def merge_closeup_bakes(body_dir: Path, closeup_dirs: list[Path], template) -> dict:
+    """Merge the baked textures of a subject's close-ups (``closeup_dirs``) into its body scan's
+    (``body_dir``), in place (:func:`ghum_pipe.export.texture.merge_bakes`); ``texture.json``
+    records them. All must have been baked at the same size. Returns the updated stats."""
+    body_dir = Path(body_dir)
+    base = read_bake(body_dir)
+    closeups = [read_bake(d) for d in closeup_dirs]
+    sizes = {b.texture.shape[0] for b in [base, *closeups]}
+    if len(sizes) != 1:
+        raise ExportError(f"the close-ups were baked at other sizes ({sorted(sizes)})", body_dir / "texture.png",
+                          "Bake them together: `ghum-pipe export --texture bake` on the whole work dir")
+    merged = merge_bakes(base, closeups, uv_atlas(template.face_uvs, base.texture.shape[0]))
+    write_bake_images(body_dir, merged)
+    stats = json.loads((body_dir / "texture.json").read_text()) if (body_dir / "texture.json").exists() else {}
+    stats.update({k: v for k, v in merged.stats.items() if k in ("seen_texels", "filled_texels", "seen_fraction",
+                                                                  "texels_mostly_from_closeups")},
+                 merged_closeups=[Path(d).name for d in closeup_dirs],
+                 seen_fraction_body_alone=float((base.mask == SEEN).sum() / max(1, (base.mask != 0).sum())))
+    write_json(body_dir / "texture.json", stats)
     return stats

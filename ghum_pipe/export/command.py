@@ -18,6 +18,35 @@ from ghum_pipe.errors import GhumPipeError
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
+def _merge_closeups(work: Path, baked: list[Path], template, quiet: bool) -> None:
+    """Merge each subject's baked head and hand close-ups into the textures of its body scans."""
+    import json
+
+    from ghum_pipe.export.bake_scan import merge_closeup_bakes
+    from ghum_pipe.io.subjects import work_subjects
+
+    subjects = work_subjects(work, tuple(d.name for d in baked))
+
+    def kind(d: Path) -> str:
+        meta = d / "scan.json"
+        return json.loads(meta.read_text()).get("kind", "body") if meta.exists() else "body"
+
+    groups: dict[str, dict[str, list[Path]]] = {}
+    for d in baked:
+        if subjects.get(d.name):
+            groups.setdefault(subjects[d.name], {}).setdefault("body" if kind(d) == "body" else "closeup", []).append(d)
+    for subject, g in sorted(groups.items()):
+        for body in g.get("body", []) if g.get("closeup") else []:
+            try:
+                merge_closeup_bakes(body, g["closeup"], template)
+            except GhumPipeError as e:
+                click.echo(str(e), err=True)
+                continue
+            if not quiet:
+                click.echo(f"{body.name}: merged the close-ups {', '.join(d.name for d in g['closeup'])} "
+                           f"of subject {subject} into its texture")
+
+
 class SetupProblem(click.ClickException):
     """Nothing to export (no work dir, an unknown id): exit code 2, like the other commands."""
 
@@ -61,8 +90,9 @@ def export(work, model, only, fmt, out, texture, texture_size, verbose, quiet):
     the baked texture; metres, +Y up. Also avatar.obj/.mtl and registration.json.
 
     Baking writes texture.png, texture_confidence.png, texture_mask.png and texture.json into
-    W/scans/<id>/ (also with --out, which then gets a copy of texture.png). Nothing is written
-    outside W and --out.
+    W/scans/<id>/ (also with --out, which then gets a copy of texture.png). A subject's head and
+    hand close-ups baked in the same run are merged into its body scans' textures (their finer
+    colours weigh more where they saw the skin). Nothing is written outside W and --out.
 
     \b
     Examples:
@@ -93,26 +123,32 @@ def export(work, model, only, fmt, out, texture, texture_size, verbose, quiet):
 
     dirs = _scan_dirs(work, only)
     template = load_template()
-    failed = 0
+    failed = set()
     t0 = time.perf_counter()
+    if texture == "bake":
+        from ghum_pipe.export.bake_scan import bake_registration
+
+        for d in dirs:
+            try:
+                bake_registration(d, template, size=texture_size)
+            except GhumPipeError as e:
+                failed.add(d)
+                click.echo(str(e), err=True)
+        _merge_closeups(work, [d for d in dirs if d not in failed], template, quiet)
     for d in dirs:
+        if d in failed:
+            continue
         target = d if out is None else out / d.name
         try:
-            tex = None
-            if texture == "bake":
-                from ghum_pipe.export.bake_scan import bake_registration
-
-                bake_registration(d, template, size=texture_size)
-                tex = d / "texture.png"
-            elif texture == "auto" and (d / "texture.png").exists():
-                tex = d / "texture.png"
+            tex = d / "texture.png" if texture != "none" and (d / "texture.png").exists() else None
             res = export_registration(d, target, template, texture=tex)
             if not quiet:
                 click.echo(f"{d.name}: {target / 'avatar.glb'} (posed = registration.ply within "
                            f"{res['roundtrip_max_mm']:.4f} mm{', textured' if tex else ''})")
         except GhumPipeError as e:
-            failed += 1
+            failed.add(d)
             click.echo(str(e), err=True)
+    failed = len(failed)
     click.echo(f"{'OK' if not failed else 'FAILED'}: {len(dirs) - failed} exported, {failed} failed "
                f"in {time.perf_counter() - t0:.0f} s", err=bool(failed))
     if failed:

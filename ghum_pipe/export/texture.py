@@ -289,3 +289,41 @@ def seam_colour_error(texture: np.ndarray, seams: tuple[np.ndarray, np.ndarray],
     ca = sample_texture(texture, pa.reshape(-1, 2))
     cb = sample_texture(texture, pb.reshape(-1, 2))
     return float(np.abs(ca - cb).mean())
+
+
+def merge_bakes(base: BakeResult, closeups: list[BakeResult], texels: TexelMap,
+                closeup_weight: float = 4.0) -> BakeResult:
+    """A subject's body bake with its head and hand close-ups' bakes merged in (same atlas size).
+
+    Each texel becomes the confidence-weighted mean of the bakes that saw it, a close-up's
+    confidence counting ``closeup_weight`` times (it was scanned closer and denser, so its
+    colours hold finer detail); the weights fade with the close-up's own confidence at its cut
+    edges, so no seam appears where it ends. Texels no bake saw keep the body's fill. The
+    padding is redone from the merged islands. Returns the merged :class:`BakeResult`."""
+    r, c = texels.rows, texels.cols
+
+    def weight(b: BakeResult, k: float) -> np.ndarray:
+        return np.where(b.mask[r, c] == SEEN, k * b.confidence[r, c].astype(np.float64), 0.0)
+
+    wsum = weight(base, 1.0)
+    acc = wsum[:, None] * base.texture[r, c]
+    conf = base.confidence[r, c].copy()
+    for b in closeups:
+        if b.texture.shape != base.texture.shape:
+            raise ValueError(f"bakes of different sizes: {b.texture.shape[:2]} and {base.texture.shape[:2]}")
+        wb = weight(b, closeup_weight)
+        acc += wb[:, None] * b.texture[r, c]
+        wsum += wb
+        conf = np.maximum(conf, np.where(wb > 0, b.confidence[r, c], 0.0))
+    seen = wsum > 0
+    colour = base.texture[r, c].astype(np.float64)
+    colour[seen] = acc[seen] / wsum[seen, None]
+    tex = texels.image(np.clip(np.rint(colour), 0, 255).astype(np.uint8))
+    mask = base.mask.copy()
+    mask[r, c] = np.where(seen, SEEN, FILLED)
+    confidence = base.confidence.copy()
+    confidence[r, c] = conf
+    body_w = weight(base, 1.0)
+    stats = dict(base.stats, seen_texels=int(seen.sum()), filled_texels=int((~seen).sum()),
+                 seen_fraction=float(seen.mean()), texels_mostly_from_closeups=int((wsum - body_w > body_w).sum()))
+    return BakeResult(texture=tex, confidence=confidence, mask=mask, stats=stats)

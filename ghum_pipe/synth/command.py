@@ -27,7 +27,7 @@ import click
 @click.option("--registrations", is_flag=True,
               help="Instead of scans, write ground-truth registrations for training (no scanner).")
 @click.option("--textured", is_flag=True,
-              help="Colour body scans from a known texture in the template's atlas (OUT/truth/<id>.texture.png).")
+              help="Colour scans (body and --closeups) from the subject's known texture in the template's atlas (OUT/truth/<id>.texture.png).")
 @click.option("--population", type=click.Choice(["anny", "template"]), default="anny", show_default=True,
               help="Rest shapes: 'anny' = Anny's full phenotype model + person-specific soft tissue and "
                    "asymmetry (outside the template's shape space); 'template' = the template's 32 coefficients.")
@@ -150,10 +150,10 @@ def _subject_scans(out: Path, seed: int, index: int, config, closeups: bool, fmt
     from ghum_pipe.template import load_template
 
     sid = subject_id(seed, index)
-    t = None
+    t = load_template() if (textured or force or not _done(out, sid, fmt)) else None
+    texture = None
     n = 0
     if force or not _done(out, sid, fmt):
-        t = load_template()
         scan = body_scan(t, seed, index, config)
         if textured:
             from ghum_pipe.synth.texture import texture_subject_scan, write_known_texture
@@ -166,6 +166,11 @@ def _subject_scans(out: Path, seed: int, index: int, config, closeups: bool, fmt
         todo = tuple(k for k in CLOSEUP_KINDS if force or not _done(out, f"{sid}-{k}", fmt))
         if todo:
             for scan in closeup_scans(t or load_template(), seed, index, config, kinds=todo):
+                if textured:  # coloured from the subject's same known texture
+                    from ghum_pipe.synth.texture import known_subject_texture, textured_scan
+
+                    texture = known_subject_texture(t, seed, index, config) if texture is None else texture
+                    scan = textured_scan(t, scan, texture)
                 write_scan(out, scan, fmt)
                 n += 1
     return n

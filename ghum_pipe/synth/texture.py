@@ -77,10 +77,15 @@ def write_known_texture(out: Path, scan_id: str, texture: np.ndarray) -> Path:
     return path
 
 
-def texture_subject_scan(t, scan, seed: int, index: int, config, size: int = 2048):
-    """Known texture of subject ``index`` and its scan recoloured by it: (scan, texture)."""
+def known_subject_texture(t, seed: int, index: int, config, size: int = 2048) -> np.ndarray:
+    """(size, size, 3) uint8: the known texture of subject ``index`` (the same for all its scans)."""
     from ghum_pipe.synth.generate import make_subject
 
     subject = make_subject(t, seed, index, config)
-    texture = known_texture(t, subject.colors, size, seed * 100_003 + index)
+    return known_texture(t, subject.colors, size, seed * 100_003 + index)
+
+
+def texture_subject_scan(t, scan, seed: int, index: int, config, size: int = 2048):
+    """Known texture of subject ``index`` and its scan recoloured by it: (scan, texture)."""
+    texture = known_subject_texture(t, seed, index, config, size)
     return textured_scan(t, scan, texture), texture
