@@ -27,7 +27,8 @@ import click
 @click.option("--registrations", is_flag=True,
               help="Instead of scans, write ground-truth registrations for training (no scanner).")
 @click.option("--textured", is_flag=True,
-              help="Colour scans (body and --closeups) from the subject's known texture in the template's atlas (OUT/truth/<id>.texture.png).")
+              help="Colour scans (body and --closeups) from the subject's known texture in the template's atlas "
+                   "(OUT/truth/<id>.texture.png): OBJ/GLB as a textured mesh (UVs + PNG), other formats as vertex colours.")
 @click.option("--population", type=click.Choice(["anny", "template"]), default="anny", show_default=True,
               help="Rest shapes: 'anny' = Anny's full phenotype model + person-specific soft tissue and "
                    "asymmetry (outside the template's shape space); 'template' = the template's 32 coefficients.")
@@ -156,9 +157,10 @@ def _subject_scans(out: Path, seed: int, index: int, config, closeups: bool, fmt
     if force or not _done(out, sid, fmt):
         scan = body_scan(t, seed, index, config)
         if textured:
-            from ghum_pipe.synth.texture import texture_subject_scan, write_known_texture
+            from ghum_pipe.synth.texture import known_subject_texture, write_known_texture
 
-            scan, texture = texture_subject_scan(t, scan, seed, index, config)
+            texture = known_subject_texture(t, seed, index, config)
+            scan = _textured(t, scan, texture, fmt)
             write_known_texture(out, scan.scan_id, texture)
         write_scan(out, scan, fmt)
         n += 1
@@ -167,13 +169,21 @@ def _subject_scans(out: Path, seed: int, index: int, config, closeups: bool, fmt
         if todo:
             for scan in closeup_scans(t or load_template(), seed, index, config, kinds=todo):
                 if textured:  # coloured from the subject's same known texture
-                    from ghum_pipe.synth.texture import known_subject_texture, textured_scan
+                    from ghum_pipe.synth.texture import known_subject_texture
 
                     texture = known_subject_texture(t, seed, index, config) if texture is None else texture
-                    scan = textured_scan(t, scan, texture)
+                    scan = _textured(t, scan, texture, fmt)
                 write_scan(out, scan, fmt)
                 n += 1
     return n
+
+
+def _textured(t, scan, texture, fmt: str):
+    """The scan coloured from the known texture: OBJ/GLB carry the texture itself and UVs, other
+    formats vertex colours sampled from it."""
+    from ghum_pipe.synth.texture import textured_scan, uv_textured_scan
+
+    return uv_textured_scan(t, scan, texture) if fmt in ("obj", "glb") else textured_scan(t, scan, texture)
 
 
 def _done(out: Path, scan_id: str, fmt: str) -> bool:

@@ -85,7 +85,8 @@ class SynthScan:
 
     verts (N, 3) in ``truth['units']`` and ``truth['up']``; faces (F, 3) int64 or None for a
     point cloud; colors (N, 3) uint8 or None; normals (N, 3) or None (point clouds);
-    truth: arrays and scalars for OUT/truth/<scan_id>.npz; info: JSON-able scalars.
+    truth: arrays and scalars for OUT/truth/<scan_id>.npz; info: JSON-able scalars;
+    uv (N, 2) and texture (H, W, 3) uint8: a textured mesh (OBJ/GLB), else None.
     """
 
     scan_id: str
@@ -95,6 +96,8 @@ class SynthScan:
     normals: np.ndarray | None
     truth: dict
     info: dict = field(default_factory=dict)
+    uv: np.ndarray | None = None
+    texture: np.ndarray | None = None
 
 
 def subject_id(seed: int, index: int) -> str:

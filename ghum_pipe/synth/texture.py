@@ -65,6 +65,39 @@ def textured_scan(t, scan, texture: np.ndarray):
     return dataclasses.replace(scan, colors=colors, info={**scan.info, "textured": True})
 
 
+def uv_textured_scan(t, scan, texture: np.ndarray, seam_uv: float = 0.05):
+    """The SynthScan as a textured mesh: the known ``texture`` itself and per-vertex UVs, each
+    vertex taking the UV of its closest point on the true surface. A face whose corners then
+    span more than ``seam_uv`` in UV crosses a seam of the atlas: its corners are re-taken a
+    tenth of the way towards the face's centre (so they land on the face's own side of the
+    seam; if they still span it, all three take the centre's UV) on vertices of their own, as
+    at the seams of any textured scan."""
+    surface_faces = t.masks["surface"][t.faces].all(1)
+    truth_f, truth_uv = t.faces[surface_faces], t.face_uvs[surface_faces]
+    truth_v = np.asarray(scan.truth["verts"])
+    verts = np.asarray(scan.verts, dtype=np.float64)
+    faces = np.asarray(scan.faces, dtype=np.int64)
+    uv = closest_uv(verts, truth_v, truth_f, truth_uv)
+    corner = uv[faces]  # (F, 3, 2)
+    cross = np.abs(corner - corner.mean(1, keepdims=True)).max((1, 2)) > seam_uv
+    if cross.any():
+        tri = verts[faces[cross]]
+        centre = tri.mean(1, keepdims=True)
+        pts = np.concatenate([(0.9 * tri + 0.1 * centre).reshape(-1, 3), centre[:, 0]])
+        got = closest_uv(pts, truth_v, truth_f, truth_uv)
+        n = int(cross.sum())
+        c_uv, m_uv = got[: 3 * n].reshape(n, 3, 2), got[3 * n:]
+        still = np.abs(c_uv - c_uv.mean(1, keepdims=True)).max((1, 2)) > seam_uv
+        c_uv[still] = m_uv[still, None]
+        new = len(verts) + np.arange(3 * n).reshape(n, 3)  # their own vertices
+        verts = np.concatenate([verts, tri.reshape(-1, 3)])
+        uv = np.concatenate([uv, c_uv.reshape(-1, 2)])
+        faces = faces.copy()
+        faces[cross] = new
+    return dataclasses.replace(scan, verts=verts, faces=faces, colors=None, uv=uv, texture=texture,
+                               info={**scan.info, "textured": "uv", "seam_faces": int(cross.sum())})
+
+
 def write_known_texture(out: Path, scan_id: str, texture: np.ndarray) -> Path:
     """OUT/truth/<id>.texture.png, atomically."""
     from PIL import Image
@@ -83,9 +116,3 @@ def known_subject_texture(t, seed: int, index: int, config, size: int = 2048) ->
 
     subject = make_subject(t, seed, index, config)
     return known_texture(t, subject.colors, size, seed * 100_003 + index)
-
-
-def texture_subject_scan(t, scan, seed: int, index: int, config, size: int = 2048):
-    """Known texture of subject ``index`` and its scan recoloured by it: (scan, texture)."""
-    texture = known_subject_texture(t, seed, index, config, size)
-    return textured_scan(t, scan, texture), texture

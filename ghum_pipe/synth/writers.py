@@ -1,7 +1,8 @@
 """Write a :class:`SynthScan` to OUT/scans/<id>.<ext> and its truth to OUT/truth/<id>.npz/.json.
 
-Meshes: PLY (binary, vertex colours), OBJ (vertex colours as ``v x y z r g b``), STL (no
-colour), GLB (vertex colours). Point clouds: PLY, PCD (binary, colours and normals) or XYZ
+Meshes: PLY (binary, vertex colours), OBJ (vertex colours as ``v x y z r g b``, or with a
+texture: ``vt`` UVs, an MTL and a PNG beside it), STL (no colour), GLB (vertex colours or a
+texture). Point clouds: PLY, PCD (binary, colours and normals) or XYZ
 (plain ``x y z``), written by open3d. All files are written atomically and are the same bytes
 for the same scan. The truth never goes beside the scans, so the pipeline cannot read it.
 """
@@ -38,9 +39,17 @@ def _write_mesh(path: Path, scan, fmt: str) -> None:
     if fmt not in MESH_FORMATS:
         raise ValueError(f"mesh format must be one of {MESH_FORMATS}, got {fmt!r}")
     mesh = trimesh.Trimesh(scan.verts, scan.faces, process=False)
-    if scan.colors is not None and fmt != "stl":
+    textured = getattr(scan, "texture", None) is not None and fmt in ("obj", "glb")
+    if textured:
+        from PIL import Image
+
+        mesh.visual = trimesh.visual.TextureVisuals(uv=scan.uv, image=Image.fromarray(scan.texture))
+    elif scan.colors is not None and fmt != "stl":
         rgba = np.concatenate([scan.colors, np.full((len(scan.colors), 1), 255, np.uint8)], 1)
         mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba)
+    if textured and fmt == "obj":
+        _write_textured_obj(path, scan)
+        return
     with atomic_path(path) as tmp:
         if fmt == "obj":
             data = trimesh.exchange.obj.export_obj(mesh, include_normals=False, include_color=True,
@@ -50,6 +59,29 @@ def _write_mesh(path: Path, scan, fmt: str) -> None:
             tmp.write_bytes(trimesh.exchange.ply.export_ply(mesh, encoding="binary", include_attributes=False))
         else:
             mesh.export(tmp, file_type=fmt)
+
+
+def _write_textured_obj(path: Path, scan) -> None:
+    """OBJ with ``vt`` UVs (one per vertex), ``<id>.mtl`` and ``<id>.png`` beside it; the MTL and
+    PNG are written first, so an OBJ on disk always finds its texture."""
+    import io
+
+    from PIL import Image
+
+    stem = path.stem
+    png = io.BytesIO()
+    Image.fromarray(scan.texture).save(png, format="PNG")
+    with atomic_path(path.with_suffix(".png")) as tmp:
+        tmp.write_bytes(png.getvalue())
+    with atomic_path(path.with_suffix(".mtl")) as tmp:
+        tmp.write_text(f"newmtl skin\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nmap_Kd {stem}.png\n")
+    f = np.asarray(scan.faces) + 1
+    lines = [f"mtllib {stem}.mtl", "usemtl skin"]
+    lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in np.asarray(scan.verts, dtype=np.float64)]
+    lines += [f"vt {u:.6f} {v:.6f}" for u, v in np.asarray(scan.uv, dtype=np.float64)]
+    lines += [f"f {a}/{a} {b}/{b} {c}/{c}" for a, b, c in f]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
 
 
 def _write_points(path: Path, scan, fmt: str) -> None:
