@@ -106,7 +106,7 @@ def write_residual_map(path: str | Path, verts_m: np.ndarray, faces: np.ndarray,
     vmax = colour_scale_mm(dist_m)
     views = render_residual_views(verts_m, faces, values, vmax, front)
     d_mm = np.asarray(dist_m) * 1e3
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 6.4), dpi=100)
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 6.4), dpi=100, layout="constrained")
     for ax, img, label in zip(axes, views, ("front", "back")):
         ax.imshow(img)
         ax.set_title(label)
