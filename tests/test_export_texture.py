@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ghum_pipe.export.rig import split_uv_seams, vertex_normals
+from ghum_pipe.export.rig import split_uv_seams
+from ghum_pipe.ops.normals import vertex_normals
 from ghum_pipe.export.texture import (
     FILLED, OUTSIDE, SEEN, BakeConfig, bake_texture, nearest_vertex_texture, sample_texture, seam_colour_error,
     uv_atlas, uv_seams)

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from ghum_pipe.export.rig import Avatar, Z_UP_TO_GLTF, forward_kinematics, skin_mesh, vertex_normals
+from ghum_pipe.export.rig import Avatar, Z_UP_TO_GLTF, forward_kinematics, gltf_normals, skin_mesh
 
 
 def avatar_obj(avatar: Avatar, mtl_name: str, texture_name: str | None) -> tuple[str, str]:
@@ -20,7 +20,7 @@ def avatar_obj(avatar: Avatar, mtl_name: str, texture_name: str | None) -> tuple
     them to template vertices); ``texture_name`` is the PNG next to it, or None (flat colour)."""
     a = avatar
     posed = skin_mesh(a)
-    normals = vertex_normals(posed, a.faces)
+    normals = gltf_normals(posed, a.faces)
     out = io.StringIO()
     out.write(f"# ghum-pipe avatar {a.name}: metres, +Y up, posed like the scan\nmtllib {mtl_name}\no {a.name}\n")
     np.savetxt(out, posed, fmt="v %.7f %.7f %.7f")

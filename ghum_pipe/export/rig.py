@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from ghum_pipe.ops.normals import vertex_normals
+
 # internal (+Z up, facing -Y) -> glTF (+Y up, facing +Z): rotation of -90 degrees about X
 Z_UP_TO_GLTF = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 MAX_INFLUENCES = 4  # glTF's JOINTS_0/WEIGHTS_0 hold 4 per vertex; more sets are poorly supported
@@ -86,14 +88,11 @@ def split_uv_seams(faces: np.ndarray, face_uvs: np.ndarray) -> tuple[np.ndarray,
     return corners_v[first], inverse.reshape(faces.shape), uv[first].astype(np.float64)
 
 
-def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(V, 3) area-weighted unit vertex normals of a triangle mesh."""
-    fn = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
-    n = np.zeros_like(verts)
-    for k in range(3):
-        np.add.at(n, faces[:, k], fn)
-    norm = np.linalg.norm(n, axis=1, keepdims=True)
-    return np.where(norm > 0, n / np.maximum(norm, 1e-30), np.array([0.0, 0.0, 1.0]))
+def gltf_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(V, 3) area-weighted unit vertex normals (``ops.vertex_normals``), +Z where a vertex is in
+    no face: glTF requires every normal to be of unit length."""
+    n = vertex_normals(verts, faces)
+    return np.where(np.linalg.norm(n, axis=1, keepdims=True) > 0.5, n, np.array([0.0, 0.0, 1.0]))
 
 
 def top_influences(indices: np.ndarray, weights: np.ndarray, k: int = MAX_INFLUENCES) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +166,7 @@ def build_avatar(
 
     vmap, faces, uvs = split_uv_seams(t.faces, t.face_uvs)
     rest = to_gltf(verts)
-    normals = vertex_normals(rest, t.faces)[vmap]
+    normals = gltf_normals(rest, t.faces)[vmap]
     si = t.skin_indices if skin_indices is None else skin_indices
     sw = t.skin_weights if skin_weights is None else skin_weights
     idx, w = top_influences(np.asarray(si), np.asarray(sw, dtype=np.float64))

