@@ -80,18 +80,21 @@ def region_of(template, kind: str, config: RegisterConfig = RegisterConfig()) ->
     surface = template.masks["surface"]
     if kind == "body":
         every = np.ones(template.n_verts, dtype=bool)
-        return Region(kind, every, surface.copy(), matchable_vertices(template, config.nonrigid), every,
-                      np.zeros(0, dtype=np.int64), config.skeleton, config.nonrigid, config.min_body_landmarks,
-                      config.min_coverage, config.coverage_dist_m, config.max_init_rms_m)
+        return Region(kind=kind, mask=every, surface=surface.copy(), data=matchable_vertices(template, config.nonrigid),
+                      sub=every, pins=np.zeros(0, dtype=np.int64), skeleton=config.skeleton, nonrigid=config.nonrigid,
+                      min_landmarks=config.min_body_landmarks, min_coverage=config.min_coverage,
+                      coverage_dist_m=config.coverage_dist_m, max_init_rms_m=config.max_init_rms_m)
     if kind not in CLOSEUP_KINDS:
         raise ValueError(f"unknown scan kind {kind!r}: body, {', '.join(CLOSEUP_KINDS)}")
     c = config.region
     mask = template.masks[kind]
     inner = grow(template, mask, c.data_rings)
     sub = grow(template, inner, c.pin_rings)
-    return Region(kind, mask.copy(), mask & surface, inner & surface, sub, np.flatnonzero(sub & ~inner), c.skeleton,
-                  c.nonrigid, c.min_face_landmarks if kind == "head" else c.min_hand_landmarks, c.min_coverage,
-                  c.coverage_dist_m, float("inf"), c.pin_weight)
+    return Region(kind=kind, mask=mask.copy(), surface=mask & surface, data=inner & surface, sub=sub,
+                  pins=np.flatnonzero(sub & ~inner), skeleton=c.skeleton, nonrigid=c.nonrigid,
+                  min_landmarks=c.min_face_landmarks if kind == "head" else c.min_hand_landmarks,
+                  min_coverage=c.min_coverage, coverage_dist_m=c.coverage_dist_m, max_init_rms_m=float("inf"),
+                  pin_weight=c.pin_weight)
 
 
 def region_landmarks(pairs: LandmarkPairs, kind: str) -> LandmarkPairs:
