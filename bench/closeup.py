@@ -38,10 +38,10 @@ def run_peer(template, scan, lm, tl, kind):
     from trimesh.registration import nricp_amberg
 
     from ghum_pipe.register.landmark_pairs import match_landmarks
-    from ghum_pipe.register.region import _initial_similarity, grow, region_landmarks
+    from ghum_pipe.register.region import grow, initial_similarity, region_landmarks
 
     pairs = region_landmarks(match_landmarks(lm["names"], lm["points"], lm["confidence"], tl, 0.3), kind)
-    sim = _initial_similarity(template, pairs, kind, None)
+    sim, _ = initial_similarity(template, pairs, kind, None)
     sub = grow(template, template.masks[kind], 2) & template.masks["surface"]
     ids = np.flatnonzero(sub)
     local = np.full(template.n_verts, -1)

@@ -55,7 +55,7 @@ def run_peer(template, scan, lm, tl):
 
     from ghum_pipe.register.landmark_pairs import match_landmarks
     from ghum_pipe.register.similarity import umeyama
-    from ghum_pipe.register.stage import TORSO_LANDMARKS
+    from ghum_pipe.register.region import TORSO_LANDMARKS
 
     pairs = match_landmarks(lm["names"], lm["points"], lm["confidence"], tl, 0.3)
     rest_lm = pairs.template_points(template.rest_verts)

@@ -238,15 +238,57 @@ def test_config_hash_covers_only_the_branch_that_runs():
     from dataclasses import replace
 
     from ghum_pipe.pipelines.manifest import config_hash
-    from ghum_pipe.register.region import RegionConfig
-    from ghum_pipe.register.skeleton import SkeletonConfig
-    from ghum_pipe.register.stage import RegisterConfig
+    from ghum_pipe.register.config import RegionConfig, RegisterConfig
+    from ghum_pipe.register.skeleton import IcpSchedule, SkeletonConfig
 
     base = RegisterConfig()
-    other_region = replace(base, region=RegionConfig(icp_rounds=7))
-    other_body = replace(base, skeleton=SkeletonConfig(icp_rounds=7))
-    for kind in ("body", "head"):
-        h = config_hash(replace(base, kind=kind).to_dict())
-        moved_by_region = h != config_hash(replace(other_region, kind=kind).to_dict())
-        moved_by_body = h != config_hash(replace(other_body, kind=kind).to_dict())
-        assert (moved_by_region, moved_by_body) == ((False, True) if kind == "body" else (True, False))
+    # each variant changes one setting: which branches' hashes it may move (body, close-up)
+    variants = {
+        "close-up fit": (replace(base, region=RegionConfig(min_coverage=0.3)), (False, True)),
+        "body fit": (replace(base, skeleton=SkeletonConfig(schedule=IcpSchedule(icp_rounds=7))), (True, False)),
+        "body coverage": (replace(base, min_coverage=0.3), (True, False)),
+        "the one seed": (replace(base, seed=1), (True, True)),
+    }
+    for name, (other, moves) in variants.items():
+        moved = tuple(config_hash(replace(base, kind=k).to_dict()) != config_hash(replace(other, kind=k).to_dict())
+                      for k in ("body", "head"))
+        assert moved == moves, name
+
+
+def test_landmark_weights_per_kind_and_pooled():
+    """Body fit: each kind's confidence-weighted weights sum to its weight; a close-up's: one pool."""
+    from ghum_pipe.register.landmark_pairs import LandmarkPairs
+    from ghum_pipe.register.skeleton import landmark_weights
+
+    conf = np.array([1.0, 3.0, 2.0, 2.0, 0.0])
+    pairs = LandmarkPairs(("a", "b", "c", "d", "e"), ("pose", "pose", "hand", "face", "other"),
+                          np.zeros((5, 1), np.int64), np.ones((5, 1)), np.zeros((5, 3)), conf)
+    w = landmark_weights(pairs, (("pose", 1.0), ("hand", 0.5), ("face", 0.5)))
+    np.testing.assert_allclose(w, [0.25, 0.75, 0.5, 0.5, 0.0])  # by hand: 1/4, 3/4; alone in its kind; unlisted
+    pooled = landmark_weights(pairs, None)  # confidence clipped at 1e-3, then normalised over all
+    np.testing.assert_allclose(pooled, np.clip(conf, 1e-3, None) / (8.0 + 1e-3))
+
+
+def test_a_body_is_the_region_everything(template):
+    """The one driver's regions: a body's covers every vertex, has no pins and one mesh; a close-up's
+    rings nest (region <= data-taking ring <= sub-mesh) and its pins are the outer ring only."""
+    from ghum_pipe.register.config import RegisterConfig
+    from ghum_pipe.register.nonrigid import matchable_vertices
+    from ghum_pipe.register.region import grow, region_of
+
+    cfg = RegisterConfig()
+    body = region_of(template, "body", cfg)
+    assert body.mask.all() and body.sub.all() and len(body.pins) == 0
+    assert (body.surface == template.masks["surface"]).all()
+    assert (body.data == matchable_vertices(template, cfg.nonrigid)).all()
+    assert body.skeleton is cfg.skeleton and body.min_coverage == cfg.min_coverage
+    for kind in ("head", "hand_left", "hand_right"):
+        r = region_of(template, kind, cfg)
+        assert (r.mask == template.masks[kind]).all() and r.skeleton is cfg.region.skeleton
+        assert not (r.surface & ~r.mask).any() and not (r.mask & template.masks["surface"] & ~r.data).any()
+        assert not (r.data & ~r.sub).any() and 0 < r.sub.sum() < template.n_verts
+        inner = grow(template, r.mask, cfg.region.data_rings)
+        np.testing.assert_array_equal(r.pins, np.flatnonzero(r.sub & ~inner))
+        assert len(r.pins) > 0 and not r.data[r.pins].any()
+    with pytest.raises(ValueError, match="unknown scan kind 'elbow'"):
+        region_of(template, "elbow", cfg)

@@ -7,15 +7,17 @@ tensor created without the fit's device would land on a wrong device on a CUDA m
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from ghum_pipe.register.config import CLOSEUP_SCHEDULE, RegionConfig, RegisterConfig
 from ghum_pipe.register.nonrigid import NonrigidConfig
-from ghum_pipe.register.region import RegionConfig
-from ghum_pipe.register.skeleton import SkeletonConfig
-from ghum_pipe.register.stage import RegisterConfig, register_scan
+from ghum_pipe.register.skeleton import IcpSchedule, SkeletonConfig
+from ghum_pipe.register.stage import register_scan
 from test_register_synthetic import make_subject, scan_faces, subject_landmarks
 
 
@@ -30,10 +32,12 @@ class NothingOnTheDefaultDevice(TorchFunctionMode):
 
 # a few iterations of every step: this checks where tensors live, not how well the fit does
 QUICK = RegisterConfig(
-    skeleton=SkeletonConfig(landmark_iters=5, icp_rounds=2, icp_iters=3, icp_final_iters=3),
+    skeleton=SkeletonConfig(schedule=IcpSchedule(landmark_iters=5, icp_rounds=2, icp_iters=3, icp_final_iters=3)),
     nonrigid=NonrigidConfig(schedule=((1.0, 1),)), max_scan_to_reg_mm=1e9,
-    region=RegionConfig(landmark_iters=5, icp_rounds=2, icp_iters=3, min_coverage=0.0,
-                        nonrigid=NonrigidConfig(schedule=((1.0, 1),), max_dist_m=(0.02, 0.006), sigma_m=0.004)))
+    region=RegionConfig(
+        skeleton=replace(RegionConfig().skeleton, schedule=replace(CLOSEUP_SCHEDULE, landmark_iters=5, icp_rounds=2,
+                                                                   icp_iters=3, icp_final_iters=3)),
+        min_coverage=0.0, nonrigid=NonrigidConfig(schedule=((1.0, 1),), max_dist_m=(0.02, 0.006), sigma_m=0.004)))
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +52,13 @@ def subject(template):
     return s, {"names": names, "points": pts, "confidence": conf}, tl
 
 
-@pytest.mark.parametrize("kind", ["body", "head"])
+@pytest.mark.parametrize("kind", ["body", "head", "hand_right"])
 def test_fit_creates_every_tensor_on_its_device(template, subject, kind):
     s, lm, tl = subject
     faces = scan_faces(template, s["verts"], holes=False)
-    if kind == "head":
-        head = template.masks["head"]
-        faces = faces[head[faces].all(1)]
+    if kind != "body":  # a close-up of the subject: the region's faces
+        region = template.masks[kind]
+        faces = faces[region[faces].all(1)]
     args = (s["verts"], faces, None, lm, template, QUICK)
     expected = register_scan(*args, template_landmarks=tl, kind=kind).verts
     with torch.device("meta"), NothingOnTheDefaultDevice():

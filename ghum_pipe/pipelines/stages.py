@@ -43,7 +43,7 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("landmark", "ghum_pipe.landmarks.stage:run_landmarks", "ghum_pipe.landmarks.stage:LandmarkConfig",
                   ("ingest",), ("landmarks.json",)),
         StageSpec("register", "ghum_pipe.register.stage:run_registration",
-                  "ghum_pipe.register.stage:RegisterConfig", ("landmark",), ("registration.ply", "metrics.json")),
+                  "ghum_pipe.register.config:RegisterConfig", ("landmark",), ("registration.ply", "metrics.json")),
     )
 }
 ORDER = tuple(STAGES)

@@ -60,7 +60,6 @@ class NonrigidConfig:
     solver: str = "auto"
     cg_tol: float = 1e-10  # relative residual
     cg_max_iter: int = 3000
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ def matchable_vertices(template, config: NonrigidConfig = NonrigidConfig()) -> n
 
 def refine_nonrigid(
     posed: np.ndarray, faces: np.ndarray, surface: np.ndarray, target: ScanTarget,
-    config: NonrigidConfig = NonrigidConfig(), landmarks=None, device: str | torch.device = "cpu",
+    config: NonrigidConfig = NonrigidConfig(), landmarks=None, device: str | torch.device = "cpu", seed: int = 0,
 ) -> NonrigidResult:
     """ACAP-regularised non-rigid ICP from the posed template towards the scan.
 
@@ -97,13 +96,14 @@ def refine_nonrigid(
             soft constraints ``w |sum_k w_lk x_k - target_l|^2``.
         device: where the local step (per-vertex SVDs) and a "cg" global step run; the
             correspondences (Open3D closest points) are found on the CPU.
+        seed: of the scan samples matched each iteration.
     """
     cfg = config
     device = torch.device(device)
     method = cfg.solver if cfg.solver != "auto" else ("cg" if device.type == "cuda" else "direct")
     if method not in ("direct", "cg"):
         raise ValueError(f"NonrigidConfig.solver must be auto, direct or cg, not {cfg.solver!r}")
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(seed)
     P = np.asarray(posed, dtype=np.float64)
     V = len(P)
     edges = edge_graph(faces, V)

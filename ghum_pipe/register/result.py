@@ -1,8 +1,8 @@
 """What a registration returns, body or close-up: :class:`RegistrationResult` and its metrics.
 
-Both drivers (``stage.register_scan`` for a body, ``region.register_region`` for a head or hand
-close-up) build their result here, so the metrics and the observed-vertex mask (the model's
-filter F) are computed one way.
+The driver (``stage.register_scan``, for a body and for a head or hand close-up alike) builds
+its result here, so the metrics and the observed-vertex mask (the model's filter F) are
+computed one way.
 """
 
 from __future__ import annotations

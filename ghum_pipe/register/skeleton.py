@@ -15,7 +15,7 @@ actions are free only with face landmarks. Toes and eyes stay at rest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,44 +35,57 @@ CM2 = 1e4  # losses are evaluated in cm^2 so that the weights below read natural
 
 
 @dataclass(frozen=True)
-class SkeletonConfig:
-    n_shape: int = 32  # leading shape coefficients fitted (all: heavy bodies need them)
+class IcpSchedule:
+    """The two phases' iterations and the ICP's correspondence windows (metres; defaults: a body)."""
+
     landmark_iters: int = 200  # L-BFGS iterations, landmarks only
     icp_rounds: int = 5  # correspondence refreshes in the ICP phase
     icp_iters: int = 50  # L-BFGS iterations per round
     # in the last round: converged further, the same scan in m and mm lands closer (mean 0.14 ->
     # 0.09 mm apart) and the errors drop a little (recovery 1.95 -> 1.86 mm), for ~20 % more steps
     icp_final_iters: int = 150
-    # Scans are metric (io converts units), so size is the shape's job; a free global scale
-    # makes a flat valley with the height coefficient that Adam crawls along.
-    fit_scale: bool = False
-    # priors (per rad^2, per unit coefficient^2), relative to landmark/ICP terms in cm^2
-    # stiff enough that limb twists and fingers (barely seen by landmarks or ICP) have one
-    # clear optimum: with weaker priors the same scan in m and mm ended up to 17 mm apart
-    pose_prior: float = 0.05
-    twist_prior: float = 2.0
-    # elbows and knees are hinges (ghum_pipe.template.anatomy): rotation off the hinge axis costs
-    # this much; as a ball joint the elbow lets the upper arm's twist trade off against the
-    # forearm's, which landmarks cannot tell apart (upper arms ended 18 mm off)
-    hinge_prior: float = 2.0
-    finger_prior: float = 0.1
-    shape_prior: float = 0.005
-    scale_prior: float = 100.0  # on log(scale): shape explains size first
-    expression_prior: float = 0.05
-    # per-kind landmark weights (each kind's weights sum to this)
-    w_pose: float = 1.0
-    w_hand: float = 0.5
-    w_face: float = 0.5
-    # ICP (phase 2)
     icp_landmark_scale: float = 0.05  # detected landmarks are ~1-2 cm noisy: dense data leads in phase 2
     w_icp: float = 1.0
     # annealed over the rounds, wide -> narrow: a heavy belly can be 10 cm out of the mean shape
-    icp_sigma_m: tuple[float, float] = (0.05, 0.01)
-    icp_max_dist_m: tuple[float, float] = (0.15, 0.05)
-    icp_max_angle_deg: float = 60.0
-    n_icp_verts: int = 2000  # template vertices sampled per ICP refresh (4000: same error, 1.6x the time)
-    n_icp_scan: int = 2000  # scan points sampled per ICP refresh
-    seed: int = 0
+    sigma_m: tuple[float, float] = (0.05, 0.01)
+    max_dist_m: tuple[float, float] = (0.15, 0.05)
+    max_angle_deg: float = 60.0
+    n_verts: int = 2000  # template vertices sampled per ICP refresh (4000: same error, 1.6x the time)
+    n_scan: int = 2000  # scan points sampled per ICP refresh
+
+
+@dataclass(frozen=True)
+class Priors:
+    """Quadratic priors (per rad^2, per unit coefficient^2), relative to landmark/ICP terms in cm^2.
+
+    Stiff enough that limb twists and fingers (barely seen by landmarks or ICP) have one clear
+    optimum: with weaker priors the same scan in m and mm ended up to 17 mm apart."""
+
+    pose: float = 0.05
+    twist: float = 2.0
+    # elbows and knees are hinges (ghum_pipe.template.anatomy): rotation off the hinge axis costs
+    # this much; as a ball joint the elbow lets the upper arm's twist trade off against the
+    # forearm's, which landmarks cannot tell apart (upper arms ended 18 mm off)
+    hinge: float = 2.0
+    finger: float = 0.1
+    shape: float = 0.005
+    scale: float = 100.0  # on log(scale): shape explains size first
+    expression: float = 0.05
+
+
+@dataclass(frozen=True)
+class SkeletonConfig:
+    """Settings of the skeleton fit, a body's by default (a close-up's: ``region.RegionConfig``)."""
+
+    n_shape: int = 32  # leading shape coefficients fitted (all: heavy bodies need them)
+    # Scans are metric (io converts units), so size is the shape's job; a free global scale
+    # makes a flat valley with the height coefficient that Adam crawls along.
+    fit_scale: bool = False
+    # landmark weights per kind (each kind's confidence-weighted weights sum to its weight);
+    # None: one pool, weighted by confidence
+    kind_weights: tuple[tuple[str, float], ...] | None = (("pose", 1.0), ("hand", 0.5), ("face", 0.5))
+    schedule: IcpSchedule = field(default_factory=IcpSchedule)
+    priors: Priors = field(default_factory=Priors)
 
 
 @dataclass(frozen=True)
@@ -158,11 +171,59 @@ def _rotvec(R: np.ndarray) -> np.ndarray:
     return Rotation.from_matrix(R).as_rotvec()
 
 
+@dataclass(frozen=True)
+class LandmarkTerm:
+    """The fit's landmark term, on the fit's device: each landmark is a barycentric blend
+    (``bary`` (L, K)) of the template vertices ``vertex_ids`` (L, K) (numpy), pulled to
+    ``targets`` (L, 3) metres with weight ``weights`` (L,) (:func:`landmark_weights`)."""
+
+    vertex_ids: np.ndarray
+    bary: torch.Tensor
+    targets: torch.Tensor
+    weights: torch.Tensor
+
+    @classmethod
+    def of(cls, pairs: LandmarkPairs, weights: np.ndarray, device, dtype) -> "LandmarkTerm":
+        as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+        return cls(np.asarray(pairs.vertex_ids), as_t(pairs.weights), as_t(pairs.targets), as_t(weights))
+
+    def predict(self, verts: torch.Tensor, local_ids: torch.Tensor) -> torch.Tensor:
+        """(L, 3) landmark positions on ``verts`` (n, 3), ``local_ids`` (L, K) indexing into them."""
+        return torch.einsum("lk,lkc->lc", self.bary, verts[local_ids])
+
+
+def landmark_weights(pairs: LandmarkPairs, kind_weights: tuple[tuple[str, float], ...] | None) -> np.ndarray:
+    """(L,) landmark weights: confidence-weighted within a kind, each kind summing to its weight
+    in ``kind_weights`` (kinds not listed: 0); ``kind_weights`` None: one pool summing to 1."""
+    if kind_weights is None:
+        c = np.clip(pairs.confidence, 1e-3, None)
+        return c / c.sum()
+    kinds = np.asarray(pairs.kinds)
+    w = np.zeros(len(pairs))
+    for k, kw in kind_weights:
+        m = kinds == k
+        if m.any():
+            c = np.clip(pairs.confidence[m], 1e-3, None)
+            w[m] = kw * c / c.sum()
+    return w
+
+
+def body_free_joints(template, pairs: LandmarkPairs) -> np.ndarray:
+    """(J,) bool, the joints a body fit moves besides the root: the body's (not toes, eyes, the
+    pelvis' side joints), and the fingers when at least 6 hand landmarks were found."""
+    groups = joint_groups(template)
+    use_fingers = bool((np.asarray(pairs.kinds) == "hand").sum() >= 6)
+    return groups["body"] | (groups["fingers"] if use_fingers else False)
+
+
 def fit_skeleton(
     template, pairs: LandmarkPairs, init: Similarity, target: ScanTarget | None,
     config: SkeletonConfig = SkeletonConfig(), device: str | torch.device = "cpu", after_landmarks=None,
+    free_joints: np.ndarray | None = None, icp_vertices: np.ndarray | None = None,
+    main_landmarks: np.ndarray | None = None, seed: int = 0,
 ) -> SkeletonFit:
-    """Fit pose, shape, expression and the global similarity to landmarks, then + ICP.
+    """Fit pose, shape, expression and the global similarity to landmarks, then + ICP: the body's
+    and a close-up's fit, which differ in the arguments below only (``region.Region`` has them).
 
     Args:
         template: :class:`ghum_pipe.template.Template`.
@@ -172,51 +233,44 @@ def fit_skeleton(
         target: the scan's oriented samples, or None to fit landmarks only.
         after_landmarks: optional check called with the (V, 3) vertices after phase 1 (it may
             raise, e.g. when the scan covers only part of the posed template).
+        free_joints: (J,) bool, the joints moved besides the root (default :func:`body_free_joints`);
+            the 52 facial actions are free when >= 10 face landmarks were found.
+        icp_vertices: (n,) template vertex ids the ICP matches (default: the surface).
+        main_landmarks: (L,) bool, the landmarks the fit is centred on and whose RMS it reports
+            (default: the body ones, kind "pose").
+        seed: of the ICP's samples and the preconditioner's probes.
     """
-    cfg = config
+    cfg, pr = config, config.priors
     dt = torch.float64  # L-BFGS line searches need more than float32's 7 digits
-    J, E = template.n_joints, template.n_expression
+    J = template.n_joints
     groups = joint_groups(template)
     kinds = np.asarray(pairs.kinds)
-    use_fingers = bool((kinds == "hand").sum() >= 6)
     use_face = bool((kinds == "face").sum() >= 10)
-    free = groups["body"] | (groups["fingers"] if use_fingers else False)
+    free = body_free_joints(template, pairs) if free_joints is None else np.asarray(free_joints, dtype=bool)
+    main = kinds == "pose" if main_landmarks is None else np.asarray(main_landmarks, dtype=bool)
+    pool = np.flatnonzero(template.masks["surface"]) if icp_vertices is None else np.asarray(icp_vertices)
     free_idx = torch.as_tensor(np.flatnonzero(free), device=device)
-    prior_np = np.where(groups["twist"], cfg.twist_prior, np.where(groups["fingers"], cfg.finger_prior, cfg.pose_prior))
-    prior_np = prior_np[free]
+    prior_np = np.where(groups["twist"], pr.twist, np.where(groups["fingers"], pr.finger, pr.pose))[free]
     prior_w = torch.as_tensor(prior_np, dtype=dt, device=device)
     hinge = np.zeros((J, 3))  # (J, 3) unit hinge axis, zero for other joints
     for name, axis in hinge_axes(template.joint_names, template.rest_joints).items():
         hinge[template.joint_index(name)] = axis
     is_hinge_np = np.abs(hinge[free]).sum(-1) > 0
+    use_hinge = bool(pr.hinge and is_hinge_np.any())
     hinge = torch.as_tensor(hinge[free], dtype=dt, device=device)
     is_hinge = torch.as_tensor(is_hinge_np, device=device)
 
     if not cfg.fit_scale:  # keep the rotation, re-centre for unit scale
-        body_lm = kinds == "pose"
-        src = pairs.template_points(template.rest_verts)[body_lm].mean(0)
-        init = Similarity(init.rotation, 1.0, pairs.targets[body_lm].mean(0) - init.rotation @ src)
+        src = pairs.template_points(template.rest_verts)[main].mean(0)
+        init = Similarity(init.rotation, 1.0, pairs.targets[main].mean(0) - init.rotation @ src)
     root = torch.tensor(_rotvec(init.rotation), dtype=dt, device=device, requires_grad=True)
     transl = torch.tensor(initial_translation(template, init), dtype=dt, device=device, requires_grad=True)
     log_scale = torch.tensor(float(np.log(init.scale)) if cfg.fit_scale else 0.0, dtype=dt, device=device,
                              requires_grad=cfg.fit_scale)
     joint_aa = torch.zeros(len(free_idx), 3, dtype=dt, device=device, requires_grad=True)
     shape = torch.zeros(1, cfg.n_shape, dtype=dt, device=device, requires_grad=True)
-    expr = torch.zeros(1, E, dtype=dt, device=device, requires_grad=use_face)
-    # landmark weights: each kind sums to its weight, confidence-weighted within
-    kind_w = {"pose": cfg.w_pose, "hand": cfg.w_hand, "face": cfg.w_face}
-    w = np.zeros(len(pairs))
-    for k, kw in kind_w.items():
-        m = kinds == k
-        if m.any():
-            c = np.clip(pairs.confidence[m], 1e-3, None)
-            w[m] = kw * c / c.sum()
-    lm_w = torch.as_tensor(w, dtype=dt, device=device)
-    lm_target = torch.as_tensor(pairs.targets, dtype=dt, device=device)
-    lm_ids = torch.as_tensor(pairs.vertex_ids, device=device)
-    lm_wts = torch.as_tensor(pairs.weights, dtype=dt, device=device)
-    surface = np.flatnonzero(template.masks["surface"])
-    rng = np.random.default_rng(cfg.seed)
+    expr = torch.zeros(1, template.n_expression, dtype=dt, device=device, requires_grad=use_face)
+    lm = LandmarkTerm.of(pairs, landmark_weights(pairs, cfg.kind_weights), device, dt)
 
     def forward(poser: SubsetPoser):
         """Scaled, translated posed vertices of the poser's subset (n, 3)."""
@@ -225,32 +279,34 @@ def fit_skeleton(
         return torch.exp(log_scale) * verts + transl
 
     def priors():
-        p = (prior_w * (joint_aa**2).sum(-1)).sum() + cfg.shape_prior * (shape**2).sum()
-        if cfg.hinge_prior:  # the component of a hinge joint's rotation off its axis
+        p = (prior_w * (joint_aa**2).sum(-1)).sum() + pr.shape * (shape**2).sum()
+        if use_hinge:  # the component of a hinge joint's rotation off its axis
             off = joint_aa - (joint_aa * hinge).sum(-1, keepdim=True) * hinge
-            p = p + cfg.hinge_prior * (off[is_hinge] ** 2).sum()
+            p = p + pr.hinge * (off[is_hinge] ** 2).sum()
         if cfg.fit_scale:
-            p = p + cfg.scale_prior * log_scale**2
+            p = p + pr.scale * log_scale**2
         if use_face:
-            p = p + cfg.expression_prior * (expr**2).sum()
+            p = p + pr.expression * (expr**2).sum()
         return p
 
-    aa_diag = np.broadcast_to(prior_np[:, None], (len(prior_np), 3)) + cfg.hinge_prior * is_hinge_np[:, None]
+    aa_diag = np.broadcast_to(prior_np[:, None], (len(prior_np), 3))
+    if use_hinge:
+        aa_diag = aa_diag + pr.hinge * is_hinge_np[:, None]
     variables = [FitVariable(root), FitVariable(transl), FitVariable(joint_aa, None, aa_diag)]
     if cfg.fit_scale:
-        variables.append(FitVariable(log_scale, None, cfg.scale_prior))
+        variables.append(FitVariable(log_scale, None, pr.scale))
     if use_face:
-        variables.append(FitVariable(expr, (0.0, 1.0), cfg.expression_prior))
-    variables.append(FitVariable(shape, None, cfg.shape_prior))
+        variables.append(FitVariable(expr, (0.0, 1.0), pr.expression))
+    variables.append(FitVariable(shape, None, pr.shape))
 
-    total = landmark_icp_fit(template, forward, priors, variables, pairs, lm_wts, lm_target, lm_w,
-                             target, surface, cfg, rng, device, dt, cfg.icp_final_iters, after_landmarks)
+    total = landmark_icp_fit(template, forward, priors, variables, lm, target, pool, cfg.schedule, cfg.n_shape,
+                             np.random.default_rng(seed), device, dt, seed, after_landmarks)
     with torch.no_grad():
         verts = forward(full_poser(template, cfg.n_shape, device, dt))
         pose = assemble_pose(root, joint_aa, free_idx, J)[0]
-        lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_ids])
-        body = torch.as_tensor(kinds == "pose", device=device)
-        rms = float(((lm_pred - lm_target)[body] ** 2).sum(-1).mean().sqrt()) if body.any() else float("nan")
+        lm_pred = lm.predict(verts, torch.as_tensor(lm.vertex_ids, device=device))
+        on = torch.as_tensor(main, device=device)
+        rms = float(((lm_pred - lm.targets)[on] ** 2).sum(-1).mean().sqrt()) if main.any() else float("nan")
     return SkeletonFit(
         pose=pose.detach().cpu().numpy().astype(np.float64),
         shape=shape.detach().cpu().numpy()[0].astype(np.float64),
@@ -260,31 +316,32 @@ def fit_skeleton(
     )
 
 
-def landmark_icp_fit(template, forward, priors, variables: list[FitVariable], pairs: LandmarkPairs,
-                     lm_wts: torch.Tensor, lm_target: torch.Tensor, lm_w: torch.Tensor, target: ScanTarget | None,
-                     pool: np.ndarray, cfg, rng, device, dt, final_iters: int, after_landmarks=None) -> int:
-    """The two phases of the body fit (:func:`fit_skeleton`) and the close-up fit
-    (``region.fit_region_skeleton``), which differ only in their variables and priors.
+def landmark_icp_fit(template, forward, priors, variables: list[FitVariable], lm: LandmarkTerm,
+                     target: ScanTarget | None, pool: np.ndarray, schedule: IcpSchedule, n_shape: int, rng,
+                     device, dt, seed: int = 0, after_landmarks=None) -> int:
+    """The two phases of :func:`fit_skeleton`, given its variables, priors and landmark term.
 
     Phase 1: landmarks only, posing only the landmark vertices (~1-2k of 13.7k). Phase 2:
-    ``cfg.icp_rounds`` rounds of landmarks + ICP both ways with the template vertices ``pool``,
-    matches refreshed every round, ``sigma`` and the match distance annealed, ``cfg.icp_iters``
-    L-BFGS iterations a round (``final_iters`` in the last). L-BFGS steps are scaled by a
-    Jacobi preconditioner of the landmark + ICP least squares (a spine joint moves the whole
-    body, a finger joint a few mm, a shape coefficient ~1 cm), estimated once per phase.
+    ``schedule.icp_rounds`` rounds of landmarks + ICP both ways with the template vertices ``pool``,
+    matches refreshed every round, ``sigma`` and the match distance annealed,
+    ``schedule.icp_iters`` L-BFGS iterations a round (``icp_final_iters`` in the last). L-BFGS
+    steps are scaled by a Jacobi preconditioner of the landmark + ICP least squares (a spine
+    joint moves the whole body, a finger joint a few mm, a shape coefficient ~1 cm), estimated
+    once per phase (its probes drawn with ``seed``).
 
     Args:
         forward: ``forward(poser)`` -> the posed vertices (n, 3) of a ``SubsetPoser``'s subset;
         priors: ``priors()`` -> the scalar prior term; variables: the L-BFGS variables, their
-        box bounds and their priors' Hessian diagonals;
-        lm_wts/lm_target/lm_w: landmark barycentric weights, targets (metres) and weights;
-        target: the scan (None: phase 1 only); after_landmarks: optional check of the (V, 3)
-        vertices after phase 1 (it may raise).
+        box bounds and their priors' Hessian diagonals; lm: the landmark term;
+        target: the scan (None: phase 1 only); n_shape: shape coefficients the posers use;
+        rng: draws the ICP samples; after_landmarks: optional check of the (V, 3) vertices
+        after phase 1 (it may raise).
     Returns:
         the number of objective evaluations.
     """
+    sc = schedule
     faces_t = torch.as_tensor(template.faces, device=device)
-    lm_verts = np.unique(pairs.vertex_ids)
+    lm_verts = np.unique(lm.vertex_ids)
     params = [v.tensor for v in variables]
     bounds = [v.bounds for v in variables]
     prior_diag = [v.prior_curvature for v in variables]
@@ -292,29 +349,29 @@ def landmark_icp_fit(template, forward, priors, variables: list[FitVariable], pa
     def step_sizes(poser, lm_local, corr):
         def residuals():
             verts = forward(poser)
-            lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_local])
-            r = [((CM2 * lm_w / lm_w.sum()).sqrt()[:, None] * (lm_pred - lm_target)).ravel()]
+            lm_pred = lm.predict(verts, lm_local)
+            r = [((CM2 * lm.weights / lm.weights.sum()).sqrt()[:, None] * (lm_pred - lm.targets)).ravel()]
             if corr is not None:
                 fv = verts[corr.fwd_local]
-                r.append((cfg.w_icp * CM2 / max(len(fv), 1)) ** 0.5 * ((fv - corr.fwd_p) * corr.fwd_n).sum(-1))
+                r.append((sc.w_icp * CM2 / max(len(fv), 1)) ** 0.5 * ((fv - corr.fwd_p) * corr.fwd_n).sum(-1))
             return torch.cat(r)
-        return jacobi_step_sizes(residuals, params, prior_diag, seed=cfg.seed)
+        return jacobi_step_sizes(residuals, params, prior_diag, seed=seed)
 
     def objective(poser, lm_local, corr):
-        lm_scale = 1.0 if corr is None else cfg.icp_landmark_scale
+        lm_scale = 1.0 if corr is None else sc.icp_landmark_scale
 
         def loss_fn():
             verts = forward(poser)
-            lm_pred = torch.einsum("lk,lkc->lc", lm_wts, verts[lm_local])
-            loss = lm_scale * CM2 * landmark_loss(lm_pred, lm_target, lm_w) + priors()
+            lm_pred = lm.predict(verts, lm_local)
+            loss = lm_scale * CM2 * landmark_loss(lm_pred, lm.targets, lm.weights) + priors()
             if corr is not None:
-                loss = loss + cfg.w_icp * CM2 * icp_both_ways(verts, corr)
+                loss = loss + sc.w_icp * CM2 * icp_both_ways(verts, corr)
             return loss
         return loss_fn
 
     def subset(ids, corr: IcpMatches | None = None):
-        poser = SubsetPoser(template, ids, cfg.n_shape, device, dt)
-        lm_local = torch.as_tensor(np.searchsorted(poser.ids, pairs.vertex_ids), device=device)
+        poser = SubsetPoser(template, ids, n_shape, device, dt)
+        lm_local = torch.as_tensor(np.searchsorted(poser.ids, lm.vertex_ids), device=device)
         if corr is not None:
             corr.fwd_local = torch.as_tensor(np.searchsorted(poser.ids, corr.fwd_v), device=device)
             corr.bwd_local = torch.as_tensor(np.searchsorted(poser.ids, corr.bwd_v), device=device)
@@ -322,48 +379,48 @@ def landmark_icp_fit(template, forward, priors, variables: list[FitVariable], pa
 
     poser, lm_local = subset(lm_verts)
     scales = step_sizes(poser, lm_local, None)
-    n_eval = minimize_lbfgs(params, objective(poser, lm_local, None), bounds, cfg.landmark_iters, scales)
+    n_eval = minimize_lbfgs(params, objective(poser, lm_local, None), bounds, sc.landmark_iters, scales)
     if after_landmarks is not None:
         with torch.no_grad():
-            after_landmarks(forward(full_poser(template, cfg.n_shape, device, dt)).cpu().numpy())
-    n_rounds = cfg.icp_rounds if target is not None else 0
+            after_landmarks(forward(full_poser(template, n_shape, device, dt)).cpu().numpy())
+    n_rounds = sc.icp_rounds if target is not None else 0
     for r in range(n_rounds):
         a = r / max(n_rounds - 1, 1)
         with torch.no_grad():
-            full = forward(full_poser(template, cfg.n_shape, device, dt))
-        max_dist = cfg.icp_max_dist_m[0] ** (1 - a) * cfg.icp_max_dist_m[1] ** a
-        corr = icp_correspondences(full, faces_t, target, pool, cfg, rng, max_dist)
-        corr.sigma = cfg.icp_sigma_m[0] ** (1 - a) * cfg.icp_sigma_m[1] ** a
+            full = forward(full_poser(template, n_shape, device, dt))
+        max_dist = sc.max_dist_m[0] ** (1 - a) * sc.max_dist_m[1] ** a
+        corr = icp_correspondences(full, faces_t, target, pool, sc, rng, max_dist)
+        corr.sigma = sc.sigma_m[0] ** (1 - a) * sc.sigma_m[1] ** a
         poser, lm_local = subset(np.union1d(lm_verts, corr.ids), corr)
         if r == 0:
             scales = step_sizes(poser, lm_local, corr)
-        iters = final_iters if r == n_rounds - 1 else cfg.icp_iters
+        iters = sc.icp_final_iters if r == n_rounds - 1 else sc.icp_iters
         n_eval += minimize_lbfgs(params, objective(poser, lm_local, corr), bounds, iters, scales)
     return n_eval
 
 
-def icp_correspondences(verts: torch.Tensor, faces_t: torch.Tensor, target: ScanTarget, pool: np.ndarray, cfg, rng,
-                        max_dist: float) -> IcpMatches:
+def icp_correspondences(verts: torch.Tensor, faces_t: torch.Tensor, target: ScanTarget, pool: np.ndarray,
+                        schedule: IcpSchedule, rng, max_dist: float) -> IcpMatches:
     """Closest pairs both ways between template vertices ``pool`` (surface, or a close-up's region)
-    and the scan, on random subsets (``cfg.n_icp_verts`` / ``cfg.n_icp_scan``), rejected by
-    distance and normal angle (``cfg.icp_max_angle_deg``), fixed until the next refresh.
+    and the scan, on random subsets (``schedule.n_verts`` / ``schedule.n_scan``), rejected by
+    distance and normal angle (``schedule.max_angle_deg``), fixed until the next refresh.
 
     verts: (V, 3) posed template (torch, metres). The matching runs on the CPU (KD-trees); the
     returned :class:`IcpMatches` holds tensors of ``verts``' dtype and device.
     """
     v_np = verts.cpu().numpy().astype(np.float64)
     vn = vertex_normals_torch(verts[None], faces_t)[0].cpu().numpy()
-    tv = rng.choice(pool, size=min(cfg.n_icp_verts, len(pool)), replace=False)
+    tv = rng.choice(pool, size=min(schedule.n_verts, len(pool)), replace=False)
     d, i = target.index.query(v_np[tv], 1)
     cpu = lambda a: torch.as_tensor(a, device="cpu")  # noqa: E731 - matching is CPU work
     keep = correspondence_mask(cpu(d[:, 0]), cpu(vn[tv]), cpu(target.normals[i[:, 0]]), max_dist,
-                               cfg.icp_max_angle_deg).numpy()
+                               schedule.max_angle_deg).numpy()
     fwd_v, fwd_p = tv[keep], i[keep, 0]
-    sp = rng.choice(len(target.points), size=min(cfg.n_icp_scan, len(target.points)), replace=False)
+    sp = rng.choice(len(target.points), size=min(schedule.n_scan, len(target.points)), replace=False)
     d2, j = PointIndex(v_np[pool]).query(target.points[sp], 1)
     jv = pool[j[:, 0]]
     keep2 = correspondence_mask(cpu(d2[:, 0]), cpu(target.normals[sp]), cpu(vn[jv]), max_dist,
-                                cfg.icp_max_angle_deg).numpy()
+                                schedule.max_angle_deg).numpy()
     bwd_v, bwd_p = jv[keep2], sp[keep2]
     as_t = lambda a: torch.as_tensor(a, dtype=verts.dtype, device=verts.device)  # noqa: E731
     return IcpMatches(ids=np.union1d(fwd_v, bwd_v), fwd_v=fwd_v, bwd_v=bwd_v,
