@@ -275,7 +275,7 @@ def _add_commands() -> None:
     """The commands defined in their own modules (``synth``; ``train``, ``evaluate``, ``sample``;
     ``export``). Those modules import only click at the top, so listing the commands imports no torch."""
     from ghum_pipe.cli.model_commands import evaluate, sample, train
-    from ghum_pipe.export.command import export
+    from ghum_pipe.cli.export_command import export
     from ghum_pipe.synth.command import synth
 
     for command in (synth, train, evaluate, sample, export):

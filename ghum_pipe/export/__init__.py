@@ -1,7 +1,7 @@
 """Registrations as rigged, textured avatars (glTF 2.0, OBJ) and texture baking.
 
 Pure cores: ``rig.py`` (registration parameters -> :class:`Avatar` arrays in glTF's frame),
-``gltf.py`` (Avatar <-> .glb). Shells: ``scan.py`` (one registration's files), ``command.py``
+``gltf.py`` (Avatar <-> .glb). Shells: ``scan.py`` (one registration's files), ``cli/export_command.py``
 (``ghum-pipe export``). ``blender_check.py`` opens a .glb in Blender (``make blender-check``).
 """
 
