@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,7 +349,7 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
     named = work_subjects(work, ids, subject_pattern)
     subject_of = {s: named[s] or s for s in ids}
     store, stats = pack_registrations(work, subject_of)
-    timings["store"] = dict(seconds=round(time.time() - t0, 2), bytes=store.nbytes(), **stats)
+    timings["store"] = dict(stats, bytes=store.nbytes())
     first = next(iter(configs.values()))
     train_subj, held = split_subjects(tuple(sorted(set(subject_of.values()))), first.holdout, first.seed)
     subjects = tuple(train_subj)
@@ -409,6 +410,63 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
     shutil.rmtree(state_root, ignore_errors=True)
     write_json(Path(out) / "training.json", dict(models=summaries, seconds=round(time.time() - started, 1)))
     return summaries
+
+
+# Peak RSS of a training worker, bytes (bench/train_scaling.py; docs/cluster.md): a base
+# (Python, torch, Dask, the model being trained), the per-batch tasks (pose fits, refresh) per
+# scan of a subject batch, and per training scan for the two tasks that still hold the whole
+# training set: the joint step C (round 0) and the VAE fits.
+MEMORY_BASE = {"low": 0.6e9, "full": 0.9e9}
+MEMORY_PER_BATCH_SCAN = {"low": 4e6, "full": 18e6}
+MEMORY_PER_SCAN = {"low": 0.35e6, "full": 1.6e6}
+
+
+def worker_memory_needed(n_train: int, resolutions, batch_scans: int) -> int:
+    """Estimated peak bytes of one worker training ``n_train`` scans at ``resolutions``
+    (``full``/``low``) in subject batches of ``batch_scans`` scans."""
+    return int(max(MEMORY_BASE[r] + MEMORY_PER_BATCH_SCAN[r] * batch_scans + MEMORY_PER_SCAN[r] * n_train
+                   for r in resolutions))
+
+
+def training_memory(work: Path, configs: dict[str, TrainConfig], options, subject_pattern: str | None,
+                    batch_scans: int):
+    """The cluster options for training ``configs`` on WORK: worker memory from the tasks'
+    sizes (:func:`worker_memory_needed`). Raises ClusterError (one line with the number and the
+    options that fix it) when the workers cannot get it: ``--memory`` below it, or, on a local
+    cluster, this machine's RAM / ``--workers`` below it. Returns ``options`` with ``memory`` set
+    (local cluster: 1.5 x the need, at most RAM / workers)."""
+    import dataclasses
+
+    import psutil
+    from dask.utils import format_bytes, parse_bytes
+
+    from ghum_pipe.model.data import scan_dirs
+    from ghum_pipe.pipelines.cluster import ClusterError
+
+    n = len(scan_dirs(work))
+    first = next(iter(configs.values()))
+    n_train = int(round(n * (1 - first.holdout)))
+    need = worker_memory_needed(n_train, {c.model.resolution for c in configs.values()}, batch_scans)
+    log.info("training ~%d scans: ~%s per worker", n_train, format_bytes(need))
+    if options.memory:
+        have = parse_bytes(options.memory)
+        if have < need:
+            raise ClusterError(f"training {n_train} scans needs ~{format_bytes(need)} per worker, --memory gives "
+                               f"{format_bytes(have)}", hint=f"Pass --memory {math.ceil(need / 1e9)}GB, or a smaller "
+                               f"--batch-scans (now {batch_scans}) when most of it is per batch")
+        return options
+    if options.scheduler or options.cluster:
+        return options  # their workers' memory is set where they are started (docs/cluster.md)
+    workers = options.local_workers()
+    per = psutil.virtual_memory().total / workers
+    if per < need:
+        fit = int(psutil.virtual_memory().total // need)
+        raise ClusterError(f"training {n_train} scans needs ~{format_bytes(need)} per worker; this machine's "
+                           f"{format_bytes(psutil.virtual_memory().total)} give {workers} workers "
+                           f"{format_bytes(per)} each", hint=f"Pass --workers {max(1, fit)}"
+                           + (" (or fewer scans)" if fit < 1 else "") + ", or run on a cluster with --memory "
+                           f"{math.ceil(need / 1e9)}GB per worker")
+    return dataclasses.replace(options, memory=str(int(min(per, 1.5 * need))))
 
 
 def _wait(futures) -> None:
