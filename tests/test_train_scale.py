@@ -134,3 +134,26 @@ def test_distributed_model_step_equals_inline(regs, tmp_path, measured):
     measured("PSD rel diff", d_psd, "<=", 1e-5)
     measured("rest shapes rel diff", d_rest, "<=", 1e-5)
     measured("joint regressor rel diff", d_c, "<=", 1e-5)
+
+
+def test_training_memory_stops_before_it_starts(regs):
+    """Worker memory comes from the task sizes; a run that cannot get it stops with one line
+    naming the need and the option that fixes it."""
+    from dask.utils import parse_bytes
+
+    from ghum_pipe.model.config import ghum_config
+    from ghum_pipe.pipelines.cluster import ClusterError, ClusterOptions
+    from ghum_pipe.pipelines.model_schedule import training_memory, worker_memory_needed
+
+    configs = {"ghum": TrainConfig(model=ghum_config()), "ghuml": TrainConfig(model=ghuml_config())}
+    need = worker_memory_needed(16, ("full", "low"), 32)  # 20 scans, 20 % of the subjects held out
+    assert worker_memory_needed(1000, ("full",), 32) > need  # the joint step and the VAEs grow with N
+    opts = training_memory(regs, configs, ClusterOptions(workers=1), None, 32)
+    assert need <= parse_bytes(opts.memory) <= 1.5 * need + 1
+    with pytest.raises(ClusterError, match=r"needs ~.* per worker, --memory gives .*Pass --memory \d+GB") as e:
+        training_memory(regs, configs, ClusterOptions(workers=1, memory="100MB"), None, 32)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ClusterError, match=r"Pass --workers \d+"):
+        training_memory(regs, configs, ClusterOptions(workers=100000), None, 32)
+    # a scheduler's workers are sized where they start: passed through
+    assert training_memory(regs, configs, ClusterOptions(scheduler="tcp://127.0.0.1:1"), None, 32).memory is None
