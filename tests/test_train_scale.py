@@ -157,3 +157,20 @@ def test_training_memory_stops_before_it_starts(regs):
         training_memory(regs, configs, ClusterOptions(workers=100000), None, 32)
     # a scheduler's workers are sized where they start: passed through
     assert training_memory(regs, configs, ClusterOptions(scheduler="tcp://127.0.0.1:1"), None, 32).memory is None
+
+
+def test_joint_step_subject_sample(regs, tmp_path):
+    """``joint_subjects``: C's step gets whole subject batches spread over the set, at least
+    that many subjects; 0 or more than there are: all."""
+    from ghum_pipe.model.store import pack_registrations
+    from ghum_pipe.pipelines.model_schedule import joint_sample, make_plan
+
+    store, _ = pack_registrations(regs)
+    ids = sorted(store.scans)
+    subject_of = {s: s.rsplit("_", 1)[0] for s in ids}
+    plan = make_plan(store, ids, subject_of, "low", tmp_path, shard_scans=4)
+    assert len(plan.shards) == len(set(subject_of.values())) == 5
+    assert joint_sample(plan, 0) is plan and joint_sample(plan, 9) is plan
+    two = joint_sample(plan, 2)
+    assert [s.index for s in two.shards] == [0, 4]
+    assert {x for s in two.shards for x in s.subjects} == {plan.shards[0].subjects[0], plan.shards[4].subjects[0]}

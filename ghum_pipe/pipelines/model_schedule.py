@@ -23,6 +23,7 @@ result equals ``train.model_step`` in one process up to float rounding
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -302,13 +303,25 @@ def make_plan(store, scan_ids, subject_of: dict[str, str], resolution: str, stat
     return Plan(str(store.path), resolution, n_verts, shards, vblock, batches_per_sum or len(shards), blocks)
 
 
+def joint_sample(plan: Plan, n_subjects: int) -> Plan:
+    """The plan restricted to subject batches evenly spread over the set that hold at least
+    ``n_subjects`` subjects (0, or more than there are: all)."""
+    total = sum(len(set(s.subjects)) for s in plan.shards)
+    if n_subjects <= 0 or n_subjects >= total:
+        return plan
+    per = total / len(plan.shards)
+    k = min(len(plan.shards), math.ceil(n_subjects / per))
+    pick = np.unique(np.linspace(0, len(plan.shards) - 1, k).round().astype(int))
+    return dataclasses.replace(plan, shards=tuple(plan.shards[i] for i in pick))
+
+
 def submit_model_step(submit, plan: Plan, cfg: TrainConfig, model_sd, round_: int, after: list):
     """Submit step (b) of one round; returns the future of the new model state_dict and the
     futures the next step must wait for."""
     for i in range(cfg.inner):
         after = [submit(_refresh_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards]
         if cfg.learn_joints and round_ == 0 and i == 0:
-            model_sd = submit(_joint_task, plan, cfg, model_sd, *after, pure=False)
+            model_sd = submit(_joint_task, joint_sample(plan, cfg.joint_subjects), cfg, model_sd, *after, pure=False)
             after = [model_sd]
         k = plan.batches_per_sum
         groups = [plan.shards[lo:lo + k] for lo in range(0, len(plan.shards), k)]
@@ -435,8 +448,6 @@ def training_memory(work: Path, configs: dict[str, TrainConfig], options, subjec
     options that fix it) when the workers cannot get it: ``--memory`` below it, or, on a local
     cluster, this machine's RAM / ``--workers`` below it. Returns ``options`` with ``memory`` set
     (local cluster: 1.5 x the need, at most RAM / workers)."""
-    import dataclasses
-
     import psutil
     from dask.utils import format_bytes, parse_bytes
 
