@@ -379,6 +379,8 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
             shutil.rmtree(state_root / name)
         plans[name] = make_plan(store, train_ids, subject_of, cfg.model.resolution, state_root / name, shard_scans,
                                 vblock, batches_per_sum)
+        timings.setdefault("joint_scans", {})[name] = sum(
+            len(s.scan_ids) for s in joint_sample(plans[name], cfg.joint_subjects).shards) if cfg.learn_joints else 0
         model_sd[name] = submit(_model0_task, cfg, pure=False)
         after[name] = [submit(_init_task, plans[name], s, cfg, model_sd[name], pure=False)
                        for s in plans[name].shards]
