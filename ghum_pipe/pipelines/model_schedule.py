@@ -427,13 +427,14 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
     return summaries
 
 
-# Peak RSS of a training worker, bytes (bench/train_scaling.py; docs/cluster.md): a base
-# (Python, torch, Dask, the model being trained), the per-batch tasks (pose fits, refresh) per
-# scan of a subject batch, and per training scan for the two tasks that still hold the whole
-# training set: the joint step C (round 0) and the VAE fits.
+# Peak RSS of a training worker, bytes (docs/cluster.md): a base (Python, torch, Dask, the model
+# being trained), the per-batch tasks (pose fits, refresh) per scan of a subject batch, and per
+# training scan for the two tasks that still hold the whole training set: the joint step C
+# (round 0) and the VAE fits. GHUML's from bench/train_scaling.py (0.80-0.85 GB per worker at 200
+# training scans); GHUM's are estimates (GHUML's plus its larger per-scan arrays), not measured.
 MEMORY_BASE = {"low": 0.6e9, "full": 0.9e9}
 MEMORY_PER_BATCH_SCAN = {"low": 4e6, "full": 18e6}
-MEMORY_PER_SCAN = {"low": 0.35e6, "full": 1.6e6}
+MEMORY_PER_SCAN = {"low": 0.35e6, "full": 0.6e6}
 
 
 def worker_memory_needed(n_train: int, resolutions, batch_scans: int) -> int:
