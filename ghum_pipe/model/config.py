@@ -63,7 +63,7 @@ class TrainConfig:
     ``joint_passes`` - 1 more passes with Cauchy weights
     (``joint_robust_k`` robust sigmas) so that pose correctives do not lean the centres; then
     C refitted by ridge regression (``joint_prior``, m^2). ``joint_subjects`` > 0: the Dask
-    schedule runs C's step on subject batches spread over the set holding at least that many
+    schedule runs C's step on subject batches spread over the set holding about that many
     subjects (it is one task holding its scans; 0 = all). VAEs are fitted to
     the rest shapes / expression offsets at the end (``vae_steps``). ``holdout``: fraction of
     subjects kept out of training (for evaluate)."""

@@ -304,8 +304,8 @@ def make_plan(store, scan_ids, subject_of: dict[str, str], resolution: str, stat
 
 
 def joint_sample(plan: Plan, n_subjects: int) -> Plan:
-    """The plan restricted to subject batches evenly spread over the set that hold at least
-    ``n_subjects`` subjects (0, or more than there are: all)."""
+    """The plan restricted to subject batches evenly spread over the set, about ``n_subjects``
+    subjects (batches x the mean subjects per batch; 0, or more than there are: all)."""
     total = sum(len(set(s.subjects)) for s in plan.shards)
     if n_subjects <= 0 or n_subjects >= total:
         return plan
