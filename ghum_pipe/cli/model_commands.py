@@ -70,18 +70,23 @@ def check_subjects(work: Path, subject_pattern: str | None, one_subject_per_scan
 @click.option("--one-subject-per-scan", is_flag=True,
               help="Allow training when every scan is its own subject (each scan is another person).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subject split and the VAEs.")
+@click.option("--batch-scans", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Scans per subject batch (whole subjects): the unit of the per-batch tasks and of their memory.")
 @click.option("--inline", is_flag=True, help="Run in this process, without Dask (debugging).")
 @verbosity_options
 @cluster_click_options
 def train(work: Path, out: Path, lowres_only: bool, fullres_only: bool, rounds: int, epochs: int | None,
           pose_iters: int, ghum_latent: int, ghuml_latent: int, holdout: float, subject_pattern: str | None,
-          one_subject_per_scan: bool, seed: int, inline: bool, verbose: int, quiet: bool, cluster) -> None:
+          one_subject_per_scan: bool, seed: int, batch_scans: int, inline: bool, verbose: int, quiet: bool,
+          cluster) -> None:
     """Train GHUM (full template) and GHUML (low-res template) from the registrations in WORK.
 
-    Alternates per-scan pose fits (one Dask task per chunk of scans) with model updates (shape
-    and expression VAEs, sparse pose-space deformation, joint regressor, skinning weights); the
-    two models train as parallel Dask tasks. Writes OUT/ghum, OUT/ghuml (model.safetensors +
-    config.json each) and OUT/training.json.
+    Packs the registrations once into WORK/train_store.zarr (new scans are appended, changed ones
+    re-packed), then alternates per-scan pose fits with model updates (shape and expression VAEs,
+    sparse pose-space deformation, joint regressor, skinning weights), as Dask tasks by subject
+    batch and vertex block; the two models train in parallel. Worker memory is set from the
+    tasks' sizes; a run that cannot fit stops before it starts (docs/cluster.md). Writes
+    OUT/ghum, OUT/ghuml (model.safetensors + config.json each) and OUT/training.json.
 
     \b
     Example:
@@ -104,12 +109,15 @@ def train(work: Path, out: Path, lowres_only: bool, fullres_only: bool, rounds: 
         configs["ghuml"] = TrainConfig(model=ghuml_config(shape_latent=ghuml_latent), **common)
     try:
         if inline:
-            summaries = train_models(work, out, configs, None, subject_pattern)
+            summaries = train_models(work, out, configs, None, subject_pattern, shard_scans=batch_scans)
         else:
             from ghum_pipe.pipelines.cluster import open_client
 
+            from ghum_pipe.pipelines.model_schedule import training_memory
+
+            cluster = training_memory(work, configs, cluster, subject_pattern, batch_scans)
             with open_client(in_work_dir(cluster, work)) as client:
-                summaries = train_models(work, out, configs, client, subject_pattern)
+                summaries = train_models(work, out, configs, client, subject_pattern, shard_scans=batch_scans)
     except GhumPipeError as e:
         raise SetupError(str(e)) from None
     for name, s in summaries.items():

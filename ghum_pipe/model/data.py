@@ -65,7 +65,9 @@ def scan_dirs(work: Path) -> list[Path]:
     return sorted(p.parent for p in (Path(work) / "scans").glob("*/registration.ply"))
 
 
-def _read_one(scan_dir: Path, n_verts: int, n_joints: int):
+def read_registration(scan_dir: Path, n_verts: int, n_joints: int):
+    """One scan folder -> (verts (V,3) float32 internal metres, mask (V,) float32, pose (J,3),
+    has_pose, translation (3,), subject | None, kind, has_translation); ModelError on a bad file."""
     import trimesh
 
     ply = scan_dir / "registration.ply"
@@ -114,7 +116,7 @@ def load_registrations(work: str | Path, resolution: str = "full", subject_patte
         raise ModelError("no scans/<id>/registration.ply found", path=work,
                          hint="Run 'ghum-pipe run' (or 'ghum-pipe synth --registrations') into this work dir first")
     t = load_template()
-    rows = [_read_one(d, t.n_verts, t.n_joints) for d in dirs]
+    rows = [read_registration(d, t.n_verts, t.n_joints) for d in dirs]
     ids = tuple(d.name for d in dirs)
     named = work_subjects(work, ids, subject_pattern)  # the pipeline's one subject resolver
     subj = [named[sid] or sid for sid in ids]
@@ -122,18 +124,25 @@ def load_registrations(work: str | Path, resolution: str = "full", subject_patte
     verts = np.stack([r[0] for r in rows])
     mask = np.stack([r[1] for r in rows])
     if resolution == "low":
-        from ghum_pipe.template.lowres import load_lowres
-
-        low = load_lowres()
-        verts = low.downsample(verts).astype(np.float32)
-        # a low-res vertex is kept only if every full-res vertex it interpolates saw data
-        # (a weight-tolerance test let a 0.1 % share of a hole's garbage through)
-        uses = (abs(low.full_to_low) > 0).astype(np.float32)
-        mask = ((uses @ (mask < 0.5).T.astype(np.float32)).T == 0).astype(np.float32)
+        verts, mask = to_lowres(verts, mask)
     return RegistrationSet(
         ids, tuple(r[6] for r in rows), subjects, np.array([subjects.index(s) for s in subj], dtype=np.int64),
         verts, mask, np.stack([r[2] for r in rows]), np.array([r[3] for r in rows]), np.stack([r[4] for r in rows]),
         np.array([r[7] for r in rows]))
+
+
+def to_lowres(verts: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Full-resolution registrations (N, V, 3) and filters (N, V) -> GHUML's (N, Vl, 3), (N, Vl)
+    float32, through the fixed full->low map of ``ghum_pipe.template.lowres``."""
+    from ghum_pipe.template.lowres import load_lowres
+
+    low = load_lowres()
+    verts = low.downsample(verts).astype(np.float32)
+    # a low-res vertex is kept only if every full-res vertex it interpolates saw data
+    # (a weight-tolerance test let a 0.1 % share of a hole's garbage through)
+    uses = (abs(low.full_to_low) > 0).astype(np.float32)
+    mask = ((uses @ (mask < 0.5).T.astype(np.float32)).T == 0).astype(np.float32)
+    return verts, mask
 
 
 def split_subjects(subjects: tuple[str, ...], holdout: float, seed: int) -> tuple[list[str], list[str]]:

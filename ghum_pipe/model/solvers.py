@@ -195,47 +195,88 @@ def solve_skinning_psd(feats: torch.Tensor, rest_x: torch.Tensor, psd_now: torch
     """
     P = pair_joint.shape[0]
     V, pmax = table.shape
-    I = skin_indices.shape[1]
     W_out = torch.zeros(P, 9, 3, dtype=torch.float64)
     w_out = current.clone().double()
     for lo in range(0, V, chunk):
         sl = slice(lo, lo + chunk)
-        tb = table[sl]
-        valid = tb >= 0
-        if psd_vertices is not None:
-            valid = valid & psd_vertices[sl, None]
-        F = (feats[:, pair_joint[tb.clamp_min(0)]].double() * valid[None, ..., None]).flatten(2)  # (N, v, D)
-        m = mask[:, sl].double()
-        al = allowed[sl].double()
-        w0 = current[sl].double()
-        T = rel[:, skin_indices[sl]].double()  # (N, v, I, 4, 4)
-        A0 = torch.einsum("vi,nvimk->nvmk", w0, T)
-        R0inv = torch.linalg.inv(A0[..., :3, :3])
-        x = rest_x[:, sl].double()
-        xd = x + psd_now[:, sl].double()
-        Tx = torch.einsum("nvimk,nvk->nvim", T[..., :3, :3], xd) + T[..., :3, 3]  # (N, v, I, 3)
-        A0x = torch.einsum("nvmk,nvk->nvm", A0[..., :3, :3], xd) + A0[..., :3, 3]
-        C = torch.einsum("nvmk,nvik->nvim", R0inv, Tx - A0x[:, :, None]) * al[None, :, :, None]
-        r = torch.einsum("nvmk,nvk->nvm", R0inv, target[:, sl].double() - A0[..., :3, 3]) - x
-        if groups is not None:
-            F, C, r = _centre(F, m, groups), _centre(C, m, groups), _centre(r, m, groups)
-        Fm = F * m[..., None]
-        G = torch.einsum("nvd,nve->vde", Fm, F) + psd_ridge * torch.eye(F.shape[-1], dtype=F.dtype)
-        B = torch.einsum("nvd,nvic->vcdi", Fm, C)  # (v, 3, D, I)
-        b = torch.einsum("nvd,nvc->vcd", Fm, r)  # (v, 3, D)
-        L = torch.linalg.cholesky(G)[:, None]  # (v, 1, D, D)
-        GiB = torch.cholesky_solve(B, L)
-        Gib = torch.cholesky_solve(b[..., None], L)[..., 0]
-        S = torch.einsum("nv,nvic,nvjc->vij", m, C, C) - torch.einsum("vcdi,vcdj->vij", B, GiB)
-        s = torch.einsum("nv,nvic,nvc->vi", m, C, r) - torch.einsum("vcdi,vcd->vi", GiB, b)
-        S = S + skin_ridge * torch.eye(I, dtype=S.dtype) + torch.diag_embed(1.0 - al)
-        Sinv_s = torch.linalg.solve(S, s[..., None])[..., 0]
-        Sinv_1 = torch.linalg.solve(S, al[..., None])[..., 0]
-        mu = (Sinv_s * al).sum(-1) / (Sinv_1 * al).sum(-1).clamp_min(1e-12)
-        w = (w0 + (Sinv_s - mu[:, None] * Sinv_1)).clamp_min(0.0) * al
-        w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
-        W = (Gib - torch.einsum("vcdi,vi->vcd", GiB, w - w0))  # (v, 3, D)
-        W = W.transpose(1, 2).reshape(-1, pmax, 9, 3)
-        W_out[tb[valid]] = W[valid]
+        pv = None if psd_vertices is None else psd_vertices[sl]
+        sums = skinning_psd_normals(feats, rest_x[:, sl], psd_now[:, sl], rel, target[:, sl], mask[:, sl],
+                                    skin_indices[sl], allowed[sl], current[sl], pair_joint, table[sl], pv, groups)
+        w, W = skinning_psd_solve(sums, allowed[sl], current[sl], table[sl], skin_ridge, psd_ridge, pv)
+        valid = pair_mask(table[sl], pv)
+        W_out[table[sl][valid]] = W[valid]
         w_out[sl] = w
     return w_out.float(), W_out.float()
+
+
+def pair_mask(table: torch.Tensor, psd_vertices: torch.Tensor | None) -> torch.Tensor:
+    """(v, Pmax) bool: the table's slots that hold a pair D may use."""
+    valid = table >= 0
+    return valid if psd_vertices is None else valid & psd_vertices[:, None]
+
+
+NORMAL_KEYS = ("G", "B", "b", "CC", "Cr")
+
+
+@torch.no_grad()
+def skinning_psd_normals(feats: torch.Tensor, rest_x: torch.Tensor, psd_now: torch.Tensor, rel: torch.Tensor,
+                         target: torch.Tensor, mask: torch.Tensor, skin_indices: torch.Tensor, allowed: torch.Tensor,
+                         current: torch.Tensor, pair_joint: torch.Tensor, table: torch.Tensor,
+                         psd_vertices: torch.Tensor | None = None,
+                         groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The sums over scans of :func:`solve_skinning_psd`'s normal equations for one block of v
+    vertices (all arguments restricted to it: rest_x/psd_now/target (N, v, 3), mask (N, v),
+    skin_indices/allowed/current (v, I), table (v, Pmax), psd_vertices (v,)).
+
+    With ``groups`` the data are centred per subject, so scans of different subjects enter only
+    through sums: the sums of disjoint sets of whole subjects add up to the sums of their union
+    (how training splits this by subject batch). Returns float64 G (v, D, D) = sum m F^T F (no
+    ridge), B (v, 3, D, I), b (v, 3, D), CC (v, I, I), Cr (v, I)."""
+    valid = pair_mask(table, psd_vertices)
+    F = (feats[:, pair_joint[table.clamp_min(0)]].double() * valid[None, ..., None]).flatten(2)  # (N, v, D)
+    m = mask.double()
+    al = allowed.double()
+    w0 = current.double()
+    T = rel[:, skin_indices].double()  # (N, v, I, 4, 4)
+    A0 = torch.einsum("vi,nvimk->nvmk", w0, T)
+    R0inv = torch.linalg.inv(A0[..., :3, :3])
+    x = rest_x.double()
+    xd = x + psd_now.double()
+    Tx = torch.einsum("nvimk,nvk->nvim", T[..., :3, :3], xd) + T[..., :3, 3]  # (N, v, I, 3)
+    A0x = torch.einsum("nvmk,nvk->nvm", A0[..., :3, :3], xd) + A0[..., :3, 3]
+    C = torch.einsum("nvmk,nvik->nvim", R0inv, Tx - A0x[:, :, None]) * al[None, :, :, None]
+    r = torch.einsum("nvmk,nvk->nvm", R0inv, target.double() - A0[..., :3, 3]) - x
+    if groups is not None:
+        F, C, r = _centre(F, m, groups), _centre(C, m, groups), _centre(r, m, groups)
+    Fm = F * m[..., None]
+    return dict(G=torch.einsum("nvd,nve->vde", Fm, F), B=torch.einsum("nvd,nvic->vcdi", Fm, C),
+                b=torch.einsum("nvd,nvc->vcd", Fm, r), CC=torch.einsum("nv,nvic,nvjc->vij", m, C, C),
+                Cr=torch.einsum("nv,nvic,nvc->vi", m, C, r))
+
+
+@torch.no_grad()
+def skinning_psd_solve(sums: dict[str, torch.Tensor], allowed: torch.Tensor, current: torch.Tensor,
+                       table: torch.Tensor, skin_ridge: float, psd_ridge: float,
+                       psd_vertices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """omega (v, I) float64 and PSD weights (v, Pmax, 9, 3) float64 of one vertex block from the
+    summed normal equations of :func:`skinning_psd_normals` (rows of unused table slots are 0)."""
+    pmax = table.shape[1]
+    I = allowed.shape[1]
+    al = allowed.double()
+    w0 = current.double()
+    G = sums["G"] + psd_ridge * torch.eye(sums["G"].shape[-1], dtype=torch.float64)
+    B, b = sums["B"], sums["b"]
+    L = torch.linalg.cholesky(G)[:, None]  # (v, 1, D, D)
+    GiB = torch.cholesky_solve(B, L)
+    Gib = torch.cholesky_solve(b[..., None], L)[..., 0]
+    S = sums["CC"] - torch.einsum("vcdi,vcdj->vij", B, GiB)
+    s = sums["Cr"] - torch.einsum("vcdi,vcd->vi", GiB, b)
+    S = S + skin_ridge * torch.eye(I, dtype=S.dtype) + torch.diag_embed(1.0 - al)
+    Sinv_s = torch.linalg.solve(S, s[..., None])[..., 0]
+    Sinv_1 = torch.linalg.solve(S, al[..., None])[..., 0]
+    mu = (Sinv_s * al).sum(-1) / (Sinv_1 * al).sum(-1).clamp_min(1e-12)
+    w = (w0 + (Sinv_s - mu[:, None] * Sinv_1)).clamp_min(0.0) * al
+    w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+    W = (Gib - torch.einsum("vcdi,vi->vcd", GiB, w - w0))  # (v, 3, D)
+    W = W.transpose(1, 2).reshape(-1, pmax, 9, 3) * pair_mask(table, psd_vertices)[..., None, None]
+    return w, W

@@ -151,8 +151,6 @@ def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: Train
     mask = torch.as_tensor(data.mask)
     subj = torch.as_tensor(data.subject_index)
     target = torch.as_tensor(data.verts)
-    rot = model_rotmats(state.pose)
-    feats = pose_features(rot)
     table = pair_table(model.psd.pair_vert, model.n_verts)
     face = torch.zeros(model.n_verts, dtype=torch.bool)
     face[model.face_index] = True
@@ -164,9 +162,11 @@ def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: Train
             # walks the shoulders off along pose-compensated directions)
             update_joint_regressor(model, data, state, cfg)
         with torch.no_grad():
+            rot = model_rotmats(state.pose)  # after C's step, which refines the poses
+            feats = pose_features(rot)
             rest = state.rest[subj]
             x = rest + expand_face(model, state.expression)
-            joints = model.joint_regressor(rest)
+            joints = shard_joints(model, state.rest)[subj]
             _, rel = batch_rigid_transform(rot, joints, model.parents, model.levels)
             # omega and D from one least-squares problem (solvers.solve_skinning_psd); face
             # vertices: expression offsets already absorb their residual, D stays 0 there
@@ -181,8 +181,9 @@ def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: Train
 
 
 @torch.no_grad()
-def posed_error_mm(model: GHUM, data: RegistrationSet, state: TrainState, batch: int = 16) -> float:
-    """F-weighted mean vertex distance (mm) of the current model to the training registrations."""
+def posed_error_sums(model: GHUM, data: RegistrationSet, state: TrainState, batch: int = 16) -> tuple[float, float]:
+    """(sum of F-weighted vertex distances in metres, sum of F) of the current model to the
+    registrations: sums over scan batches add up (how the Dask schedule splits it)."""
     num = den = 0.0
     for lo in range(0, len(data), batch):
         idx = np.arange(lo, min(len(data), lo + batch))
@@ -192,6 +193,12 @@ def posed_error_mm(model: GHUM, data: RegistrationSet, state: TrainState, batch:
                                 state.translation[idx])
         num += float(((v - target).norm(dim=-1) * mask).sum())
         den += float(mask.sum())
+    return num, den
+
+
+def posed_error_mm(model: GHUM, data: RegistrationSet, state: TrainState, batch: int = 16) -> float:
+    """F-weighted mean vertex distance (mm) of the current model to the training registrations."""
+    num, den = posed_error_sums(model, data, state, batch)
     return 1000 * num / max(den, 1.0)
 
 
@@ -243,15 +250,112 @@ def fit_vaes(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainCo
     """Final stage: shape VAE on the subjects' rest shapes, expression VAE on face offsets."""
     model.load_state_dict(state.model)
     refresh_shapes(model, data, state)
-    shapes = (state.rest - model.mean_rest).reshape(len(data.subjects), -1)
+    face_seen = torch.as_tensor(data.mask[:, model.face_index.numpy()]).mean(1) > 0.5
+    summary = fit_vaes_to(model, state.rest, state.expression[face_seen], cfg)
+    state.model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return summary
+
+
+def fit_vaes_to(model: GHUM, rest: torch.Tensor, expression: torch.Tensor, cfg: TrainConfig) -> dict:
+    """The VAEs of ``model`` fitted (in place) to rest shapes (S, V, 3) and the face offsets
+    (n, Vf, 3) of the scans that saw at least half of the face."""
+    shapes = (rest - model.mean_rest).reshape(rest.shape[0], -1)
     prior = _template_basis(model).reshape(-1, shapes.shape[1])
     shape_mm = fit_vae(model.shape_vae, shapes, cfg.vae_steps, cfg.kl_weight, cfg.seed, prior,
                        cfg.model.shape_prior_subjects)
-    face_seen = torch.as_tensor(data.mask[:, model.face_index.numpy()]).mean(1) > 0.5
-    expr = state.expression[face_seen].reshape(int(face_seen.sum()), -1)
-    expr_mm = fit_vae(model.expression_vae, expr, cfg.vae_steps, cfg.kl_weight, cfg.seed + 1)
-    state.model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    expr_mm = fit_vae(model.expression_vae, expression.reshape(expression.shape[0], -1), cfg.vae_steps,
+                      cfg.kl_weight, cfg.seed + 1)
     return dict(shape_vae_train_mm=shape_mm, expression_vae_train_mm=expr_mm)
+
+
+def face_seen(model: GHUM, mask: np.ndarray) -> np.ndarray:
+    """(N,) bool: scans whose filter F covers at least half of the face vertices."""
+    return mask[:, model.face_index.numpy()].mean(1) > 0.5
+
+
+# -- step (b) split by vertex block and subject batch (pipelines/model_schedule.py runs these) --
+
+def shard_joints(model: GHUM, rest: torch.Tensor) -> torch.Tensor:
+    """Rest joint centres (S, J, 3) of rest shapes (S, V, 3) by the model's C, one subject at a
+    time: a batched product rounds differently with the batch size, and the skinning solve
+    amplifies a 1e-7 m joint difference to ~4e-5 on the weights; per subject, every split of the
+    subjects gives the same joints."""
+    with torch.no_grad():
+        return torch.cat([model.joint_regressor(rest[s:s + 1]) for s in range(rest.shape[0])])
+
+
+def psd_block(model: GHUM, rot: torch.Tensor, verts: slice) -> torch.Tensor:
+    """The model's PSD offsets (N, v, 3) on vertices ``verts`` only, for rotations (N, J, 3, 3)."""
+    lo, hi = verts.start, min(verts.stop, model.n_verts)
+    pv = model.psd.pair_vert
+    sel = (pv >= lo) & (pv < hi)
+    feats = pose_features(rot)[:, model.psd.pair_joint[sel]]
+    per_pair = torch.einsum("bpk,pkc->bpc", feats, model.psd.weight[sel].detach())
+    return torch.zeros(rot.shape[0], hi - lo, 3).index_add(1, pv[sel] - lo, per_pair)
+
+
+def face_block(model: GHUM, expression: torch.Tensor, verts: slice) -> torch.Tensor:
+    """Face offsets (N, Vf, 3) -> offsets (N, v, 3) on vertices ``verts``."""
+    lo, hi = verts.start, min(verts.stop, model.n_verts)
+    face = model.face_index
+    sel = (face >= lo) & (face < hi)
+    return torch.zeros(expression.shape[0], hi - lo, 3).index_add(1, face[sel] - lo, expression[:, sel])
+
+
+@torch.no_grad()
+def skinning_psd_block_normals(model: GHUM, verts: slice, subject_index: np.ndarray, pose: torch.Tensor,
+                               translation: torch.Tensor, rest_block: torch.Tensor, expression: torch.Tensor,
+                               joints: torch.Tensor, target_block: np.ndarray, mask_block: np.ndarray) -> dict:
+    """The normal-equation sums of the skinning + PSD solve (``solvers.skinning_psd_normals``) on
+    vertices ``verts`` over one batch of whole subjects: n scans (subject_index (n,) into the
+    batch's S subjects), pose (n, J, 3), translation (n, 3), rest_block (S, v, 3) the subjects'
+    rest shapes on the block, expression (n, Vf, 3), joints (S, J, 3) their rest joints,
+    target_block (n, v, 3) and mask_block (n, v) the registrations on the block."""
+    from ghum_pipe.model.solvers import skinning_psd_normals
+
+    subj = torch.as_tensor(subject_index)
+    rot = model_rotmats(pose)
+    _, rel = batch_rigid_transform(rot, joints[subj], model.parents, model.levels)
+    table = pair_table(model.psd.pair_vert, model.n_verts)[verts]
+    notface = torch.ones(model.n_verts, dtype=torch.bool)
+    notface[model.face_index] = False
+    x = rest_block[subj] + face_block(model, expression, verts)
+    target = torch.as_tensor(target_block) - translation[:, None]
+    return skinning_psd_normals(pose_features(rot), x, psd_block(model, rot, verts), rel, target,
+                                torch.as_tensor(mask_block), model.skin_indices[verts], model.skin_allowed[verts],
+                                model.skin_weights[verts].detach(), model.psd.pair_joint, table, notface[verts], subj)
+
+
+@torch.no_grad()
+def skinning_psd_block_solve(model: GHUM, verts: slice, sums: dict, cfg: TrainConfig) -> tuple:
+    """Solve one vertex block from its summed normal equations: returns (verts, omega (v, I),
+    pair indices (p,), their PSD weights (p, 9, 3)), what :func:`apply_block_solutions` writes."""
+    from ghum_pipe.model.solvers import pair_mask, skinning_psd_solve
+
+    table = pair_table(model.psd.pair_vert, model.n_verts)[verts]
+    notface = torch.ones(model.n_verts, dtype=torch.bool)
+    notface[model.face_index] = False
+    w, W = skinning_psd_solve(sums, model.skin_allowed[verts], model.skin_weights[verts].detach(), table,
+                              cfg.skin_ridge, cfg.psd_ridge, notface[verts])
+    valid = pair_mask(table, notface[verts])
+    return verts, w.float(), table[valid], W[valid].float()
+
+
+@torch.no_grad()
+def apply_block_solutions(model: GHUM, solutions) -> dict:
+    """Write the blocks' omega and PSD weights into ``model`` (as ``model_step`` does); returns
+    its new state_dict."""
+    W_new = torch.zeros_like(model.psd.weight)
+    for verts, w, pairs, W in solutions:
+        model.skin_logits[verts] = torch.log(w.clamp_min(1e-8))
+        W_new[pairs] = W
+    model.psd.weight.copy_(W_new)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def add_sums(a: dict | None, b: dict) -> dict:
+    """Element-wise sum of two normal-equation dicts (a may be None)."""
+    return dict(b) if a is None else {k: a[k] + b[k] for k in a}
 
 
 def train_inline(data: RegistrationSet, cfg: TrainConfig) -> tuple[GHUM, TrainState, dict]:

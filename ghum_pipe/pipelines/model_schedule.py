@@ -1,18 +1,34 @@
 """Training GHUM and GHUML as Dask tasks (the shell around ``train.py``'s pure steps).
 
-Per round and per model: (a) one pose task per chunk of scans (embarrassingly parallel),
-(b) one model-step task; GHUM's and GHUML's tasks are independent, so the two models train in
-parallel on the cluster. Training state stays on the workers as futures; the driver only
-moves the small per-chunk pose results. Workers read the registrations from the shared work
-dir once per process (``data.load_registrations`` is cached), so ``--scheduler`` clusters on
-machines that see the same file system work unchanged.
+The registrations are packed once into ``W/train_store.zarr`` (``model.store``); the training
+subjects are cut into *subject batches* of about ``shard_scans`` scans (whole subjects, so the
+per-subject centring of the skinning + PSD solve stays inside one batch). Each batch's state
+(poses, translations, rest shapes, expressions, rest joints) is a small zarr group in
+``OUT/.train_state/<model>/``; tasks read the chunks they need and write back their own batch,
+and the driver moves only futures, the model's state_dict and small summaries. Per round:
+
+- (a) one pose task per subject batch;
+- (b) ``inner`` times: one refresh task per batch (rest shapes, expressions, joints), in round 0
+  once the joint step C (one task over all batches: its memory grows with N, see
+  docs/cluster.md), then per vertex block one normal-equation task per group of
+  ``batches_per_sum`` batches (memory: one batch x one block) and one solve task summing them
+  (the problem is separable per vertex and its sums add over whole subjects), then one task
+  writing the blocks' solutions into the model;
+- the posed error by batch (sums), the round's one number for the log.
+
+GHUM's and GHUML's tasks are independent, so both models train in parallel on the cluster. The
+result equals ``train.model_step`` in one process up to float rounding
+(tests/test_train_scale.py). Without a client every task runs at once in this process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,109 +36,456 @@ import torch
 
 from ghum_pipe.io.atomic import write_json
 from ghum_pipe.model.config import TrainConfig
-from ghum_pipe.model.data import RegistrationSet, load_registrations, split_subjects
+from ghum_pipe.model.data import RegistrationSet, split_subjects
 
 log = logging.getLogger(__name__)
 
-
-@functools.lru_cache(maxsize=4)
-def _training_set(work: str, resolution: str, pattern: str | None, subjects: tuple[str, ...]) -> RegistrationSet:
-    data = load_registrations(work, resolution, pattern)
-    keep = np.isin(np.array(data.subjects)[data.subject_index], subjects)
-    return data.select(keep)
+STATE_DIR = ".train_state"
 
 
-def _init_task(work, resolution, pattern, subjects, cfg: TrainConfig):
-    from ghum_pipe.model.train import init_state, model_from_state, refresh_shapes
+@dataclass(frozen=True)
+class Shard:
+    """A subject batch: its scans (store order within each subject) and their subjects."""
 
-    data = _training_set(work, resolution, pattern, subjects)
-    model = model_from_state(cfg.model, None)
-    torch.manual_seed(cfg.seed)  # the VAEs' MLPs start random: same seed, same model
-    model.load_state_dict(type(model)(cfg.model).state_dict())  # a fresh start, not a cached one
+    index: int
+    scan_ids: tuple[str, ...]
+    subjects: tuple[str, ...]  # per scan
+    path: str = ""  # its state group
+
+    @property
+    def subject_of(self) -> dict[str, str]:
+        return dict(zip(self.scan_ids, self.subjects))
+
+    def subject_index(self) -> np.ndarray:
+        names = sorted(set(self.subjects))
+        pos = {s: i for i, s in enumerate(names)}
+        return np.array([pos[s] for s in self.subjects], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one model's training is cut: subject batches and vertex blocks."""
+
+    store: str
+    resolution: str
+    n_verts: int
+    shards: tuple[Shard, ...]
+    vblock: int
+    batches_per_sum: int
+    blocks: tuple[tuple[int, int], ...] = field(default=())
+
+    def block_slices(self) -> list[slice]:
+        return [slice(lo, hi) for lo, hi in self.blocks]
+
+
+def plan_shards(scan_ids, subject_of: dict[str, str], rows: dict[str, int], shard_scans: int) -> list[tuple]:
+    """Subject batches: subjects in sorted order, whole, about ``shard_scans`` scans each;
+    scans by (subject, store row). Returns [(scan_ids, subjects)]."""
+    by_subject: dict[str, list[str]] = {}
+    for s in scan_ids:
+        by_subject.setdefault(subject_of[s], []).append(s)
+    out, cur = [], []
+    for subj in sorted(by_subject):
+        cur.extend(sorted(by_subject[subj], key=lambda s: (rows[s], s)))
+        if len(cur) >= shard_scans:
+            out.append(cur)
+            cur = []
+    if cur:
+        out.append(cur)
+    return [(tuple(c), tuple(subject_of[s] for s in c)) for c in out]
+
+
+@functools.lru_cache(maxsize=8)
+def _store(path: str, stamp: int):
+    from ghum_pipe.model.store import RegistrationStore
+
+    return RegistrationStore(path)
+
+
+def _open_store(path: str):
+    return _store(path, (Path(path) / "index.json").stat().st_mtime_ns)
+
+
+def _shard_data(plan: Plan, shard: Shard) -> RegistrationSet:
+    return _open_store(plan.store).registration_set(shard.scan_ids, shard.subject_of, plan.resolution)
+
+
+STATE_KEYS = ("pose", "translation", "rest", "expression")
+
+
+def _shard_state(model_sd: dict, shard: Shard):
+    from ghum_pipe.model.state import TrainState
+    from ghum_pipe.model.store import read_shard_state
+
+    a = read_shard_state(shard.path, STATE_KEYS)
+    return TrainState(model_sd, *(torch.as_tensor(a[k]) for k in STATE_KEYS), [])
+
+
+def _save_state(plan: Plan, shard: Shard, model, state, joints: bool = True) -> None:
+    from ghum_pipe.model.store import write_shard_state
+    from ghum_pipe.model.train import shard_joints
+
+    arrays = {k: getattr(state, k).numpy() for k in STATE_KEYS}
+    if joints:
+        arrays["joints"] = shard_joints(model, state.rest).numpy()
+    write_shard_state(shard.path, plan.vblock, **arrays)
+
+
+def _model(cfg: TrainConfig, model_sd: dict | None):
+    from ghum_pipe.model.train import model_from_state
+
+    return model_from_state(cfg.model, model_sd)
+
+
+def _model0_task(cfg: TrainConfig) -> dict:
+    """The untrained model's state_dict (the VAEs' MLPs start random: seeded)."""
+    from ghum_pipe.model.ghum import GHUM
+
+    torch.manual_seed(cfg.seed)
+    return {k: v.detach().clone() for k, v in GHUM(cfg.model).state_dict().items()}
+
+
+def _init_task(plan: Plan, shard: Shard, cfg: TrainConfig, model_sd: dict) -> int:
+    from ghum_pipe.model.train import init_state, refresh_shapes
+
+    data = _shard_data(plan, shard)
+    model = _model(cfg, model_sd)
     state = init_state(model, data)
-    for _ in range(3):
+    for _ in range(3):  # rest shapes and translations settle together (joints depend on shape)
         refresh_shapes(model, data, state)
-    return state
+    from ghum_pipe.model.store import write_shard_state
+    from ghum_pipe.model.train import face_seen
+
+    _save_state(plan, shard, model, state)
+    write_shard_state(shard.path, plan.vblock, face_seen=face_seen(model, data.mask))
+    return len(data)
 
 
-def _pose_task(work, resolution, pattern, subjects, cfg: TrainConfig, state, idx: np.ndarray):
-    from ghum_pipe.model.train import model_from_state, pose_step
+def _pose_task(plan: Plan, shard: Shard, cfg: TrainConfig, model_sd: dict, *after) -> int:
+    from ghum_pipe.model.store import write_shard_state
+    from ghum_pipe.model.train import pose_step
 
-    data = _training_set(work, resolution, pattern, subjects)
-    model = model_from_state(cfg.model, state.model)
-    return idx, *pose_step(model, data, state, idx, cfg.pose_iters)
-
-
-def _apply_poses(state, results):
-    for idx, pose, trans in results:
-        state.pose[idx], state.translation[idx] = pose, trans
-    return state
-
-
-def _model_task(work, resolution, pattern, subjects, cfg: TrainConfig, state, round_: int):
-    from ghum_pipe.model.train import model_from_state, model_step
-
-    data = _training_set(work, resolution, pattern, subjects)
-    model_step(model_from_state(cfg.model, state.model), data, state, cfg, round_)
-    return state
+    data = _shard_data(plan, shard)
+    model = _model(cfg, model_sd)
+    state = _shard_state(model_sd, shard)
+    n = len(data)
+    for lo in range(0, n, cfg.chunk):
+        idx = np.arange(lo, min(n, lo + cfg.chunk))
+        state.pose[idx], state.translation[idx] = pose_step(model, data, state, idx, cfg.pose_iters)
+    write_shard_state(shard.path, plan.vblock, pose=state.pose.numpy(), translation=state.translation.numpy())
+    return n
 
 
-def _finish_task(work, resolution, pattern, subjects, held_out, cfg: TrainConfig, state, model_dir: str,
-                 started: float):
-    """Fit the VAEs, save the model (weights, config, training shapes) and return its summary."""
+def _refresh_task(plan: Plan, shard: Shard, cfg: TrainConfig, model_sd: dict, *after) -> int:
+    from ghum_pipe.model.train import refresh_shapes
+
+    data = _shard_data(plan, shard)
+    model = _model(cfg, model_sd)
+    state = _shard_state(model_sd, shard)
+    refresh_shapes(model, data, state)
+    _save_state(plan, shard, model, state)
+    return len(data)
+
+
+def _joint_task(plan: Plan, cfg: TrainConfig, model_sd: dict, *after) -> dict:
+    """The joint step C over all subject batches at once (memory ~ the whole training set)."""
+    from ghum_pipe.model.joints import update_joint_regressor
+    from ghum_pipe.model.state import TrainState
+
+    sets = [_shard_data(plan, s) for s in plan.shards]
+    states = [_shard_state(model_sd, s) for s in plan.shards]
+    offset = np.cumsum([0] + [len(d.subjects) for d in sets])
+    data = RegistrationSet(
+        tuple(i for d in sets for i in d.scan_ids), tuple(k for d in sets for k in d.kinds),
+        tuple(s for d in sets for s in d.subjects),
+        np.concatenate([d.subject_index + o for d, o in zip(sets, offset)]),
+        *(np.concatenate([getattr(d, f) for d in sets]) for f in
+          ("verts", "mask", "pose", "has_pose", "translation", "has_translation")))
+    del sets
+    state = TrainState(model_sd, *(torch.cat([getattr(s, k) for s in states]) for k in STATE_KEYS), [])
+    model = _model(cfg, model_sd)
+    update_joint_regressor(model, data, state, cfg)
+    from ghum_pipe.model.store import write_shard_state
+    from ghum_pipe.model.train import shard_joints
+
+    lo = 0
+    for shard, st, so in zip(plan.shards, states, offset):
+        n, S = len(shard.scan_ids), st.rest.shape[0]
+        write_shard_state(shard.path, plan.vblock, pose=state.pose[lo:lo + n].numpy(),
+                          translation=state.translation[lo:lo + n].numpy(),
+                          joints=shard_joints(model, state.rest[so:so + S]).numpy())
+        lo += n
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _normals_task(plan: Plan, shards: tuple[Shard, ...], block: slice, cfg: TrainConfig, model_sd: dict,
+                  *after) -> dict:
+    """Normal-equation sums of one vertex block over some subject batches (one batch in memory)."""
+    from ghum_pipe.model.store import read_shard_state
+    from ghum_pipe.model.train import add_sums, skinning_psd_block_normals
+
+    model = _model(cfg, model_sd)
+    store = _open_store(plan.store)
+    sums = None
+    for shard in shards:
+        target, mask = store.read(store.rows(shard.scan_ids), plan.resolution, block)
+        a = read_shard_state(shard.path, ("pose", "translation", "expression", "joints", "rest"), block)
+        t = {k: torch.as_tensor(v) for k, v in a.items()}
+        sums = add_sums(sums, skinning_psd_block_normals(model, block, shard.subject_index(), t["pose"],
+                                                         t["translation"], t["rest"], t["expression"], t["joints"],
+                                                         target, mask))
+    return sums
+
+
+def _solve_task(block: slice, cfg: TrainConfig, model_sd: dict, *sums) -> tuple:
+    from ghum_pipe.model.train import add_sums, skinning_psd_block_solve
+
+    total = None
+    for s in sums:
+        total = add_sums(total, s)
+    return skinning_psd_block_solve(_model(cfg, model_sd), block, total, cfg)
+
+
+def _apply_task(cfg: TrainConfig, model_sd: dict, *solutions) -> dict:
+    from ghum_pipe.model.train import apply_block_solutions
+
+    return apply_block_solutions(_model(cfg, model_sd), solutions)
+
+
+def _error_task(plan: Plan, shard: Shard, cfg: TrainConfig, model_sd: dict, *after) -> tuple[float, float]:
+    from ghum_pipe.model.train import posed_error_sums
+
+    return posed_error_sums(_model(cfg, model_sd), _shard_data(plan, shard), _shard_state(model_sd, shard))
+
+
+def _history_task(round_: int, *sums) -> dict:
+    num, den = sum(s[0] for s in sums), sum(s[1] for s in sums)
+    return dict(round=round_, fit_mm=1000 * num / max(den, 1.0))
+
+
+def _finish_task(plan: Plan, subjects, held_out, cfg: TrainConfig, model_sd: dict, model_dir: str, work: str,
+                 started: float, history: list, *after) -> dict:
+    """Fit the VAEs to all rest shapes and seen expressions, save the model (weights, config,
+    training shapes) and return its summary."""
     from safetensors.torch import save_file
 
     from ghum_pipe.io.atomic import atomic_path
-    from ghum_pipe.model.train import fit_vaes, model_from_state
+    from ghum_pipe.model.store import read_shard_state
+    from ghum_pipe.model.train import fit_vaes_to
 
-    data = _training_set(work, resolution, pattern, subjects)
-    model = model_from_state(cfg.model, state.model)
-    summary = fit_vaes(model, data, state, cfg)
-    model.load_state_dict(state.model)
-    summary.update(history=state.history, n_scans=len(data), n_subjects=len(data.subjects),
-                   train_subjects=list(subjects), heldout_subjects=list(held_out), work=str(work),
-                   train_config=cfg.to_dict(), seconds=round(time.time() - started, 1))
+    rest, expr = [], []
+    for shard in plan.shards:
+        a = read_shard_state(shard.path, ("rest", "expression", "face_seen"))
+        rest.append(torch.as_tensor(a["rest"]))
+        expr.append(torch.as_tensor(a["expression"][a["face_seen"]]))
+    rest = torch.cat(rest)
+    model = _model(cfg, model_sd)
+    summary = fit_vaes_to(model, rest, torch.cat(expr), cfg)
+    n = sum(len(s.scan_ids) for s in plan.shards)
+    summary.update(history=list(history), n_scans=n, n_subjects=len(subjects), train_subjects=list(subjects),
+                   heldout_subjects=list(held_out), work=str(work), train_config=cfg.to_dict(),
+                   seconds=round(time.time() - started, 1))
     model.save(model_dir, extra=dict(training=summary))
     with atomic_path(Path(model_dir) / "training_shapes.safetensors") as tmp:
-        save_file({"rest": state.rest.contiguous()}, str(tmp))
+        save_file({"rest": rest.contiguous()}, str(tmp))
     return summary
 
 
+def make_plan(store, scan_ids, subject_of: dict[str, str], resolution: str, state_dir: Path, shard_scans: int = 32,
+              vblock: int = 512, batches_per_sum: int = 0) -> Plan:
+    """The subject batches (state groups under ``state_dir``) and vertex blocks of one model.
+    ``batches_per_sum`` subject batches per normal-equation task (0: all of them, one task per block)."""
+    n_verts = int(store.index["key"]["n_verts" if resolution == "full" else "n_verts_low"])
+    rows = {s: store.scans[s]["row"] for s in scan_ids}
+    shards = tuple(Shard(k, ids, subj, str(Path(state_dir) / f"batch_{k:05d}"))
+                   for k, (ids, subj) in enumerate(plan_shards(scan_ids, subject_of, rows, shard_scans)))
+    blocks = tuple((lo, min(n_verts, lo + vblock)) for lo in range(0, n_verts, vblock))
+    return Plan(str(store.path), resolution, n_verts, shards, vblock, batches_per_sum or len(shards), blocks)
+
+
+def joint_sample(plan: Plan, n_subjects: int) -> Plan:
+    """The plan restricted to subject batches evenly spread over the set, about ``n_subjects``
+    subjects (batches x the mean subjects per batch; 0, or more than there are: all)."""
+    total = sum(len(set(s.subjects)) for s in plan.shards)
+    if n_subjects <= 0 or n_subjects >= total:
+        return plan
+    per = total / len(plan.shards)
+    k = min(len(plan.shards), math.ceil(n_subjects / per))
+    pick = np.unique(np.linspace(0, len(plan.shards) - 1, k).round().astype(int))
+    return dataclasses.replace(plan, shards=tuple(plan.shards[i] for i in pick))
+
+
+def submit_model_step(submit, plan: Plan, cfg: TrainConfig, model_sd, round_: int, after: list):
+    """Submit step (b) of one round; returns the future of the new model state_dict and the
+    futures the next step must wait for."""
+    for i in range(cfg.inner):
+        after = [submit(_refresh_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards]
+        if cfg.learn_joints and round_ == 0 and i == 0:
+            model_sd = submit(_joint_task, joint_sample(plan, cfg.joint_subjects), cfg, model_sd, *after, pure=False)
+            after = [model_sd]
+        k = plan.batches_per_sum
+        groups = [plan.shards[lo:lo + k] for lo in range(0, len(plan.shards), k)]
+        solutions = []
+        for block in plan.block_slices():
+            sums = [submit(_normals_task, plan, g, block, cfg, model_sd, *after, pure=False) for g in groups]
+            solutions.append(submit(_solve_task, block, cfg, model_sd, *sums, pure=False))
+        model_sd = submit(_apply_task, cfg, model_sd, *solutions, pure=False)
+        after = [model_sd]
+    return model_sd, after
+
+
 def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=None,
-                 subject_pattern: str | None = None) -> dict:
+                 subject_pattern: str | None = None, shard_scans: int = 32, vblock: int = 512,
+                 batches_per_sum: int = 0, timings: dict | None = None) -> dict:
     """Train each named config (e.g. ``{"ghum": ..., "ghuml": ...}``) into ``out/<name>``.
 
     Uses ``client`` (a ``distributed.Client``) when given, else runs every task in this process.
     The same subject split (``holdout`` of the first config) is used for all models and recorded.
+    ``shard_scans``: scans per subject batch; ``vblock``: vertices per block; ``timings``, if
+    given, receives the wall seconds of each phase (store, init, per round: pose, model, error).
     """
-    work = str(Path(work).resolve())
+    import shutil
+
+    from ghum_pipe.io.subjects import work_subjects
+    from ghum_pipe.model.data import scan_dirs
+    from ghum_pipe.model.store import pack_registrations
+
+    work = Path(work).resolve()
+    timings = timings if timings is not None else {}
+    t0 = time.time()
+    ids = [d.name for d in scan_dirs(work)]
+    if not ids:
+        from ghum_pipe.errors import ModelError
+
+        raise ModelError("no scans/<id>/registration.ply found", path=work,
+                         hint="Run 'ghum-pipe run' (or 'ghum-pipe synth --registrations') into this work dir first")
+    named = work_subjects(work, ids, subject_pattern)
+    subject_of = {s: named[s] or s for s in ids}
+    store, stats = pack_registrations(work, subject_of)
+    timings["store"] = dict(stats, bytes=store.nbytes())
     first = next(iter(configs.values()))
-    full = load_registrations(work, "full", subject_pattern)
-    train_subj, held = split_subjects(full.subjects, first.holdout, first.seed)
+    train_subj, held = split_subjects(tuple(sorted(set(subject_of.values()))), first.holdout, first.seed)
     subjects = tuple(train_subj)
-    n = int(np.isin(np.array(full.subjects)[full.subject_index], subjects).sum())
-    log.info("training on %d scans of %d subjects (%d subjects held out)", n, len(subjects), len(held))
+    keep = set(subjects)
+    train_ids = [s for s in ids if subject_of[s] in keep]
+    log.info("training on %d scans of %d subjects (%d subjects held out)", len(train_ids), len(subjects), len(held))
     started = time.time()
     submit = client.submit if client is not None else (lambda f, *a, **k: _Done(f(*a)))
-    common = lambda cfg: (work, cfg.model.resolution, subject_pattern, subjects)  # noqa: E731
-    states = {name: submit(_init_task, *common(cfg), cfg, pure=False) for name, cfg in configs.items()}
+    state_root = Path(out) / STATE_DIR
+    plans, model_sd, after = {}, {}, {}
+    t0 = time.time()
+    for name, cfg in configs.items():
+        if (state_root / name).exists():
+            shutil.rmtree(state_root / name)
+        plans[name] = make_plan(store, train_ids, subject_of, cfg.model.resolution, state_root / name, shard_scans,
+                                vblock, batches_per_sum)
+        timings.setdefault("joint_scans", {})[name] = sum(
+            len(s.scan_ids) for s in joint_sample(plans[name], cfg.joint_subjects).shards) if cfg.learn_joints else 0
+        model_sd[name] = submit(_model0_task, cfg, pure=False)
+        after[name] = [submit(_init_task, plans[name], s, cfg, model_sd[name], pure=False)
+                       for s in plans[name].shards]
+    _wait([a for v in after.values() for a in v])
+    timings["init"] = round(time.time() - t0, 2)
+    history = {name: [] for name in configs}
     rounds = max(cfg.rounds for cfg in configs.values())
+    timings["rounds"] = []
     for r in range(rounds):
         t0 = time.time()
-        for name, cfg in configs.items():
-            if r >= cfg.rounds:
-                continue
-            chunks = [np.arange(lo, min(n, lo + cfg.chunk)) for lo in range(0, n, cfg.chunk)]
-            results = [submit(_pose_task, *common(cfg), cfg, states[name], idx, pure=False) for idx in chunks]
-            states[name] = submit(_apply_poses, states[name], results, pure=False)
-            states[name] = submit(_model_task, *common(cfg), cfg, states[name], r, pure=False)
-        hist = {name: s.result().history[-1] for name, s in states.items() if r < configs[name].rounds}
-        log.info("round %d/%d (%.0f s): %s", r + 1, rounds, time.time() - t0, hist)
-    futures = {name: submit(_finish_task, *common(cfg), tuple(held), cfg, states[name], str(Path(out) / name),
-                            started, pure=False) for name, cfg in configs.items()}
+        phase = {}
+        active = {n: c for n, c in configs.items() if r < c.rounds}
+        for name, cfg in active.items():
+            after[name] = [submit(_pose_task, plans[name], s, cfg, model_sd[name], *after[name], pure=False)
+                           for s in plans[name].shards]
+        _wait([a for n in active for a in after[n]])
+        phase["pose"] = round(time.time() - t0, 2)
+        t1 = time.time()
+        for name, cfg in active.items():
+            model_sd[name], after[name] = submit_model_step(submit, plans[name], cfg, model_sd[name], r, after[name])
+        _wait([a for n in active for a in after[n]])
+        phase["model"] = round(time.time() - t1, 2)
+        t1 = time.time()
+        for name, cfg in active.items():
+            errs = [submit(_error_task, plans[name], s, cfg, model_sd[name], *after[name], pure=False)
+                    for s in plans[name].shards]
+            history[name].append(submit(_history_task, r, *errs, pure=False).result())
+        phase["error"] = round(time.time() - t1, 2)
+        phase["seconds"] = round(time.time() - t0, 2)
+        timings["rounds"].append(phase)
+        log.info("round %d/%d (%.0f s): %s", r + 1, rounds, time.time() - t0, {n: history[n][-1] for n in active})
+    t0 = time.time()
+    futures = {}
+    for name, cfg in configs.items():
+        plan = plans[name]
+        refreshed = [submit(_refresh_task, plan, s, cfg, model_sd[name], *after[name], pure=False)
+                     for s in plan.shards]
+        futures[name] = submit(_finish_task, plan, subjects, tuple(held), cfg, model_sd[name],
+                               str(Path(out) / name), str(work), started, history[name], *refreshed, pure=False)
     summaries = {name: f.result() for name, f in futures.items()}
+    timings["finish"] = round(time.time() - t0, 2)
+    shutil.rmtree(state_root, ignore_errors=True)
     write_json(Path(out) / "training.json", dict(models=summaries, seconds=round(time.time() - started, 1)))
     return summaries
+
+
+# Peak RSS of a training worker, bytes (docs/cluster.md): a base (Python, torch, Dask, the model
+# being trained), the per-batch tasks (pose fits, refresh) per scan of a subject batch, and per
+# training scan for the two tasks that still hold the whole training set: the joint step C
+# (round 0) and the VAE fits. GHUML's from bench/train_scaling.py (0.80-0.85 GB per worker at 200
+# training scans); GHUM's are estimates (GHUML's plus its larger per-scan arrays), not measured.
+MEMORY_BASE = {"low": 0.6e9, "full": 0.9e9}
+MEMORY_PER_BATCH_SCAN = {"low": 4e6, "full": 18e6}
+MEMORY_PER_SCAN = {"low": 0.35e6, "full": 0.6e6}
+
+
+def worker_memory_needed(n_train: int, resolutions, batch_scans: int) -> int:
+    """Estimated peak bytes of one worker training ``n_train`` scans at ``resolutions``
+    (``full``/``low``) in subject batches of ``batch_scans`` scans."""
+    return int(max(MEMORY_BASE[r] + MEMORY_PER_BATCH_SCAN[r] * batch_scans + MEMORY_PER_SCAN[r] * n_train
+                   for r in resolutions))
+
+
+def training_memory(work: Path, configs: dict[str, TrainConfig], options, subject_pattern: str | None,
+                    batch_scans: int):
+    """The cluster options for training ``configs`` on WORK: worker memory from the tasks'
+    sizes (:func:`worker_memory_needed`). Raises ClusterError (one line with the number and the
+    options that fix it) when the workers cannot get it: ``--memory`` below it, or, on a local
+    cluster, this machine's RAM / ``--workers`` below it. Returns ``options`` with ``memory`` set
+    (local cluster: 1.5 x the need, at most RAM / workers)."""
+    import psutil
+    from dask.utils import format_bytes, parse_bytes
+
+    from ghum_pipe.model.data import scan_dirs
+    from ghum_pipe.pipelines.cluster import ClusterError
+
+    n = len(scan_dirs(work))
+    first = next(iter(configs.values()))
+    n_train = int(round(n * (1 - first.holdout)))
+    need = worker_memory_needed(n_train, {c.model.resolution for c in configs.values()}, batch_scans)
+    log.info("training ~%d scans: ~%s per worker", n_train, format_bytes(need))
+    if options.memory:
+        have = parse_bytes(options.memory)
+        if have < need:
+            raise ClusterError(f"training {n_train} scans needs ~{format_bytes(need)} per worker, --memory gives "
+                               f"{format_bytes(have)}", hint=f"Pass --memory {math.ceil(need / 1e9)}GB, or a smaller "
+                               f"--batch-scans (now {batch_scans}) when most of it is per batch")
+        return options
+    if options.scheduler or options.cluster:
+        return options  # their workers' memory is set where they are started (docs/cluster.md)
+    workers = options.local_workers()
+    per = psutil.virtual_memory().total / workers
+    if per < need:
+        fit = int(psutil.virtual_memory().total // need)
+        raise ClusterError(f"training {n_train} scans needs ~{format_bytes(need)} per worker; this machine's "
+                           f"{format_bytes(psutil.virtual_memory().total)} give {workers} workers "
+                           f"{format_bytes(per)} each", hint=f"Pass --workers {max(1, fit)}"
+                           + (" (or fewer scans)" if fit < 1 else "") + ", or run on a cluster with --memory "
+                           f"{math.ceil(need / 1e9)}GB per worker")
+    return dataclasses.replace(options, memory=str(int(min(per, 1.5 * need))))
+
+
+def _wait(futures) -> None:
+    for f in futures:
+        f.result()
 
 
 class _Done:
@@ -136,16 +499,21 @@ class _Done:
 
 
 def _resolve(x):
-    return x.value if isinstance(x, _Done) else x
+    if isinstance(x, _Done):
+        return x.value
+    if isinstance(x, list):
+        return [_resolve(a) for a in x]
+    return x
 
 
 # without a client the tasks receive _Done objects: unwrap them
-for _name in ("_init_task", "_pose_task", "_apply_poses", "_model_task", "_finish_task"):
+for _name in ("_model0_task", "_init_task", "_pose_task", "_refresh_task", "_joint_task", "_normals_task",
+              "_solve_task", "_apply_task", "_error_task", "_history_task", "_finish_task"):
     _f = globals()[_name]
 
     @functools.wraps(_f)
     def _unwrapping(*args, _f=_f, **kwargs):
-        args = [[_resolve(a) for a in x] if isinstance(x, list) else _resolve(x) for x in args]
+        args = [_resolve(a) for a in args]
         torch.set_num_threads(max(1, torch.get_num_threads()))
         return _f(*args, **kwargs)
 

@@ -1,0 +1,290 @@
+"""Training at scale: wall time, memory and a cost model of ``train_models`` against N scans.
+
+From one ``synth --registrations`` set (5 scans per subject, no close-ups) made once under
+``--base``, each N gets a work dir of symlinks to its first N/5 subjects' scan folders (so every
+run packs its own ``train_store.zarr``). Each measurement runs in a fresh process (so the
+driver's RSS is its own) on a LocalCluster on 127.0.0.1 with 1 thread per worker, and prints:
+
+- the store's build time and size;
+- wall time of init, of each round and its phases (pose, model step, posed error), of the finish
+  (VAE fits + save);
+- peak RSS of the driver (the process, with the in-process scheduler) and of each worker
+  process (psutil, sampled every 0.2 s over the process tree);
+- per task kind: count and mean compute seconds (Dask's task stream).
+
+Then a cost model (a simulation, not a measurement) for 10,000 and 60,000 scans on 10/100/1000
+single-core workers, from the measured per-task costs scaled by their work (scans x vertices)
+and the task counts; see ``cost_model``. The issue's measurements of the previous schedule
+(one model-step task holding everything) are printed as the peer.
+
+    .venv/bin/python bench/train_scaling.py --sizes 250 500 1000 --workers 2 --one-vs-two 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PER_SUBJECT = 5
+OLD = [(120, 267, 0.49, 0.93), (480, 847, 0.71, 2.75)]  # the issue's table: scans, wall s, driver GB, worker GB
+
+
+def make_base(base: Path, n_max: int) -> Path:
+    from ghum_pipe.synth.registrations import make_registrations
+
+    regs = base / "regs"
+    n_subj = math.ceil(n_max / PER_SUBJECT)
+    have = len(list((regs / "scans").glob("*/registration.ply"))) if regs.exists() else 0
+    if have < n_subj * PER_SUBJECT:
+        print(f"making {n_subj} subjects x {PER_SUBJECT} registrations in {regs} (once) ...", flush=True)
+        t0 = time.time()
+        make_registrations(regs, n_subj, seed=0, poses_per_subject=PER_SUBJECT, closeups=False,
+                           population="template")
+        print(f"  {time.time() - t0:.0f} s", flush=True)
+    return regs
+
+
+def work_dir(base: Path, regs: Path, n: int) -> Path:
+    """W with the first n scans (whole subjects) as symlinks, and their subjects.csv."""
+    import shutil
+
+    work = base / f"work_{n}"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "scans").mkdir(parents=True)
+    lines = (regs / "subjects.csv").read_text().splitlines()
+    header, rows = lines[0], sorted(lines[1:])
+    keep = rows[:n]
+    (work / "subjects.csv").write_text("\n".join([header, *keep]) + "\n")
+    for line in keep:
+        sid = line.split(",")[0]
+        (work / "scans" / sid).symlink_to(regs / "scans" / sid)
+    return work
+
+
+class Sampler(threading.Thread):
+    """Peak RSS of this process and of each child process (recursively), every 0.2 s."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.me = psutil.Process()
+        self.peak = {}
+        self.stop = False
+
+    def run(self):
+        while not self.stop:
+            try:
+                procs = [self.me, *self.me.children(recursive=True)]
+            except Exception:  # noqa: BLE001 - a process may end while listed
+                procs = [self.me]
+            for p in procs:
+                try:
+                    rss = p.memory_info().rss
+                except Exception:  # noqa: BLE001
+                    continue
+                self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
+            time.sleep(0.2)
+
+
+def one_run(work: Path, out: Path, n_workers: int, models: list[str], rounds: int, pose_iters: int,
+            shard_scans: int, joint_subjects: int) -> dict:
+    """One training in this process (the bench's child); returns the measurements."""
+    import torch
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from ghum_pipe.model.config import TrainConfig, ghum_config, ghuml_config
+    from ghum_pipe.pipelines.model_schedule import train_models
+
+    torch.set_num_threads(1)
+    sampler = Sampler()
+    sampler.start()
+    configs = {}
+    if "ghum" in models:
+        configs["ghum"] = TrainConfig(model=ghum_config(), rounds=rounds, pose_iters=pose_iters,
+                                      joint_subjects=joint_subjects)
+    if "ghuml" in models:
+        configs["ghuml"] = TrainConfig(model=ghuml_config(), rounds=rounds, pose_iters=pose_iters,
+                                       joint_subjects=joint_subjects)
+    timings: dict = {}
+    t0 = time.time()
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, memory_limit=None) as cluster, Client(cluster) as client:
+        client.run(lambda: __import__("torch").set_num_threads(1))
+        worker_pids = set(client.run(os.getpid).values())
+        with get_task_stream(client) as ts:
+            summaries = train_models(work, out, configs, client, shard_scans=shard_scans, timings=timings)
+        tasks: dict = {}
+        for t in ts.data:
+            name = t["key"].split("-")[0] if isinstance(t["key"], str) else str(t["key"][0]).split("-")[0]
+            busy = sum(s["stop"] - s["start"] for s in t["startstops"] if s["action"] == "compute")
+            k = tasks.setdefault(name, [0, 0.0])
+            k[0] += 1
+            k[1] += busy
+    wall = time.time() - t0
+    sampler.stop = True
+    sampler.join()
+    me = os.getpid()
+    return dict(wall=wall, timings=timings, tasks=tasks, n_train=max(v["n_scans"] for v in summaries.values()),
+                fit_mm=[v["history"][-1]["fit_mm"] for v in summaries.values()], driver_gb=sampler.peak.get(me, 0) / 1e9,
+                worker_gb=sorted((sampler.peak.get(p, 0) / 1e9 for p in worker_pids), reverse=True))
+
+
+def cost_model(meas: dict, n_scans: int, workers: int, n_blocks: int, shard_scans: int, rounds: int = 3,
+               inner: int = 3, bandwidth_gbs: float = 1.0) -> dict:
+    """Simulated wall time (s) per phase of a ``rounds``-round training of ``n_scans`` scans on
+    ``workers`` single-core workers, from one measured run ``meas`` (its per-task compute seconds,
+    taken per scan and pass). Not a measurement.
+
+    Model: per-batch tasks (pose, refresh, error) cost per scan as measured; a phase of T equal
+    tasks on W workers takes ceil(T / W) task times. Normal-equation tasks: the measured cost per
+    scan and block; batches per sum chosen so that blocks x groups >= W; each group's sums of a
+    block (``sums_gb_per_block``) move once to the block's solve task at ``bandwidth_gbs``. The
+    joint step C (round 0) and the VAE fits are one task each whose cost grows with N (measured
+    per scan): the serial part. The scheduler: 1 ms per task, serial (Dask's order of magnitude)."""
+    m = meas["n_train"]
+    t = meas["tasks"]
+    m_rounds, m_passes = meas["rounds"], meas["rounds"] * inner
+    cost = lambda name: t.get(name, (0, 0.0))[1]  # noqa: E731
+    n_batches = math.ceil(n_scans / shard_scans)
+    phase = lambda per_scan: math.ceil(n_batches / workers) * per_scan * shard_scans  # noqa: E731
+    passes = rounds * inner
+    normals_scan_block = cost("_normals_task") / max(m_passes * m * n_blocks, 1)
+    groups = max(1, math.ceil(workers / n_blocks))
+    normals = math.ceil(n_blocks * groups / workers) * normals_scan_block * n_scans / groups
+    transfer = (groups - 1) * meas["sums_gb_per_block"] / bandwidth_gbs if groups > 1 else 0.0
+    solve = cost("_solve_task") / max(m_passes * n_blocks, 1) * math.ceil(n_blocks / workers)
+    n_tasks_round = n_batches * (2 + inner) + inner * (n_blocks * (groups + 1) + 1)
+    out = dict(
+        pose=rounds * phase(cost("_pose_task") / max(m_rounds * m, 1)),
+        refresh=(passes + 1) * phase(cost("_refresh_task") / max((m_passes + 1) * m, 1)),
+        normals=passes * (normals + transfer + solve),
+        error=rounds * phase(cost("_error_task") / max(m_rounds * m, 1)),
+        joint_C=cost("_joint_task") / max(meas["joint_scans"], 1) * n_scans,
+        finish_VAE=cost("_finish_task") / max(m, 1) * n_scans,
+        scheduler=rounds * n_tasks_round * 1e-3,
+    )
+    out["total"] = sum(out.values())
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", type=Path, default=Path("/tmp/ghum-train-scaling"))
+    ap.add_argument("--sizes", type=int, nargs="+", default=[250, 500, 1000])
+    ap.add_argument("--models", nargs="+", default=["ghuml"], choices=["ghum", "ghuml"])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--one-vs-two", type=int, default=None, help="Also run this N with 1 worker.")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--pose-iters", type=int, default=5)
+    ap.add_argument("--shard-scans", type=int, default=32)
+    ap.add_argument("--joint-subjects", type=int, default=20,
+                    help="C's step on batches holding this many subjects (TrainConfig.joint_subjects; 0: all). "
+                         "20 by default: on this shared 2-core machine C's one task on 100 scans takes ~10 min")
+    ap.add_argument("--report", action="store_true", help="Print the tables of BASE/results.json, run nothing.")
+    ap.add_argument("--joint-sample", type=int, default=1000,
+                    help="Cost model: also with C's step on a sample of this many scans (TrainConfig.joint_subjects).")
+    ap.add_argument("--child", nargs=2, metavar=("N", "WORKERS"), default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        n, w = int(args.child[0]), int(args.child[1])
+        work = args.base / f"work_{n}"
+        r = one_run(work, args.base / f"out_{n}_{w}", w, args.models, args.rounds, args.pose_iters, args.shard_scans,
+                    args.joint_subjects)
+        (args.base / f"result_{n}_{w}.json").write_text(json.dumps(r))
+        print("RESULT " + json.dumps(r), flush=True)
+        return
+    runs = [(n, args.workers) for n in args.sizes]
+    if args.one_vs_two:
+        runs.append((args.one_vs_two, 1))
+    if args.report:  # print the tables of the last runs again (from each run's result file)
+        results = {(n, w): json.loads((args.base / f"result_{n}_{w}.json").read_text()) for n, w in runs
+                   if (args.base / f"result_{n}_{w}.json").exists()}
+        runs = []
+    else:
+        regs = make_base(args.base, max(args.sizes))
+        results = {}
+    for n, w in runs:
+        if (args.base / f"work_{n}").exists() and w != args.workers:
+            import shutil
+
+            shutil.rmtree(args.base / f"work_{n}" / "train_store.zarr", ignore_errors=True)
+        else:
+            work_dir(args.base, regs, n)
+        print(f"N={n} workers={w} ...", flush=True)
+        cmd = [sys.executable, __file__, "--base", str(args.base), "--joint-subjects", str(args.joint_subjects),
+               "--models", *args.models, "--rounds",
+               str(args.rounds), "--pose-iters", str(args.pose_iters), "--shard-scans", str(args.shard_scans),
+               "--child", str(n), str(w)]
+        p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+        if not line:
+            print(p.stdout[-3000:], p.stderr[-3000:])
+            raise SystemExit(f"run N={n} failed")
+        results[(n, w)] = json.loads(line[0][7:])
+    models = "+".join(args.models)
+    print(f"\n## {models}, {args.rounds} round(s), pose_iters {args.pose_iters}, C's step on {args.joint_subjects or 'all'} "
+          f"subjects, subject batches of ~{args.shard_scans} "
+          f"scans, this machine: {os.cpu_count()} cores shared (load {os.getloadavg()[0]:.1f})\n")
+    print("| N (all) | train scans | workers | store build s | store MB | init s | round s | pose s | model step s "
+          "| error s | finish s | total s | driver peak GB | worker peaks GB | fit mm |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (n, w), r in results.items():
+        tm = r["timings"]
+        rd = tm["rounds"][0]
+        print(f"| {n} | {r['n_train']} | {w} | {tm['store']['seconds']:.1f} | {tm['store']['bytes'] / 1e6:.0f} | "
+              f"{tm['init']:.0f} | {rd['seconds']:.0f} | {rd['pose']:.0f} | {rd['model']:.0f} | {rd['error']:.0f} | "
+              f"{tm['finish']:.0f} | {r['wall']:.0f} | {r['driver_gb']:.2f} | "
+              f"{' / '.join(f'{g:.2f}' for g in r['worker_gb'])} | {' / '.join(f'{x:.2f}' for x in r['fit_mm'])} |")
+    print("\nPeer (the issue, previous schedule, GHUM + GHUML, 6 scans/subject, 2 workers, 1 round):")
+    print("| scans | wall s | driver GB | largest worker GB |\n|---|---|---|---|")
+    for row in OLD:
+        print("| " + " | ".join(str(x) for x in row) + " |")
+    print("\nPer task kind (compute seconds, Dask task stream):")
+    for (n, w), r in results.items():
+        print(f"N={n} w={w}: " + ", ".join(f"{k[1:]} {c}x{s / max(c, 1):.2f}s" for k, (c, s) in sorted(r["tasks"].items())))
+    if args.one_vs_two and (args.one_vs_two, args.workers) in results:
+        a, b = results[(args.one_vs_two, 1)], results[(args.one_vs_two, args.workers)]
+        print(f"\n1 vs {args.workers} workers at N={args.one_vs_two}: round {a['timings']['rounds'][0]['seconds']:.0f} s vs "
+              f"{b['timings']['rounds'][0]['seconds']:.0f} s (x{a['timings']['rounds'][0]['seconds'] / b['timings']['rounds'][0]['seconds']:.2f}); "
+              f"total {a['wall']:.0f} vs {b['wall']:.0f} s (x{a['wall'] / b['wall']:.2f})")
+    # cost model from the largest multi-worker run
+    n_big = max(n for (n, w) in results if w == args.workers)
+    r = results[(n_big, args.workers)]
+    key = json.loads((args.base / f"work_{n_big}" / "train_store.zarr" / "index.json").read_text())["key"]
+    res = "low" if args.models == ["ghuml"] else "full"
+    V = key["n_verts_low"] if res == "low" else key["n_verts"]
+    vblock = 512
+    n_blocks = math.ceil(V / vblock)
+    D, I = 90, 4  # noqa: E741 - 10 PSD pairs x 9 features per vertex, 4 influences
+    sums_gb = vblock * (D * D + 3 * D * I + 3 * D + I * I + I) * 8 / 1e9
+    meas = dict(n_train=r["n_train"], tasks=r["tasks"], n_blocks=n_blocks, sums_gb_per_block=sums_gb,
+                rounds=args.rounds, joint_scans=max(r["timings"].get("joint_scans", {}).values(), default=r["n_train"]))
+    print(f"\n## Cost model (a SIMULATION from N={n_big}'s per-task costs, {res}-res, projected to 3 rounds x inner 3, "
+          f"{n_blocks} vertex blocks, sums {sums_gb * 1e3:.0f} MB per block and group at 1 GB/s)\n")
+    print("seconds per phase; C: the joint step on all scans, one task; C sampled: on "
+          f"{args.joint_sample} scans (joint_subjects); total h with C on all / sampled\n")
+    print("| scans | workers | pose | refresh | normals+solve | error | C (1 task) | C sampled | VAE finish (1 task) "
+          "| scheduler | total h | total h, C sampled |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n in (10_000, 60_000):
+        for w in (10, 100, 1000):
+            c = cost_model(meas, n, w, n_blocks, args.shard_scans)
+            sampled = c["joint_C"] * min(1.0, args.joint_sample / n)
+            print(f"| {n} | {w} | " + " | ".join(f"{c[k]:.0f}" for k in ("pose", "refresh", "normals", "error", "joint_C"))
+                  + f" | {sampled:.0f} | " + " | ".join(f"{c[k]:.0f}" for k in ("finish_VAE", "scheduler")) +
+                  f" | {c['total'] / 3600:.2f} | {(c['total'] - c['joint_C'] + sampled) / 3600:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
