@@ -94,7 +94,7 @@ def run_evaluation(model_root: Path, work: Path, out_dir: Path | None = None,
         for b in (1, 64):
             results["speed"].append(dict(model=name.upper(), batch=b, ms=ev.speed_ms(model, b)))
         if truth is not None:
-            results["checks"] += _planted_checks(name, model, low, full, truth, truth_root, t)
+            results["checks"] += planted_checks(name, model, low, full, truth, truth_root, t)
     # the template itself, fitted by the same staged L-BFGS as every model (a fair peer)
     tpl_fit = ev.fit_errors(template_model(), full, cfg, use_psd=False, truth=scans)
     row = dict(model="template (Anny 32 shape + pose)", latent=t.n_shape, mean_mm=tpl_fit["mean_mm"])
@@ -120,8 +120,33 @@ def run_evaluation(model_root: Path, work: Path, out_dir: Path | None = None,
     return results
 
 
-def _planted_checks(name: str, model, low: bool, full, truth: dict, work: Path, t) -> list[dict]:
-    """PSD fraction, joint centres and skinning against the planted truth of ``synth --registrations``."""
+def run_planted_checks(model_root: Path, work: Path, truth_dir: Path | None = None, max_scans: int | None = None,
+                       subject_pattern: str | None = None) -> dict:
+    """Only the planted-truth checks of ``run_evaluation`` (no fits: seconds), for each model
+    under ``model_root`` on the held-out subjects of ``work``; ``{"checks", "subjects"}``."""
+    from ghum_pipe.template import load_template
+
+    model_root, work = Path(model_root), Path(work)
+    dirs = ev.model_dirs(model_root)
+    models = {name: ev.GHUM.load(d) for name, d in dirs.items()}
+    first = next(iter(models.values()))
+    full = ev.cap(ev.heldout(load_registrations(work, "full", subject_pattern), first.meta, work), max_scans)
+    truth_root = work if planted_truth(work) is not None else (Path(truth_dir).parent if truth_dir else work)
+    truth = planted_truth(truth_root)
+    if truth is None:
+        raise ev.ModelError("no planted truth here", path=truth_root,
+                            hint="Use synth --registrations or synth --planted data and pass its truth/ folder")
+    t = load_template()
+    checks = []
+    for name, model in models.items():
+        checks += planted_checks(name, model, model.config.resolution == "low", full, truth, truth_root, t)
+    return dict(checks=checks, subjects=list(full.subjects))
+
+
+def planted_checks(name: str, model, low: bool, full, truth: dict, work: Path, t) -> list[dict]:
+    """PSD fraction, joint centres and skinning of ``model`` on the held-out registrations
+    ``full`` against the planted truth (``synth --registrations``, or ``synth --planted``
+    scans; ``work``: the folder whose truth/subjects holds the rest shapes and joints)."""
     checks = []
     to_model = _lowres().downsample if low else None
     body = np.array([k == "body" for k in full.kinds])
