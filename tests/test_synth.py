@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import open3d as o3d
 import pytest
+import torch
 from pykdtree.kdtree import KDTree
 
 from ghum_pipe.synth import frames
@@ -128,6 +129,41 @@ def test_population_lies_outside_the_template_basis_and_is_seeded(template):
     b = pose_rest(template, old[1].rest_verts, old[1].rest_joints, pose, expr)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, atol=1e-9)
+
+
+def test_planted_people_carry_the_corrective_skinning_and_joint_shifts(template, tmp_path):
+    """SynthConfig(planted=True): the people are posed as ``synth --registrations`` plants them
+    (corrective before skinning, perturbed weights, shifted joint centres), and the truth files
+    read back through ``model.truth.planted_truth``, so a model trained from their scans has
+    known targets. Exact, not measured: the planted corrective is the registrations' definition."""
+    from ghum_pipe.model.truth import corrective_offsets, planted_truth
+    from ghum_pipe.synth.generate import planted, write_batch_planted_truth
+    from ghum_pipe.synth.registrations import joint_shift
+    from ghum_pipe.template.lbs import batch_rodrigues
+
+    t = template
+    truth = planted(t, SEED)
+    plain, shifted = make_subject(t, SEED, 0), make_subject(t, SEED, 0, SynthConfig(planted=True))
+    np.testing.assert_array_equal(plain.rest_verts, shifted.rest_verts)
+    np.testing.assert_allclose(shifted.rest_joints - plain.rest_joints,
+                               joint_shift(truth["shifts"], t.n_joints, plain.rest_verts), atol=1e-12)
+    el = t.joint_index("lowerarm01.L")
+    pose = np.zeros((t.n_joints, 3))
+    pose[el] = [0.0, 0.0, 1.2]
+    zero = np.zeros(t.n_expression)
+    # the corrective alone: template skinning weights and an unbent rest give the same mesh
+    a, _ = pose_rest(t, plain.rest_verts, plain.rest_joints, pose, zero,
+                     dict(truth, skin_weights=t.skin_weights))
+    b, _ = pose_rest(t, plain.rest_verts, plain.rest_joints, pose, zero)
+    dx = corrective_offsets(truth["corrective"]["fields"], truth["corrective"]["joints"],
+                            batch_rodrigues(torch.as_tensor(pose)).numpy())
+    # the biceps bulge (25 mm at full strength, sin^2(0.6) = 0.32 of it here) is posed with the arm
+    assert np.abs(np.linalg.norm(a - b, axis=1).max() - np.linalg.norm(dx, axis=1).max()) < 1e-3
+    assert np.linalg.norm(dx, axis=1).max() > 0.005
+    write_batch_planted_truth(tmp_path, t, SEED)
+    read = planted_truth(tmp_path)
+    np.testing.assert_allclose(read["skinning"]["skin_weights"], truth["skin_weights"])
+    np.testing.assert_array_equal(read["planted_joints"], truth["shifts"]["joints"])
 
 
 def test_pose_conventions(template):

@@ -5,9 +5,10 @@
   its MLPs at zero, *is* PCA);
 - :func:`template_shape_model`: the same model with its shape space replaced by the
   template's own 32 linear coefficients (learned skinning, joints and PSD kept);
-- :func:`fit_template`: the classic-model baseline: the template's own parameter space (Anny's
-  32 linear shape coefficients, 52 ARKit expressions, template skinning and joints, no PSD)
-  fitted to a registration by pose + shape + expression;
+- :func:`template_model`: the classic-model baseline as a model ``fitting.fit_model`` fits like
+  any trained one (so it is a fair peer): the template's own parameter space (Anny's 32 linear
+  shape coefficients, its 52 expression blendshapes, template skinning and joints, no PSD);
+- :func:`fit_template`: the same space fitted by plain Adam (the older, weaker peer);
 - :func:`pca_projection_error_mm`: PCA reconstruction error of held-out shapes at k components.
 """
 
@@ -46,6 +47,31 @@ def template_shape_model(model):
     out.shape_vae.set_basis(Vt, S)
     out.config = type(model.config)(**{**model.config.to_dict(), "shape_latent": t.n_shape})
     return out
+
+
+def template_model(resolution: str = "full", top_k: int = 4):
+    """The template itself as a GHUM (``resolution`` full | low): shape space = its 32 one-std
+    directions, expression space = its 52 blendshapes (over every vertex they move, a few beyond
+    the face mask: eyes, teeth), its skinning weights and shape->joint map, zero PSD. The
+    blendshapes' joint motion is dropped, as in the trained models (Anny's is zero)."""
+    from ghum_pipe.model.config import ModelConfig
+    from ghum_pipe.model.ghum import GHUM, template_for
+    from ghum_pipe.model.networks import VAE
+
+    t = template_for(resolution, top_k)
+    m = GHUM(ModelConfig(resolution=resolution, shape_latent=t.n_shape, expression_latent=t.n_expression,
+                         top_k=top_k, shape_prior_subjects=0.0), t)
+    P = torch.as_tensor(t.shape_basis, dtype=torch.float32).reshape(t.n_shape, -1)
+    _, S, Vt = torch.linalg.svd(P, full_matrices=False)
+    m.shape_vae.set_basis(Vt, S)
+    E = torch.as_tensor(np.asarray(t.expression_basis), dtype=torch.float32)  # (E, V, 3)
+    moved = torch.nonzero(E.abs().amax((0, 2)) > 0).flatten()
+    m.face_index = moved
+    m.expression_vae = VAE(len(moved) * 3, t.n_expression, hidden=m.config.hidden)
+    _, S, Vt = torch.linalg.svd(E[:, moved].reshape(t.n_expression, -1), full_matrices=False)
+    keep = S > 1e-6 * S[0]
+    m.expression_vae.set_basis(Vt[keep], S[keep])
+    return m.eval()
 
 
 def template_projection_error_mm(basis: torch.Tensor, test: torch.Tensor) -> float:

@@ -15,7 +15,7 @@ import torch
 from ghum_pipe.io.atomic import atomic_path
 from ghum_pipe.model import evaluate as ev
 from ghum_pipe.model import plots
-from ghum_pipe.model.baselines import fit_template, pca_shape_model, template_joint_error_mm, template_shape_model
+from ghum_pipe.model.baselines import pca_shape_model, template_joint_error_mm, template_model, template_shape_model
 from ghum_pipe.model.data import load_registrations
 from ghum_pipe.model.truth import planted_truth, scan_truth, subject_truth
 
@@ -52,7 +52,7 @@ def run_evaluation(model_root: Path, work: Path, out_dir: Path | None = None,
     Rows per model: the model, PCA of its training shapes at the same latent size, and the
     model with the template's 32 shape coefficients as its shape space, each fitted with and
     without the PSD; then the template itself (32 coefficients + pose + expression, its own
-    skinning and joints). ``truth_dir`` (``OUT/truth`` of ``ghum-pipe synth``) adds every fit's
+    skinning and joints, ``baselines.template_model``) fitted by the same fitter. ``truth_dir`` (``OUT/truth`` of ``ghum-pipe synth``) adds every fit's
     error to the true mesh."""
     from ghum_pipe.template import load_template
 
@@ -63,7 +63,12 @@ def run_evaluation(model_root: Path, work: Path, out_dir: Path | None = None,
     first = next(iter(models.values()))
     full = ev.cap(ev.heldout(load_registrations(work, "full", subject_pattern), first.meta, work), cfg.max_scans)
     log.info("evaluating on %d held-out scans of %d subjects", len(full), len(full.subjects))
+    # the planted truth: of a synth --registrations work dir, or of scans made with synth --planted
+    truth_root = work
     truth = planted_truth(work)
+    if truth is None and truth_dir is not None:
+        truth_root = Path(truth_dir).parent
+        truth = planted_truth(truth_root)
     t = load_template()
     scans = scan_truth(truth_dir, work, full.scan_ids, t.masks["surface"]) if truth_dir else None
     results: dict = dict(work=str(work), n_scans=len(full), subjects=list(full.subjects), fit=[], checks=[],
@@ -89,24 +94,19 @@ def run_evaluation(model_root: Path, work: Path, out_dir: Path | None = None,
         for b in (1, 64):
             results["speed"].append(dict(model=name.upper(), batch=b, ms=ev.speed_ms(model, b)))
         if truth is not None:
-            results["checks"] += _planted_checks(name, model, low, full, truth, work, t)
-    t_verts = fit_template(t, torch.as_tensor(full.verts), torch.as_tensor(full.mask),
-                           torch.as_tensor(full.pose) if full.has_pose.all() else None, cfg.fit_iters).numpy()
-    m = full.mask
-    t_err = np.linalg.norm(t_verts - full.verts, axis=-1)
-    row = dict(model="template (Anny 32 shape + pose)", latent=t.n_shape,
-               mean_mm=float(((t_err * m).sum(1) / m.sum(1)).mean() * 1000))
+            results["checks"] += planted_checks(name, model, low, full, truth, truth_root, t)
+    # the template itself, fitted by the same staged L-BFGS as every model (a fair peer)
+    tpl_fit = ev.fit_errors(template_model(), full, cfg, use_psd=False, truth=scans)
+    row = dict(model="template (Anny 32 shape + pose)", latent=t.n_shape, mean_mm=tpl_fit["mean_mm"])
     if scans is not None:
-        te = np.linalg.norm(t_verts - scans.verts, axis=-1)
-        per = list((te * scans.mask).sum(1) / scans.mask.sum(1) * 1000)
-        row.update(truth_mm=float(np.mean(per)), truth_per_scan_mm=per)
+        row.update(truth_mm=tpl_fit["truth_mm"], truth_per_scan_mm=tpl_fit["truth_per_scan_mm"])
     results["fit"].append(row)
-    plots.error_heatmap(t.rest_verts, t.faces, (t_err * m).sum(0) / np.maximum(m.sum(0), 1),
+    plots.error_heatmap(t.rest_verts, t.faces, tpl_fit["per_vertex_m"],
                         out_dir / "heatmap_template.png", "template: held-out per-vertex error")
     ghum_name = next((n for n, mdl in models.items() if mdl.config.resolution == "full"), None)
     if ghum_name is not None and cfg.dims:
         train_shapes = ev.training_shapes(dirs[ghum_name])
-        test = _test_shapes(models[ghum_name], full, truth, scans, work)
+        test = _test_shapes(models[ghum_name], full, truth, scans, truth_root)
         results["vae_vs_pca"] = ev.vae_vs_pca(
             train_shapes, test, cfg.dims, cfg.vae_steps, template_mean=torch.as_tensor(t.rest_verts, dtype=torch.float32),
             template_basis=torch.as_tensor(t.shape_basis, dtype=torch.float32),
@@ -120,8 +120,33 @@ def run_evaluation(model_root: Path, work: Path, out_dir: Path | None = None,
     return results
 
 
-def _planted_checks(name: str, model, low: bool, full, truth: dict, work: Path, t) -> list[dict]:
-    """PSD fraction, joint centres and skinning against the planted truth of ``synth --registrations``."""
+def run_planted_checks(model_root: Path, work: Path, truth_dir: Path | None = None, max_scans: int | None = None,
+                       subject_pattern: str | None = None) -> dict:
+    """Only the planted-truth checks of ``run_evaluation`` (no fits: seconds), for each model
+    under ``model_root`` on the held-out subjects of ``work``; ``{"checks", "subjects"}``."""
+    from ghum_pipe.template import load_template
+
+    model_root, work = Path(model_root), Path(work)
+    dirs = ev.model_dirs(model_root)
+    models = {name: ev.GHUM.load(d) for name, d in dirs.items()}
+    first = next(iter(models.values()))
+    full = ev.cap(ev.heldout(load_registrations(work, "full", subject_pattern), first.meta, work), max_scans)
+    truth_root = work if planted_truth(work) is not None else (Path(truth_dir).parent if truth_dir else work)
+    truth = planted_truth(truth_root)
+    if truth is None:
+        raise ev.ModelError("no planted truth here", path=truth_root,
+                            hint="Use synth --registrations or synth --planted data and pass its truth/ folder")
+    t = load_template()
+    checks = []
+    for name, model in models.items():
+        checks += planted_checks(name, model, model.config.resolution == "low", full, truth, truth_root, t)
+    return dict(checks=checks, subjects=list(full.subjects))
+
+
+def planted_checks(name: str, model, low: bool, full, truth: dict, work: Path, t) -> list[dict]:
+    """PSD fraction, joint centres and skinning of ``model`` on the held-out registrations
+    ``full`` against the planted truth (``synth --registrations``, or ``synth --planted``
+    scans; ``work``: the folder whose truth/subjects holds the rest shapes and joints)."""
     checks = []
     to_model = _lowres().downsample if low else None
     body = np.array([k == "body" for k in full.kinds])

@@ -32,6 +32,9 @@ import click
 @click.option("--population", type=click.Choice(["anny", "template"]), default="anny", show_default=True,
               help="Rest shapes: 'anny' = Anny's full phenotype model + person-specific soft tissue and "
                    "asymmetry (outside the template's shape space); 'template' = the template's 32 coefficients.")
+@click.option("--planted", is_flag=True,
+              help="Pose the people with a planted pose-space corrective, skinning and joint-centre shifts "
+                   "(as --registrations does; written to OUT/truth) so a model trained from their scans has known targets.")
 @click.option("--force", is_flag=True, help="Rewrite scans that already exist in OUT.")
 @click.option("--workers", "jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (one subject each); the files do not depend on it.")
@@ -40,7 +43,8 @@ import click
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, errors only.")
 def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, units: str | None, up: str | None,
           fmt: str, point_cloud: bool, closeups: bool, other_model: bool, registrations: bool, population: str,
-          force: bool, jobs: int, jobs_old: int | None, verbose: int, quiet: bool, textured: bool = False) -> None:
+          force: bool, jobs: int, jobs_old: int | None, verbose: int, quiet: bool, textured: bool = False,
+          planted: bool = False) -> None:
     """Make COUNT synthetic scans with exact ground truth in OUT.
 
     Scans go to OUT/scans/<id>.<format>, their truth (template vertices in the scan's frame,
@@ -93,7 +97,12 @@ def synth(out: Path, count: int, seed: int, posed: bool, expressions: bool, unit
     from ghum_pipe.synth.generate import SynthConfig
 
     config = SynthConfig(posed=posed, expressions=expressions, units=units or "m", up=up or "z",
-                         point_cloud=point_cloud, population=population)
+                         point_cloud=point_cloud, population=population, planted=planted)
+    if planted:
+        from ghum_pipe.synth.generate import write_batch_planted_truth
+        from ghum_pipe.template import load_template
+
+        write_batch_planted_truth(out, load_template(), seed)
     job = dict(out=out, seed=seed, config=config, closeups=closeups, fmt=fmt, force=force, textured=textured)
     written, t0 = 0, time.time()
     with Progress(transient=True, disable=quiet) as progress:

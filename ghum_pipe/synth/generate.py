@@ -13,6 +13,12 @@ asymmetry, ``population.py``); ``template`` takes a phenotype of the template's 
 with the ring scanner of ``scanner.py``, places it by a random rigid transform and writes it in
 the scan's units and up axis. ``closeup_scans`` scans the head and each hand of the same subject
 with a finer, less noisy hand-held scanner, cropped to the region.
+
+With ``SynthConfig.planted`` the scanned people carry the planted truth of ``synth
+--registrations`` (``registrations.py``): the pose-space corrective added before skinning, the
+perturbed skinning weights (seed + 1) and the joint-centre shifts, so that a model trained from
+the pipeline's registrations of these scans has known targets (``write_planted_truth`` writes
+them to OUT/truth, each subject's rest shape and true joints to OUT/truth/subjects).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class SynthConfig:
     n_betas: int = 32  # population 'template': leading shape coefficients used (16..32)
     population: str = "anny"  # anny | template (see population.py)
     variation: float = 1.0  # population 'anny': scale of the soft-tissue / asymmetry offsets
+    planted: bool = False  # plant synth --registrations' corrective, skinning and joint shifts (below)
     max_tilt_deg: float = 5.0
     max_translation_m: float = 1.0
     scanner: ScannerConfig = BODY_SCANNER
@@ -110,6 +117,21 @@ def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
 
 _REGIONS: dict[str, SkinRegions] = {}
 _POSERS: dict[str, PoseSampler] = {}
+_PLANTED: dict[tuple, dict] = {}
+
+
+def planted(t, seed: int) -> dict:
+    """The planted truth of batch ``seed`` (as ``synth --registrations`` plants it): skin_weights
+    (V, I), corrective {"fields" (K, V, 3), "joints" (K,), ...}, shifts (``planted_joint_shifts``)."""
+    from ghum_pipe.synth.registrations import (
+        RegistrationSynthOptions, planted_corrective, planted_joint_shifts, planted_skin_weights,
+    )
+
+    key = (t.hash, seed)
+    if key not in _PLANTED:
+        _PLANTED[key] = dict(skin_weights=planted_skin_weights(t, RegistrationSynthOptions.skin_noise, seed + 1),
+                             corrective=planted_corrective(t), shifts=planted_joint_shifts(t))
+    return _PLANTED[key]
 
 
 def _regions(t) -> SkinRegions:
@@ -122,6 +144,13 @@ def _poser(t) -> PoseSampler:
     if t.hash not in _POSERS:
         _POSERS[t.hash] = PoseSampler(t.joint_names, t.rest_joints)
     return _POSERS[t.hash]
+
+
+def write_batch_planted_truth(out_dir, t, seed: int) -> None:
+    """OUT/truth/{corrective,skinning,joints}.*: the planted truth of batch ``seed``."""
+    from ghum_pipe.synth.registrations import write_planted_truth
+
+    write_planted_truth(out_dir, t, planted(t, seed), dict(seed=seed, source="synth --planted (scans)"))
 
 
 def make_subject(t, seed: int, index: int, config: SynthConfig = SynthConfig()) -> Subject:
@@ -137,14 +166,23 @@ def make_subject(t, seed: int, index: int, config: SynthConfig = SynthConfig()) 
         betas[config.n_betas:] = 0.0
         colors, tones = subject_colors(_regions(t), rng)
         v, j = t.shaped(torch.as_tensor(betas[None]), dtype=torch.float64)
+        if config.planted:
+            from ghum_pipe.synth.registrations import joint_shift
+
+            j = j + torch.as_tensor(joint_shift(planted(t, seed)["shifts"], t.n_joints, v[0].numpy()))
         return Subject(subject_id(seed, index), np.asarray(t.phenotype_bank[k], np.float64), tuple(t.phenotype_names),
                        betas, colors, tones, v[0].numpy(), j[0].numpy(), np.zeros(N_FACTORS))
     from ghum_pipe.synth.anny_shapes import PHENOTYPES
 
     colors, tones = subject_colors(_regions(t), rng)
     person = draw_person(t, _rng(seed, index, STREAM_SHAPE), config.variation)
+    joints = person.joints
+    if config.planted:
+        from ghum_pipe.synth.registrations import joint_shift
+
+        joints = joints + joint_shift(planted(t, seed)["shifts"], t.n_joints, person.verts)
     return Subject(subject_id(seed, index), person.phenotype, PHENOTYPES, person.betas, colors, tones,
-                   person.verts, person.joints, person.factors)
+                   person.verts, joints, person.factors)
 
 
 def pose_template(t, betas: np.ndarray, pose: np.ndarray, expression: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,19 +195,26 @@ def pose_template(t, betas: np.ndarray, pose: np.ndarray, expression: np.ndarray
 
 
 def pose_rest(t, rest_verts: np.ndarray, rest_joints: np.ndarray, pose: np.ndarray,
-              expression: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+              expression: np.ndarray, planted_truth: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(V, 3), (J, 3) float64 metres: a rest shape (V, 3) with joints (J, 3) given the
     template's expression blendshapes and posed by the template's skinning (float64). For a
-    shape of the template's space this is ``pose_template`` (tested)."""
+    shape of the template's space this is ``pose_template`` (tested). ``planted_truth``
+    (:func:`planted`): add its pose-space corrective before skinning and skin with its weights."""
+    from ghum_pipe.model.truth import corrective_offsets
     from ghum_pipe.template.lbs import as_rotmats, lbs
 
     tt = t.tensors(dtype=torch.float64)
     e = torch.as_tensor(expression[None], dtype=torch.float64)
     v = torch.as_tensor(rest_verts[None]) + torch.einsum("be,evk->bvk", e, tt["expression_basis"])
     j = torch.as_tensor(rest_joints[None]) + torch.einsum("be,ejk->bjk", e, tt["expression_joint_basis"])
+    rot = as_rotmats(torch.as_tensor(pose[None], dtype=torch.float64))
+    weights = tt["skin_weights"]
+    if planted_truth is not None:
+        c = planted_truth["corrective"]
+        v = v + torch.as_tensor(corrective_offsets(c["fields"], c["joints"], rot[0].numpy())[None])
+        weights = torch.as_tensor(planted_truth["skin_weights"], dtype=torch.float64)
     with torch.no_grad():
-        v, j = lbs(v, j, as_rotmats(torch.as_tensor(pose[None], dtype=torch.float64)), tt["parents"],
-                   tt["skin_indices"], tt["skin_weights"], tt["levels"])
+        v, j = lbs(v, j, rot, tt["parents"], tt["skin_indices"], weights, tt["levels"])
     return v[0].numpy(), j[0].numpy()
 
 
@@ -226,6 +271,7 @@ def _finish(t, scan_id, subject, kind, index, seed, config, pose, expression, ve
     info = dict(
         scan_id=scan_id, subject=subject.subject_id, kind=kind, seed=seed, index=index, units=units, up=up,
         posed=bool(np.any(pose)), expression=active, n_betas=config.n_betas, population=config.population,
+        planted=config.planted,
         phenotype=dict(zip(subject.phenotype_names, np.round(subject.phenotype, 4).tolist())),
         transform=T.tolist(), n_observed_verts=int(observed.sum()), point_cloud=sf is None, **subject.tones, **info,
     )
@@ -242,7 +288,8 @@ def body_scan(t, seed: int, index: int, config: SynthConfig = SynthConfig(), tak
     rng = _rng(seed, index, base + STREAM_POSE)
     pose = _poser(t).sample(rng) if (config.posed or take) else np.zeros((t.n_joints, 3))
     expression = random_expression(t.expression_names, rng) if config.expressions else np.zeros(t.n_expression)
-    verts, joints = pose_rest(t, subject.rest_verts, subject.rest_joints, pose, expression)
+    verts, joints = pose_rest(t, subject.rest_verts, subject.rest_joints, pose, expression,
+                              planted(t, seed) if config.planted else None)
     rng_scan = _rng(seed, index, base + STREAM_SCANNER)
     surface = t.masks["surface"]
     lo, hi = verts[surface].min(0), verts[surface].max(0)
@@ -275,7 +322,8 @@ def closeup_scans(t, seed: int, index: int, config: SynthConfig = SynthConfig(),
                 pose[j] = full[j]
         expression = (random_expression(t.expression_names, rng) if (config.expressions and kind == "head")
                       else np.zeros(t.n_expression))
-        verts, joints = pose_rest(t, subject.rest_verts, subject.rest_joints, pose, expression)
+        verts, joints = pose_rest(t, subject.rest_verts, subject.rest_joints, pose, expression,
+                                  planted(t, seed) if config.planted else None)
         region = t.masks[kind]
         scan_faces = _grow_faces(t.faces, region, rings=3)
         keep = region[t.faces[scan_faces]].all(1)

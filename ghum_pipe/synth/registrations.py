@@ -230,6 +230,22 @@ def random_expression(t, rng: np.random.Generator) -> np.ndarray:
     return e
 
 
+def write_planted_truth(out_dir: Path, t, truth: dict, extra: dict) -> None:
+    """OUT/truth/{corrective,skinning,joints}.{json,npz}: the planted truth ``truth`` (skin_weights,
+    corrective, shifts; ``generate.planted``) as ``model.truth.planted_truth`` reads it."""
+    corr, shifts, out_dir = truth["corrective"], truth["shifts"], Path(out_dir)
+    write_json(out_dir / "truth" / "corrective.json", dict(items=corr["spec"], **extra))
+    write_npz(out_dir / "truth" / "corrective.npz", joints=corr["joints"], fields=corr["fields"],
+              names=np.array(corr["names"]))
+    write_npz(out_dir / "truth" / "skinning.npz", skin_indices=t.skin_indices, skin_weights=truth["skin_weights"],
+              start_weights=t.skin_weights)
+    write_npz(out_dir / "truth" / "joints.npz", joints=shifts["joints"], a=shifts["a"], b=shifts["b"],
+              names=np.array(shifts["names"]))
+    write_json(out_dir / "truth" / "joints.json", dict(
+        law="rest joint = template shape->joint map + a + b * (stature_m - 1.8) / 0.3",
+        items=[dict(joint=n, a_m=a.tolist(), b_m=b.tolist()) for n, a, b in zip(shifts["names"], shifts["a"], shifts["b"])]))
+
+
 def make_registrations(out_dir: Path, count: int, seed: int = 0, **options) -> list[str]:
     """Write ``count`` synthetic subjects (several scans each) as registrations under ``out_dir``.
 
@@ -252,17 +268,9 @@ def make_registrations(out_dir: Path, count: int, seed: int = 0, **options) -> l
     corr = planted_corrective(t)
     tt = t.tensors()
     tt64 = t.tensors(dtype=torch.float64)
-    write_json(out_dir / "truth" / "corrective.json", dict(items=corr["spec"], options=asdict(opts), seed=seed))
-    write_npz(out_dir / "truth" / "corrective.npz", joints=corr["joints"], fields=corr["fields"],
-              names=np.array(corr["names"]))
-    write_npz(out_dir / "truth" / "skinning.npz", skin_indices=t.skin_indices, skin_weights=skin_w,
-              start_weights=t.skin_weights)
     shifts = planted_joint_shifts(t)
-    write_npz(out_dir / "truth" / "joints.npz", joints=shifts["joints"], a=shifts["a"], b=shifts["b"],
-              names=np.array(shifts["names"]))
-    write_json(out_dir / "truth" / "joints.json", dict(
-        law="rest joint = template shape->joint map + a + b * (stature_m - 1.8) / 0.3",
-        items=[dict(joint=n, a_m=a.tolist(), b_m=b.tolist()) for n, a, b in zip(shifts["names"], shifts["a"], shifts["b"])]))
+    write_planted_truth(out_dir, t, dict(skin_weights=skin_w, corrective=corr, shifts=shifts),
+                        dict(options=asdict(opts), seed=seed))
     bank = rng.choice(np.arange(1, len(t.phenotype_bank)), size=count, replace=count > len(t.phenotype_bank) - 1)
     skin_w_t = torch.as_tensor(skin_w, dtype=torch.float64)
     ids, rows = [], []

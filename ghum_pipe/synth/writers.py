@@ -4,7 +4,8 @@ Meshes: PLY (binary, vertex colours), OBJ (vertex colours as ``v x y z r g b``, 
 texture: ``vt`` UVs, an MTL and a PNG beside it), STL (no colour), GLB (vertex colours or a
 texture). Point clouds: PLY, PCD (binary, colours and normals) or XYZ
 (plain ``x y z``), written by open3d. All files are written atomically and are the same bytes
-for the same scan. The truth never goes beside the scans, so the pipeline cannot read it.
+for the same scan. The truth never goes beside the scans, so the pipeline cannot read it. Scans
+with the planted truth (``SynthConfig.planted``) also write OUT/truth/subjects/<subject>.npz.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def write_scan(out_dir: Path, scan, fmt: str) -> Path:
     truth = dict(scan.truth)
     write_npz(out_dir / "truth" / f"{scan.scan_id}.npz", **truth)
     write_json(out_dir / "truth" / f"{scan.scan_id}.json", {**scan.info, "file": f"scans/{path.name}"})
+    if scan.info.get("planted"):  # the subject's rest shape and true (shifted) joints, as synth --registrations
+        write_npz(out_dir / "truth" / "subjects" / f"{scan.info['subject']}.npz", rest_verts=truth["rest_verts"],
+                  rest_joints=truth["rest_joints"])
     return path
 
 
