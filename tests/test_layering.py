@@ -165,3 +165,12 @@ def test_shipped_upright_profiles_match_the_template():
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_upright_profiles.py"), "--check"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+
+
+def test_nothing_below_the_cli_imports_it():
+    """The click commands live in ``cli/`` (synth's, the model's, export's); no other package
+    imports the CLI layer, so its options and errors cannot pull click into a core."""
+    graph = import_graph()
+    offenders = {m: sorted(d for d in deps if d.startswith("ghum_pipe.cli")) for m, deps in graph.items()
+                 if not m.startswith("ghum_pipe.cli") and any(d.startswith("ghum_pipe.cli") for d in deps)}
+    assert not offenders, offenders

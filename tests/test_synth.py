@@ -86,7 +86,7 @@ def test_frames_units_and_up_axis(template, posed, apose):
 def test_same_seed_same_bytes_and_different_seed_differs(template, apose, tmp_path):
     from click.testing import CliRunner
 
-    from ghum_pipe.synth.command import synth
+    from ghum_pipe.cli.synth_command import synth
     from ghum_pipe.synth.writers import write_scan
 
     direct = write_scan(tmp_path / "direct", apose, "ply")

@@ -276,7 +276,7 @@ def _add_commands() -> None:
     ``export``). Those modules import only click at the top, so listing the commands imports no torch."""
     from ghum_pipe.cli.model_commands import evaluate, sample, train
     from ghum_pipe.cli.export_command import export
-    from ghum_pipe.synth.command import synth
+    from ghum_pipe.cli.synth_command import synth
 
     for command in (synth, train, evaluate, sample, export):
         main.add_command(command)

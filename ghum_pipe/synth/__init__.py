@@ -6,6 +6,6 @@
 - ``frames``: random rigid placement and file units / up axis;
 - ``generate``: body and close-up scans of a subject (pure core);
 - ``mannequin``: a primitive-built body of another topology (``--other-model``);
-- ``writers``: scan files and truth files; ``command``: the click command;
+- ``writers``: scan files and truth files (the click command is ``cli/synth_command.py``);
 - ``registrations``: ground-truth registrations for training (``--registrations``).
 """
