@@ -20,16 +20,15 @@ EXIT_FAILED, EXIT_USAGE = 1, 2
 
 def _merge_closeups(work: Path, baked: list[Path], template, quiet: bool) -> None:
     """Merge each subject's baked head and hand close-ups into the textures of its body scans."""
-    import json
-
     from ghum_pipe.export.bake_scan import merge_closeup_bakes
+    from ghum_pipe.io.scan_record import read_scan_record
     from ghum_pipe.io.subjects import work_subjects
 
     subjects = work_subjects(work, tuple(d.name for d in baked))
 
-    def kind(d: Path) -> str:
-        meta = d / "scan.json"
-        return json.loads(meta.read_text()).get("kind", "body") if meta.exists() else "body"
+    def kind(d: Path) -> str:  # what ingest recorded (the pipeline's one kind resolver)
+        record = read_scan_record(d)
+        return record.kind if record is not None else "body"
 
     groups: dict[str, dict[str, list[Path]]] = {}
     for d in baked:

@@ -328,8 +328,9 @@ def merge_bakes(base: BakeResult, closeups: list[BakeResult], texels: TexelMap,
     def weight(b: BakeResult, k: float) -> np.ndarray:
         return np.where(b.mask[r, c] == SEEN, k * b.confidence[r, c].astype(np.float64), 0.0)
 
-    wsum = weight(base, 1.0)
-    acc = wsum[:, None] * base.texture[r, c]
+    body_w = weight(base, 1.0)
+    wsum = body_w.copy()
+    acc = body_w[:, None] * base.texture[r, c]
     conf = base.confidence[r, c].copy()
     for b in closeups:
         if b.texture.shape != base.texture.shape:
@@ -346,7 +347,6 @@ def merge_bakes(base: BakeResult, closeups: list[BakeResult], texels: TexelMap,
     mask[r, c] = np.where(seen, SEEN, FILLED)
     confidence = base.confidence.copy()
     confidence[r, c] = conf
-    body_w = weight(base, 1.0)
     stats = dict(base.stats, seen_texels=int(seen.sum()), filled_texels=int((~seen).sum()),
                  seen_fraction=float(seen.mean()), texels_mostly_from_closeups=int((wsum - body_w > body_w).sum()))
     return BakeResult(texture=tex, confidence=confidence, mask=mask, stats=stats)

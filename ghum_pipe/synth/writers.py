@@ -44,6 +44,9 @@ def _write_mesh(path: Path, scan, fmt: str) -> None:
         raise ValueError(f"mesh format must be one of {MESH_FORMATS}, got {fmt!r}")
     mesh = trimesh.Trimesh(scan.verts, scan.faces, process=False)
     textured = getattr(scan, "texture", None) is not None and fmt in ("obj", "glb")
+    if textured and fmt == "obj":
+        _write_textured_obj(path, scan)
+        return
     if textured:
         from PIL import Image
 
@@ -51,9 +54,6 @@ def _write_mesh(path: Path, scan, fmt: str) -> None:
     elif scan.colors is not None and fmt != "stl":
         rgba = np.concatenate([scan.colors, np.full((len(scan.colors), 1), 255, np.uint8)], 1)
         mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba)
-    if textured and fmt == "obj":
-        _write_textured_obj(path, scan)
-        return
     with atomic_path(path) as tmp:
         if fmt == "obj":
             data = trimesh.exchange.obj.export_obj(mesh, include_normals=False, include_color=True,
