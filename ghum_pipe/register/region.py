@@ -90,7 +90,7 @@ def region_of(template, kind: str, config: RegisterConfig = RegisterConfig()) ->
     mask = template.masks[kind]
     inner = grow(template, mask, c.data_rings)
     sub = grow(template, inner, c.pin_rings)
-    return Region(kind=kind, mask=mask.copy(), surface=mask & surface, data=inner & surface, sub=sub,
+    return Region(kind=kind, mask=mask.copy(), surface=template.surface_of(kind), data=inner & surface, sub=sub,
                   pins=np.flatnonzero(sub & ~inner), skeleton=c.skeleton, nonrigid=c.nonrigid,
                   min_landmarks=c.min_face_landmarks if kind == "head" else c.min_hand_landmarks,
                   min_coverage=c.min_coverage, coverage_dist_m=c.coverage_dist_m, max_init_rms_m=float("inf"),

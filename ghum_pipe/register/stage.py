@@ -163,7 +163,7 @@ def run_registration(scan_path, scan_dir, config: RegisterConfig = RegisterConfi
               frame=np.array(json.dumps(frame.to_dict())), template_hash=np.array(template.hash),
               verts_internal=res.verts, **({"subject": np.array(record.subject)} if record.subject else {}))
     surface = template.masks["surface"]
-    region = surface if kind == "body" else surface & np.asarray(template.masks[kind], bool)
+    region = template.surface_of(kind)
     write_residual_map(scan_dir / "residuals.png", res.verts, template.faces[surface[template.faces].all(1)],
                        res.scan_points, res.scan_to_reg_m, body_front(res.verts, template.coco_regressor, template.coco_names),
                        vertices=region, title=f"{scan.id}: scan -> registration, mean {metrics['scan_to_reg_mean_mm']:.2f} mm")

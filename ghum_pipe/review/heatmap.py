@@ -39,12 +39,12 @@ def vertex_residuals_mm(verts_m: np.ndarray, scan_points_m: np.ndarray, dist_m: 
                         vertices: np.ndarray | None = None) -> np.ndarray:
     """(V,) mean scan->registration distance (mm) of the scan samples (N, 3) nearest to each
     registration vertex (among ``vertices`` (V,) bool, default all); nan where no sample is."""
-    from scipy.spatial import cKDTree
+    from ghum_pipe.register.backend import PointIndex
 
     V = len(verts_m)
     cand = np.arange(V) if vertices is None else np.flatnonzero(vertices)
-    _, nn = cKDTree(np.asarray(verts_m)[cand]).query(np.asarray(scan_points_m, dtype=np.float64))
-    owner = cand[nn]
+    _, nn = PointIndex(np.asarray(verts_m)[cand]).query(np.asarray(scan_points_m, dtype=np.float64))
+    owner = cand[nn[:, 0]]
     total = np.bincount(owner, weights=np.asarray(dist_m, dtype=np.float64) * 1e3, minlength=V)
     count = np.bincount(owner, minlength=V)
     out = np.full(V, np.nan)

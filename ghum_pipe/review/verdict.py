@@ -130,7 +130,7 @@ def review_registration(
 
     verts_m = np.asarray(verts_m, dtype=np.float64)
     groups = sig.body_groups(template)
-    region = groups.surface if kind == "body" else groups.surface & np.asarray(template.masks[kind], bool)
+    region = template.surface_of(kind)
     faces = template.faces[groups.surface[template.faces].all(1)]  # a close-up's scan may reach past its region
     pts = np.asarray(scan_points_m, dtype=np.float64)
     if len(pts) > config.max_scan_points:

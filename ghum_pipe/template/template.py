@@ -132,6 +132,12 @@ class Template:
         m["surface"] = ~m["interior"]
         return m
 
+    def surface_of(self, kind: str) -> np.ndarray:
+        """(V,) bool: the surface vertices a ``kind`` scan shows ("body": all of the surface;
+        "head", "hand_left", "hand_right": the surface of that part)."""
+        surface = self.masks["surface"]
+        return surface.copy() if kind == "body" else surface & self.masks[kind]
+
     @functools.cached_property
     def hash(self) -> str:
         """Identifies the template (topology + rig + rest shape); models record it."""
