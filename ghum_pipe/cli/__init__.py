@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -19,7 +20,7 @@ from ghum_pipe.cli.options import (
     EXIT_FAILED, EXIT_INTERRUPTED, SetupError, in_work_dir, setup_logging, verbosity_options, work_option, writable_dir,
 )
 from ghum_pipe.errors import GhumPipeError
-from ghum_pipe.pipelines.cluster import cluster_click_options
+from ghum_pipe.pipelines.cluster import cluster_click_options, mute_dask_logs
 
 
 def batch_options(command):
@@ -68,6 +69,8 @@ def _run_stages(stages, scans, work, cluster, retries, force, only, units, up, s
                            subject_pattern=subject_pattern)
     except GhumPipeError as e:
         raise SetupError(str(e)) from None
+    if result.interrupted:
+        _interrupt_state["said"] = True  # the runner said it; what follows is the cluster's shutdown
     for failure in result.failures:
         click.echo(failure.line())
     click.echo(result.summary())
@@ -88,7 +91,8 @@ class _Main(click.Group):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            click.echo("interrupted: finished results are saved; run the same command again to resume", err=True)
+            click.echo(INTERRUPTED_LINE, err=True)
+            _interrupt_state["said"] = True
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
@@ -123,7 +127,9 @@ def main():
 
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (a batch system's cancel, `kill`) stops like Ctrl-C: finished results are saved.
-        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started ignoring it (`&`)
+            signal.signal(signal.SIGINT, _interrupt)
 
 
 @main.command()
@@ -267,7 +273,38 @@ def _write_report(work: Path, verbose: int = 0, quiet: bool = False, cluster=Non
         click.echo(f"report: {index}")
 
 
-def _sigterm_as_interrupt(signum, frame):
+INTERRUPTED_LINE = "interrupted: finished results are saved; run the same command again to resume"
+_INTERRUPT_GRACE_S = (10.0, 20.0)  # re-interrupt after, then force the exit after as much again
+_interrupt_state = {"watchdog": None, "said": False}
+
+
+def _interrupt(signum, frame):
+    """Ctrl-C or SIGTERM: Dask's loggers in this process are muted at once (the same signal
+    reaches the worker processes, and the scheduler here would log each dropped connection with
+    a traceback before the interrupt unwinds), then the command stops as on Ctrl-C.
+
+    An interrupt that lands inside an import or a library's cleanup can be swallowed there, and
+    the command would then wait for workers the same signal has killed (seen about once in 40
+    signals sent during start-up). So a watchdog delivers it again 10 s later and, if the
+    process is still alive 20 s after that, ends it with the one line and exit 130."""
+    import os
+    import threading
+
+    mute_dask_logs()
+    if _interrupt_state["watchdog"] is None:
+        main_thread = threading.main_thread().ident
+
+        def watchdog():
+            time.sleep(_INTERRUPT_GRACE_S[0])
+            if not _interrupt_state["said"]:  # the command has not seen it (else: it is shutting down)
+                signal.pthread_kill(main_thread, signal.SIGTERM)  # this handler again: a KeyboardInterrupt
+            time.sleep(_INTERRUPT_GRACE_S[1])
+            if not _interrupt_state["said"]:
+                click.echo(INTERRUPTED_LINE, err=True)
+            os._exit(EXIT_INTERRUPTED)
+
+        _interrupt_state["watchdog"] = threading.Thread(target=watchdog, name="interrupt-watchdog", daemon=True)
+        _interrupt_state["watchdog"].start()
     raise KeyboardInterrupt
 
 

@@ -86,10 +86,12 @@ def writable_dir(path: Path, what: str = "work dir") -> Path:
 
 def in_work_dir(cluster, work: Path):
     """Local Dask workers keep their scratch files in ``W/.dask-scratch/<pid>`` (removed when the
-    cluster closes, with ``W/.dask-scratch`` when empty): nothing is written outside W."""
+    cluster closes, with ``W/.dask-scratch`` when empty) and write their stderr to
+    ``W/logs/workers.log``: nothing is written outside W, and nothing of theirs in the terminal."""
     from ghum_pipe.pipelines.cluster import ClusterOptions
 
     if isinstance(cluster, ClusterOptions) and cluster.local_directory is None:
-        scratch = Path(work).resolve() / DASK_SCRATCH / str(os.getpid())
-        return dataclasses.replace(cluster, local_directory=str(scratch))
+        work = Path(work).resolve()
+        return dataclasses.replace(cluster, local_directory=str(work / DASK_SCRATCH / str(os.getpid())),
+                                   worker_log=cluster.worker_log or str(work / "logs" / "workers.log"))
     return cluster

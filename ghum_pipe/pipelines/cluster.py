@@ -62,6 +62,9 @@ class ClusterOptions:
     local_directory: LocalCluster workers' scratch space (the commands put it in
         ``W/.dask-scratch``, so nothing is written outside the work dir; removed when the cluster
         closes if it was created for it); None = Dask's default.
+    worker_log: LocalCluster worker processes' stderr (their own logs, warnings, the traceback
+        of a worker that died) is appended to this file instead of the terminal (the commands:
+        ``W/logs/workers.log``); None = the terminal.
     """
 
     workers: int | None = None
@@ -72,6 +75,7 @@ class ClusterOptions:
     memory: str | None = None
     dashboard: bool = False
     local_directory: str | None = None
+    worker_log: str | None = None
 
     def __post_init__(self):
         if self.workers is not None and self.workers < 1:
@@ -210,30 +214,101 @@ def open_client(options: ClusterOptions | None = None) -> Iterator["distributed.
     else:
         scratch = None if options.local_directory is None else Path(options.local_directory)
         made_scratch = scratch is not None and not scratch.exists()
-        cluster = distributed.LocalCluster(
-            n_workers=options.local_workers(),
-            threads_per_worker=options.threads_per_worker,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-            scheduler_kwargs={"dashboard": options.dashboard},
-            memory_limit=options.memory or "auto",
-            local_directory=options.local_directory,
-            silence_logs=logging.ERROR,
-        )
+        try:
+            with _workers_stderr_to(options.worker_log):
+                cluster = distributed.LocalCluster(
+                    n_workers=options.local_workers(),
+                    threads_per_worker=options.threads_per_worker,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=":0",
+                    scheduler_kwargs={"dashboard": options.dashboard},
+                    memory_limit=options.memory or "auto",
+                    local_directory=options.local_directory,
+                    silence_logs=logging.ERROR,
+                )
+        except KeyboardInterrupt:  # Ctrl-C while the workers start
+            _abandon(None)
+            _remove_scratch(scratch, made_scratch)
+            raise
+    interrupted = False
     try:
         with cluster, distributed.Client(cluster) as client:
             if options.dashboard:
                 log.warning("dask dashboard: %s", client.dashboard_link)
             try:
                 yield client
+            except KeyboardInterrupt:
+                interrupted = True
+                mute_dask_logs()  # before the workers' connections close under the scheduler
+                raise
             finally:
-                _quiet_shutdown(client)
+                if not interrupted:
+                    _quiet_shutdown(client)
+    except KeyboardInterrupt:
+        _abandon(cluster)
+        raise
     finally:
-        if not options.cluster and made_scratch:
-            shutil.rmtree(scratch, ignore_errors=True)  # the workers' spill space: nothing left behind
-            with contextlib.suppress(OSError):
-                scratch.parent.rmdir()  # W/.dask-scratch, when no other run uses it
+        if not options.cluster:
+            _remove_scratch(scratch, made_scratch)
+
+
+@contextlib.contextmanager
+def _workers_stderr_to(path: str | None):
+    """Worker processes started inside this block write their stderr to ``path`` (appended),
+    not to the terminal: their own logs and warnings, and the KeyboardInterrupt tracebacks of
+    workers that a terminal's Ctrl-C (sent to the whole process group) hits while they import
+    Dask. This process's messages return to the terminal when the block ends."""
+    import sys
+
+    if path is None:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _remove_scratch(scratch: Path | None, made: bool) -> None:
+    """The local workers' spill space (``W/.dask-scratch/<pid>``), and ``W/.dask-scratch`` when
+    no other run uses it: nothing left behind."""
+    if scratch is None or not made:
+        return
+    shutil.rmtree(scratch, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        scratch.parent.rmdir()
+
+
+def mute_dask_logs() -> None:
+    """Silence this process's Dask loggers for the rest of an interrupted run. Ctrl-C in a
+    terminal (SIGTERM from a batch system, ``kill`` of the process group) reaches the worker
+    processes too: the scheduler and nannies here then log every dropped connection and every
+    worker that failed to start, with tracebacks, after the one-line message."""
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in ("distributed", "tornado", "asyncio")]
+    for name in names + ["distributed", "tornado", "asyncio"]:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+def _abandon(cluster) -> None:
+    """After an interrupt: close ``cluster`` (or a LocalCluster whose start was interrupted,
+    which the caller never got) quietly and within seconds. distributed's own exit hook would
+    otherwise close it again and print an ``AssertionError`` traceback for a half-started one."""
+    from distributed.deploy.spec import SpecCluster
+
+    mute_dask_logs()
+    clusters = [cluster] if cluster is not None else list(SpecCluster._instances)
+    for c in clusters:
+        with contextlib.suppress(BaseException):
+            c.close(timeout=5)
+        c.shutdown_on_close = False
 
 
 def _quiet_shutdown(client) -> None:
@@ -274,7 +349,7 @@ class ClientSession:
 
     def __exit__(self, *exc) -> None:
         if self._stack is not None:
-            self._stack.close()
+            self._stack.__exit__(*exc)  # an interrupt reaches open_client as one
         self._stack = self._client = None
 
 

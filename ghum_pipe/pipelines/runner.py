@@ -144,6 +144,8 @@ def run_batch(
                 _execute(work, manifest, saver, todo, plan_stages, configs, cluster, retries, progress, result)
             except KeyboardInterrupt:
                 result.interrupted = True
+                log.warning("interrupted: unfinished tasks cancelled, finished results saved; "
+                            "run the same command again to resume")
             finally:
                 saver.flush()
                 sweep_temp_files(work)
@@ -297,7 +299,6 @@ def _execute(work, manifest, saver, todo, plan_stages, configs, cluster, retries
                 saver.touch()
                 futures.pop((scan_id, stage), None)
         except KeyboardInterrupt:
-            log.warning("interrupted: cancelling %d task(s); finished results are saved", len(futures))
             client.cancel(list(futures.values()), force=True)
             raise
 
