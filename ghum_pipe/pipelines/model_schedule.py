@@ -412,13 +412,15 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
 
 
 # Peak RSS of a training worker, bytes (docs/cluster.md): a base (Python, torch, Dask, the model
-# being trained), the per-batch tasks (pose fits, refresh) per scan of a subject batch, and per
-# training scan for the two tasks that still hold the whole training set: the joint step C
-# (round 0) and the VAE fits. GHUML's from bench/train_scaling.py (0.80-0.85 GB per worker at 200
-# training scans); GHUM's are estimates (GHUML's plus its larger per-scan arrays), not measured.
-MEMORY_BASE = {"low": 0.6e9, "full": 0.9e9}
+# being trained), the per-batch tasks (pose fits, C's step, refresh) per scan of a subject batch,
+# and per training scan for the one task that still holds the whole training set: the VAE fits
+# (every subject's rest shape, every seen expression, their SVD). GHUML's base and per-batch term
+# from bench/train_scaling.py (0.80 GB per worker at 200 and at 400 training scans, flat); the
+# per-scan terms are estimates from the arrays (~5 copies of a rest shape per subject, 5 scans per
+# subject, plus the expressions), not measured; GHUM's are estimates too.
+MEMORY_BASE = {"low": 0.65e9, "full": 0.9e9}
 MEMORY_PER_BATCH_SCAN = {"low": 4e6, "full": 18e6}
-MEMORY_PER_SCAN = {"low": 0.35e6, "full": 0.6e6}
+MEMORY_PER_SCAN = {"low": 0.1e6, "full": 0.6e6}
 
 
 def worker_memory_needed(n_train: int, resolutions, batch_scans: int) -> int:
