@@ -17,7 +17,7 @@ single-core workers, from the measured per-task costs scaled by their work (scan
 and the task counts; see ``cost_model``. The issue's measurements of the previous schedule
 (one model-step task holding everything) are printed as the peer.
 
-    .venv/bin/python bench/train_scaling.py --sizes 250 500 1000 --workers 2 --one-vs-two 500
+    .venv/bin/python bench/train_scaling.py --sizes 250 500 1000 --workers 2 --one-vs-two 1000
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class Sampler(threading.Thread):
 
 
 def one_run(work: Path, out: Path, n_workers: int, models: list[str], rounds: int, pose_iters: int,
-            shard_scans: int, joint_subjects: int) -> dict:
+            shard_scans: int, joint_iters: int) -> dict:
     """One training in this process (the bench's child); returns the measurements."""
     import torch
     from distributed import Client, LocalCluster, get_task_stream
@@ -111,11 +111,10 @@ def one_run(work: Path, out: Path, n_workers: int, models: list[str], rounds: in
     sampler.start()
     configs = {}
     if "ghum" in models:
-        configs["ghum"] = TrainConfig(model=ghum_config(), rounds=rounds, pose_iters=pose_iters,
-                                      joint_subjects=joint_subjects)
+        configs["ghum"] = TrainConfig(model=ghum_config(), rounds=rounds, pose_iters=pose_iters, joint_iters=joint_iters)
     if "ghuml" in models:
         configs["ghuml"] = TrainConfig(model=ghuml_config(), rounds=rounds, pose_iters=pose_iters,
-                                       joint_subjects=joint_subjects)
+                                       joint_iters=joint_iters)
     timings: dict = {}
     t0 = time.time()
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -150,8 +149,10 @@ def cost_model(meas: dict, n_scans: int, workers: int, n_blocks: int, shard_scan
     tasks on W workers takes ceil(T / W) task times. Normal-equation tasks: the measured cost per
     scan and block; batches per sum chosen so that blocks x groups >= W; each group's sums of a
     block (``sums_gb_per_block``) move once to the block's solve task at ``bandwidth_gbs``. The
-    joint step C (round 0) and the VAE fits are one task each whose cost grows with N (measured
-    per scan): the serial part. The scheduler: 1 ms per task, serial (Dask's order of magnitude)."""
+    joint step C (round 0): one task per batch (measured per scan) as a phase, then its refit (one
+    task, measured per scan: it grows with N, but by ~1e-4 s per subject) and one joints task per
+    batch. The VAE fits are one task whose cost grows with N (measured per scan): the serial
+    part. The scheduler: 1 ms per task, serial (Dask's order of magnitude)."""
     m = meas["n_train"]
     t = meas["tasks"]
     m_rounds, m_passes = meas["rounds"], meas["rounds"] * inner
@@ -164,13 +165,14 @@ def cost_model(meas: dict, n_scans: int, workers: int, n_blocks: int, shard_scan
     normals = math.ceil(n_blocks * groups / workers) * normals_scan_block * n_scans / groups
     transfer = (groups - 1) * meas["sums_gb_per_block"] / bandwidth_gbs if groups > 1 else 0.0
     solve = cost("_solve_task") / max(m_passes * n_blocks, 1) * math.ceil(n_blocks / workers)
-    n_tasks_round = n_batches * (2 + inner) + inner * (n_blocks * (groups + 1) + 1)
+    n_tasks_round = n_batches * (2 + inner) + inner * (n_blocks * (groups + 1) + 1) + 2 * n_batches / rounds
     out = dict(
         pose=rounds * phase(cost("_pose_task") / max(m_rounds * m, 1)),
         refresh=(passes + 1) * phase(cost("_refresh_task") / max((m_passes + 1) * m, 1)),
         normals=passes * (normals + transfer + solve),
         error=rounds * phase(cost("_error_task") / max(m_rounds * m, 1)),
-        joint_C=cost("_joint_task") / max(meas["joint_scans"], 1) * n_scans,
+        joint_C=(phase(cost("_joint_batch_task") * meas.get("joint_scale", 1.0) / max(m, 1)) + phase(cost("_joints_task") / max(m, 1))
+                 + cost("_joint_refit_task") / max(m, 1) * n_scans),
         finish_VAE=cost("_finish_task") / max(m, 1) * n_scans,
         scheduler=rounds * n_tasks_round * 1e-3,
     )
@@ -179,6 +181,8 @@ def cost_model(meas: dict, n_scans: int, workers: int, n_blocks: int, shard_scan
 
 
 def main():
+    from ghum_pipe.model.config import TrainConfig
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", type=Path, default=Path("/tmp/ghum-train-scaling"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[250, 500, 1000])
@@ -188,19 +192,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--pose-iters", type=int, default=5)
     ap.add_argument("--shard-scans", type=int, default=32)
-    ap.add_argument("--joint-subjects", type=int, default=20,
-                    help="C's step on batches holding this many subjects (TrainConfig.joint_subjects; 0: all). "
-                         "20 by default: on this shared 2-core machine C's one task on 100 scans takes ~10 min")
+    ap.add_argument("--joint-iters", type=int, default=TrainConfig().joint_iters,
+                    help="L-BFGS iterations per pass of C's step (TrainConfig.joint_iters). Fewer to fit a slow "
+                         "machine: C runs all its iterations, so the cost model scales C's measured cost by "
+                         "the default / this.")
     ap.add_argument("--report", action="store_true", help="Print the tables of BASE/results.json, run nothing.")
-    ap.add_argument("--joint-sample", type=int, default=1000,
-                    help="Cost model: also with C's step on a sample of this many scans (TrainConfig.joint_subjects).")
     ap.add_argument("--child", nargs=2, metavar=("N", "WORKERS"), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         n, w = int(args.child[0]), int(args.child[1])
         work = args.base / f"work_{n}"
         r = one_run(work, args.base / f"out_{n}_{w}", w, args.models, args.rounds, args.pose_iters, args.shard_scans,
-                    args.joint_subjects)
+                    args.joint_iters)
         (args.base / f"result_{n}_{w}.json").write_text(json.dumps(r))
         print("RESULT " + json.dumps(r), flush=True)
         return
@@ -222,8 +225,8 @@ def main():
         else:
             work_dir(args.base, regs, n)
         print(f"N={n} workers={w} ...", flush=True)
-        cmd = [sys.executable, __file__, "--base", str(args.base), "--joint-subjects", str(args.joint_subjects),
-               "--models", *args.models, "--rounds",
+        cmd = [sys.executable, __file__, "--base", str(args.base), "--models", *args.models, "--joint-iters",
+               str(args.joint_iters), "--rounds",
                str(args.rounds), "--pose-iters", str(args.pose_iters), "--shard-scans", str(args.shard_scans),
                "--child", str(n), str(w)]
         p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -233,8 +236,9 @@ def main():
             raise SystemExit(f"run N={n} failed")
         results[(n, w)] = json.loads(line[0][7:])
     models = "+".join(args.models)
-    print(f"\n## {models}, {args.rounds} round(s), pose_iters {args.pose_iters}, C's step on {args.joint_subjects or 'all'} "
-          f"subjects, subject batches of ~{args.shard_scans} "
+    print(f"\n## {models}, {args.rounds} round(s), pose_iters {args.pose_iters}, C's step by subject batch "
+          f"({args.joint_iters} L-BFGS iterations per pass), "
+          f"subject batches of ~{args.shard_scans} "
           f"scans, this machine: {os.cpu_count()} cores shared (load {os.getloadavg()[0]:.1f})\n")
     print("| N (all) | train scans | workers | store build s | store MB | init s | round s | pose s | model step s "
           "| error s | finish s | total s | driver peak GB | worker peaks GB | fit mm |")
@@ -269,21 +273,20 @@ def main():
     D, I = 90, 4  # noqa: E741 - 10 PSD pairs x 9 features per vertex, 4 influences
     sums_gb = vblock * (D * D + 3 * D * I + 3 * D + I * I + I) * 8 / 1e9
     meas = dict(n_train=r["n_train"], tasks=r["tasks"], n_blocks=n_blocks, sums_gb_per_block=sums_gb,
-                rounds=args.rounds, joint_scans=max(r["timings"].get("joint_scans", {}).values(), default=r["n_train"]))
+                rounds=args.rounds, joint_scale=TrainConfig().joint_iters / args.joint_iters)
     print(f"\n## Cost model (a SIMULATION from N={n_big}'s per-task costs, {res}-res, projected to 3 rounds x inner 3, "
-          f"{n_blocks} vertex blocks, sums {sums_gb * 1e3:.0f} MB per block and group at 1 GB/s)\n")
-    print("seconds per phase; C: the joint step on all scans, one task; C sampled: on "
-          f"{args.joint_sample} scans (joint_subjects); total h with C on all / sampled\n")
-    print("| scans | workers | pose | refresh | normals+solve | error | C (1 task) | C sampled | VAE finish (1 task) "
-          "| scheduler | total h | total h, C sampled |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          f"{n_blocks} vertex blocks, sums {sums_gb * 1e3:.0f} MB per block and group at 1 GB/s; C's measured "
+          f"cost x{meas['joint_scale']:.1f} for the default {TrainConfig().joint_iters} iterations)\n")
+    print("seconds per phase; C: the joint step by subject batch + its refit; VAE finish: one task\n")
+    print("| scans | workers | pose | refresh | normals+solve | error | C (by batch) | VAE finish (1 task) "
+          "| scheduler | total h | of it serial (VAE finish) h |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n in (10_000, 60_000):
         for w in (10, 100, 1000):
             c = cost_model(meas, n, w, n_blocks, args.shard_scans)
-            sampled = c["joint_C"] * min(1.0, args.joint_sample / n)
-            print(f"| {n} | {w} | " + " | ".join(f"{c[k]:.0f}" for k in ("pose", "refresh", "normals", "error", "joint_C"))
-                  + f" | {sampled:.0f} | " + " | ".join(f"{c[k]:.0f}" for k in ("finish_VAE", "scheduler")) +
-                  f" | {c['total'] / 3600:.2f} | {(c['total'] - c['joint_C'] + sampled) / 3600:.2f} |")
+            print(f"| {n} | {w} | " + " | ".join(f"{c[k]:.0f}" for k in ("pose", "refresh", "normals", "error", "joint_C",
+                                                                       "finish_VAE", "scheduler"))
+                  + f" | {c['total'] / 3600:.2f} | {c['finish_VAE'] / 3600:.2f} |")
 
 
 if __name__ == "__main__":

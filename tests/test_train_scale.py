@@ -86,8 +86,8 @@ def _rel(a, b) -> float:
 @pytest.mark.slow
 def test_distributed_model_step_equals_inline(regs, tmp_path, measured):
     """Round 0 of step (b) (with the joint step C) on 5 subjects x 4 scans: inline in one process
-    against the schedule's tasks on a 2-worker LocalCluster, subject batches of ~8 scans, vertex
-    blocks of 700, 2 batches per normal-equation sum. Bound 1e-5 relative (the spec); the
+    against the schedule's tasks on a 2-worker LocalCluster, subject batches of ~8 scans (C's
+    step by batch in both, then its refit), vertex blocks of 700, 2 batches per normal-equation sum. Bound 1e-5 relative (the spec); the
     difference is float rounding of sums taken in another order."""
     from distributed import Client, LocalCluster
 
@@ -110,7 +110,7 @@ def test_distributed_model_step_equals_inline(regs, tmp_path, measured):
         state = init_state(model, data)
         for _ in range(3):
             refresh_shapes(model, data, state)
-        model_step(model, data, state, cfg, 0)
+        model_step(model, data, state, cfg, 0, batch_scans=8)
     finally:
         torch.set_num_threads(threads)
     inline = GHUM(cfg.model)
@@ -168,18 +168,21 @@ def test_training_memory_stops_before_it_starts(regs):
     assert training_memory(regs, configs, ClusterOptions(scheduler="tcp://127.0.0.1:1"), None, 32).memory is None
 
 
-def test_joint_step_subject_sample(regs, tmp_path):
-    """``joint_subjects``: C's step gets whole subject batches spread over the set, at least
-    that many subjects; 0 or more than there are: all."""
+def test_subject_batches_are_whole_subjects(regs, tmp_path):
+    """The schedule's subject batches and the in-process ones (C's step, ``model_step``) are the
+    same cut: whole subjects in sorted order, a batch closed at ``batch_scans`` scans or more."""
+    from ghum_pipe.model.data import subject_batches
     from ghum_pipe.model.store import pack_registrations
-    from ghum_pipe.pipelines.model_schedule import joint_sample, make_plan
+    from ghum_pipe.pipelines.model_schedule import make_plan
 
+    names = ["b", "a", "b", "c", "a", "a", "c"]
+    got = subject_batches(names, 3)
+    assert [b.tolist() for b in got] == [[1, 4, 5], [0, 2, 3, 6]]  # a (3 scans) | b, c
+    assert [b.tolist() for b in subject_batches(names, 3, order=[0, 9, 0, 0, 1, 0, 0])] == [[5, 4, 1], [0, 2, 3, 6]]
     store, _ = pack_registrations(regs)
     ids = sorted(store.scans)
     subject_of = {s: s.rsplit("_", 1)[0] for s in ids}
-    plan = make_plan(store, ids, subject_of, "low", tmp_path, shard_scans=4)
-    assert len(plan.shards) == len(set(subject_of.values())) == 5
-    assert joint_sample(plan, 0) is plan and joint_sample(plan, 9) is plan
-    two = joint_sample(plan, 2)
-    assert [s.index for s in two.shards] == [0, 4]
-    assert {x for s in two.shards for x in s.subjects} == {plan.shards[0].subjects[0], plan.shards[4].subjects[0]}
+    plan = make_plan(store, ids, subject_of, "low", tmp_path, shard_scans=6)
+    inline = subject_batches([subject_of[s] for s in ids], 6)
+    assert [list(s.scan_ids) for s in plan.shards] == [[ids[i] for i in b] for b in inline]
+    assert len(plan.shards) == 3  # 5 subjects x 4 scans: 8, 8, 4

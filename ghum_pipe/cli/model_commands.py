@@ -71,7 +71,8 @@ def check_subjects(work: Path, subject_pattern: str | None, one_subject_per_scan
               help="Allow training when every scan is its own subject (each scan is another person).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subject split and the VAEs.")
 @click.option("--batch-scans", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Scans per subject batch (whole subjects): the unit of the per-batch tasks and of their memory.")
+              help="Scans per subject batch (whole subjects): the unit of the per-batch tasks (pose fits, rest "
+                   "shapes, the joint step C) and of their memory; --inline cuts C's batches the same way.")
 @click.option("--inline", is_flag=True, help="Run in this process, without Dask (debugging).")
 @verbosity_options
 @cluster_click_options

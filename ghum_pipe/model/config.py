@@ -62,9 +62,8 @@ class TrainConfig:
     a Gaussian prior on the pose corrections (``joint_pose_prior``, cm^2 per rad^2);
     ``joint_passes`` - 1 more passes with Cauchy weights
     (``joint_robust_k`` robust sigmas) so that pose correctives do not lean the centres; then
-    C refitted by ridge regression (``joint_prior``, m^2). ``joint_subjects`` > 0: the Dask
-    schedule runs C's step on subject batches spread over the set holding about that many
-    subjects (it is one task holding its scans; 0 = all). VAEs are fitted to
+    C refitted by ridge regression (``joint_prior``, m^2); C's step runs by subject batch
+    (``--batch-scans``), then one refit over all subjects. VAEs are fitted to
     the rest shapes / expression offsets at the end (``vae_steps``). ``holdout``: fraction of
     subjects kept out of training (for evaluate)."""
 
@@ -87,7 +86,6 @@ class TrainConfig:
     joint_verts: int = 2000
     joint_iters: int = 400
     joint_probes: int = 8
-    joint_subjects: int = 0
     vae_steps: int = 600
     kl_weight: float = 1e-3
     holdout: float = 0.2

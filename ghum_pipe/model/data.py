@@ -60,6 +60,26 @@ class RegistrationSet:
             self.has_translation[idx])
 
 
+def subject_batches(subjects, batch_scans: int, order=None) -> list[np.ndarray]:
+    """Scan indices cut into batches of whole subjects (the unit of training's per-batch tasks
+    and of C's step): subjects in sorted order, a batch closed once it holds ``batch_scans``
+    scans or more; within a subject, scans by ``order`` (N,) (default: their position).
+    ``subjects``: (N,) subject name per scan."""
+    order = np.arange(len(subjects)) if order is None else np.asarray(order)
+    by_subject: dict[str, list[int]] = {}
+    for i, s in enumerate(subjects):
+        by_subject.setdefault(s, []).append(i)
+    out, cur = [], []
+    for subj in sorted(by_subject):
+        cur.extend(sorted(by_subject[subj], key=lambda i: (order[i], i)))
+        if len(cur) >= batch_scans:
+            out.append(np.array(cur, dtype=np.int64))
+            cur = []
+    if cur:
+        out.append(np.array(cur, dtype=np.int64))
+    return out
+
+
 def scan_dirs(work: Path) -> list[Path]:
     """Registered scans of a work dir, sorted by id."""
     return sorted(p.parent for p in (Path(work) / "scans").glob("*/registration.ply"))

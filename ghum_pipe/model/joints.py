@@ -4,8 +4,10 @@ the rest shape X~) in training step (b), from posed registrations.
 C is linear in the rest shape: c(X~) = joint0 + sum_q coeff_q(X~) basis_q, with coeff the rest
 shape's coefficients in the template's shape space (``networks.JointRegressor``), initialised
 at the template's own shape->joint map. Training fits per-subject joint centres to the posed
-data (:func:`update_joint_regressor`) and refits joint0 and basis to them
-(``solvers.solve_joint_regressor``).
+data, one batch of whole subjects at a time (:func:`joint_batch_step`; memory and time per
+batch, not per training set), and refits joint0 and basis to all of them
+(:func:`refit_joint_regressor`, ``solvers.solve_joint_regressor``: a small ridge regression
+over subjects); :func:`update_joint_regressor` does both in one process.
 """
 
 from __future__ import annotations
@@ -24,28 +26,68 @@ from ghum_pipe.ops.lbfgs import minimize_lbfgs_torch
 from ghum_pipe.template.lbs import batch_rigid_transform
 
 
-def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig) -> float:
-    """C in step (b): every subject's joint centres, jointly with small corrections of every
-    scan's pose and translation and the skinning logits of the vertices used, then C refitted to
-    C(X~_s) + d_s by ridge regression (``cfg.joint_prior``, ``solvers.solve_joint_regressor``).
+def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig,
+                           batches=None) -> float:
+    """C in step (b), in this process: :func:`joint_batch_step` on each subject batch (scan
+    indices ``batches``, whole subjects; None: one batch of all scans), then C refitted to all
+    batches' subjects (:func:`refit_joint_regressor`). The Dask schedule runs the same batches
+    as tasks and the refit as their reduction, so both give the same C. Updates ``state.pose``
+    and ``state.translation``; returns the mean joint move (mm) over subjects and joints."""
+    parts = []
+    for idx in ([np.arange(len(data))] if batches is None else batches):
+        idx = np.asarray(idx)
+        sub = data.select(idx)
+        rows = torch.as_tensor([data.subjects.index(s) for s in sub.subjects])
+        part_state = TrainState(state.model, state.pose[idx].clone(), state.translation[idx].clone(),
+                                state.rest[rows], state.expression[idx], [])
+        parts.append(joint_batch_step(model, sub, part_state, cfg))
+        state.pose[idx], state.translation[idx] = part_state.pose, part_state.translation
+    return refit_joint_regressor(model, parts, cfg)
+
+
+def refit_joint_regressor(model: GHUM, parts, cfg: TrainConfig) -> float:
+    """The reduction of C's step: C refitted (in place) by ridge regression (``cfg.joint_prior``,
+    ``solvers.solve_joint_regressor``) to the subjects' joint centres of every batch's
+    :func:`joint_batch_step` result (``parts``, in batch order; None for a batch without a
+    usable scan). Returns the mean joint move (mm) over subjects and joints."""
+    parts = [p for p in parts if p is not None and len(p["coeffs"])]
+    if not parts:
+        return 0.0
+    reg = model.joint_regressor
+    with torch.no_grad():
+        joint0, basis = solve_joint_regressor(torch.cat([p["coeffs"] for p in parts]),
+                                              torch.cat([p["joints"] for p in parts]),
+                                              reg.joint0, reg.joint_basis, cfg.joint_prior, reg.coef_rms)
+        reg.joint0.copy_(joint0)
+        reg.joint_basis.copy_(basis)
+    return 1000 * sum(p["move_m"] for p in parts) / sum(p["count"] for p in parts)
+
+
+def joint_batch_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig) -> dict | None:
+    """C's step on one batch of whole subjects (``data``, ``state``: that batch only): every
+    subject's joint centres, jointly with small corrections of every scan's pose and translation
+    and the skinning logits of the vertices used; then returns what C's refit needs from it.
 
     Centres and poses move together because a pose fitted with wrong centres bends to hide
     them; free skinning logits keep wrong weights from biasing the centres (they are discarded:
-    the closed-form skinning solve follows). L-BFGS minimises the F-masked squared vertex error
-    over per-subject joint shifts d_s (J, 3), per-scan pose/translation increments and logits,
-    on at most ``cfg.joint_verts`` vertices of the scans that saw at least half the body, with
-    a ridge towards the template's shape->joint map along the directions the data barely sees
-    (:func:`_shift_ridge`), a Gaussian prior on the pose corrections (``cfg.joint_pose_prior``,
-    cm^2 per rad^2: clavicle + shoulder rotations can mimic a shoulder-centre shift), the root
-    centre fixed (the translation plays its part) and, in later passes (``cfg.joint_passes``),
-    Cauchy weights so that local pose correctives do not lean the centres. What each choice
-    measured: docs/model.md, "Why C's step is built this way". Updates ``state.pose`` and
-    ``state.translation``; returns the mean joint move (mm) over subjects and joints."""
+    the closed-form skinning solve follows; each batch has its own). L-BFGS minimises the
+    F-masked squared vertex error over per-subject joint shifts d_s (J, 3), per-scan
+    pose/translation increments and logits, on at most ``cfg.joint_verts`` vertices of the scans
+    that saw at least half the body, with a ridge towards the template's shape->joint map along
+    the directions the data barely sees (:func:`_shift_ridge`), a Gaussian prior on the pose
+    corrections (``cfg.joint_pose_prior``, cm^2 per rad^2: clavicle + shoulder rotations can
+    mimic a shoulder-centre shift), the root centre fixed (the translation plays its part) and,
+    in later passes (``cfg.joint_passes``), Cauchy weights (robust scale of this batch) so that
+    local pose correctives do not lean the centres. Everything but the logits and that scale is
+    separable by subject, so batches are independent. What each choice measured: docs/model.md,
+    "Why C's step is built this way". Updates ``state.pose`` and ``state.translation``; returns
+    {coeffs (s, Q) shape coefficients and joints (s, J, 3) fitted centres of the s subjects with
+    a usable scan, move_m: sum of their joint moves (m), count: s x J}, or None without one."""
     V, S = model.n_verts, len(data.subjects)
     # scans that saw most of the body (close-ups add cost, not information on the limb joints)
     scans = np.nonzero(data.mask.mean(1) >= 0.5)[0]
     if len(scans) == 0:
-        return 0.0
+        return None
     sc = torch.as_tensor(scans)
     present = torch.as_tensor(np.unique(data.subject_index[scans]))
     sub = torch.as_tensor(np.unique(np.linspace(0, V - 1, min(V, cfg.joint_verts)).round().astype(np.int64)))
@@ -131,11 +173,9 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
         shifts = 0.01 * dj_cm * free
         state.pose[sc] = pose0 + dpose
         state.translation[sc] = trans0 + dtrans
-        joint0, basis = solve_joint_regressor(reg.coefficients(state.rest[present]), (joints0 + shifts)[present],
-                                              reg.joint0, reg.joint_basis, cfg.joint_prior, reg.coef_rms)
-        reg.joint0.copy_(joint0)
-        reg.joint_basis.copy_(basis)
-    return float(shifts[present].norm(dim=-1).mean() * 1000)
+        moves = shifts[present].norm(dim=-1)
+        return dict(coeffs=reg.coefficients(state.rest[present]), joints=(joints0 + shifts)[present],
+                    move_m=float(moves.sum()), count=moves.numel())
 
 
 def _shift_ridge(block: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ghum_pipe.model.config import ModelConfig, TrainConfig
-from ghum_pipe.model.data import RegistrationSet
+from ghum_pipe.model.data import RegistrationSet, subject_batches
 from ghum_pipe.model.fitting import fit_poses, part_pose_init
 from ghum_pipe.model.ghum import GHUM
 from ghum_pipe.model.joints import update_joint_regressor
@@ -141,12 +141,14 @@ def _template_basis(model: GHUM) -> torch.Tensor:
     return torch.as_tensor(t.shape_basis, dtype=torch.float32)
 
 
-def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig, round_: int) -> None:
+def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig, round_: int,
+               batch_scans: int = 32) -> None:
     """Step (b) with poses fixed, ``cfg.inner`` times: refresh rest shapes and expressions,
     then solve the skinning weights and the PSD together on the posed data (each pass is one
     Gauss-Newton step of that bilinear problem; ``solvers.solve_skinning_psd`` says why not one
-    after the other). In round 0, C is learned first (``joints.py``). Updates ``state`` (model
-    weights, shapes, history)."""
+    after the other). In round 0, C is learned first (``joints.py``), by subject batches of
+    ``batch_scans`` scans (``data.subject_batches``, as the Dask schedule cuts them, so that
+    both give the same C). Updates ``state`` (model weights, shapes, history)."""
     model.load_state_dict(state.model)
     mask = torch.as_tensor(data.mask)
     subj = torch.as_tensor(data.subject_index)
@@ -160,7 +162,8 @@ def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: Train
             # once, before skinning and D exist: both can locally mimic a joint-centre shift
             # and then absorb it (learning C after them: 14 mm off; repeating it every round
             # walks the shoulders off along pose-compensated directions)
-            update_joint_regressor(model, data, state, cfg)
+            names = [data.subjects[k] for k in data.subject_index]
+            update_joint_regressor(model, data, state, cfg, subject_batches(names, batch_scans))
         with torch.no_grad():
             rot = model_rotmats(state.pose)  # after C's step, which refines the poses
             feats = pose_features(rot)
@@ -358,9 +361,9 @@ def add_sums(a: dict | None, b: dict) -> dict:
     return dict(b) if a is None else {k: a[k] + b[k] for k in a}
 
 
-def train_inline(data: RegistrationSet, cfg: TrainConfig) -> tuple[GHUM, TrainState, dict]:
-    """The whole alternating training in this process (tests, notebooks); ``schedule.py`` runs
-    the same steps as Dask tasks."""
+def train_inline(data: RegistrationSet, cfg: TrainConfig, batch_scans: int = 32) -> tuple[GHUM, TrainState, dict]:
+    """The whole alternating training in this process (tests, notebooks); ``model_schedule.py``
+    runs the same steps as Dask tasks (``batch_scans``: scans per subject batch of C's step)."""
     torch.manual_seed(cfg.seed)  # the VAEs' MLPs start random: same seed, same model
     model = GHUM(cfg.model)
     state = init_state(model, data)
@@ -371,7 +374,7 @@ def train_inline(data: RegistrationSet, cfg: TrainConfig) -> tuple[GHUM, TrainSt
         for lo in range(0, N, cfg.chunk):
             idx = np.arange(lo, min(N, lo + cfg.chunk))
             state.pose[idx], state.translation[idx] = pose_step(model, data, state, idx, cfg.pose_iters)
-        model_step(model, data, state, cfg, r)
+        model_step(model, data, state, cfg, r, batch_scans)
         log.info("round %d: %s", r, state.history[-1])
     summary = fit_vaes(model, data, state, cfg)
     model.load_state_dict(state.model)

@@ -9,8 +9,9 @@ and the driver moves only futures, the model's state_dict and small summaries. P
 
 - (a) one pose task per subject batch;
 - (b) ``inner`` times: one refresh task per batch (rest shapes, expressions, joints), in round 0
-  once the joint step C (one task over all batches: its memory grows with N, see
-  docs/cluster.md), then per vertex block one normal-equation task per group of
+  once the joint step C (one task per batch: its subjects' joint centres and its scans' pose
+  corrections, then one small task refitting C to all batches' subjects, then one per batch
+  writing its rest joints), then per vertex block one normal-equation task per group of
   ``batches_per_sum`` batches (memory: one batch x one block) and one solve task summing them
   (the problem is separable per vertex and its sums add over whole subjects), then one task
   writing the blocks' solutions into the model;
@@ -79,20 +80,13 @@ class Plan:
 
 
 def plan_shards(scan_ids, subject_of: dict[str, str], rows: dict[str, int], shard_scans: int) -> list[tuple]:
-    """Subject batches: subjects in sorted order, whole, about ``shard_scans`` scans each;
-    scans by (subject, store row). Returns [(scan_ids, subjects)]."""
-    by_subject: dict[str, list[str]] = {}
-    for s in scan_ids:
-        by_subject.setdefault(subject_of[s], []).append(s)
-    out, cur = [], []
-    for subj in sorted(by_subject):
-        cur.extend(sorted(by_subject[subj], key=lambda s: (rows[s], s)))
-        if len(cur) >= shard_scans:
-            out.append(cur)
-            cur = []
-    if cur:
-        out.append(cur)
-    return [(tuple(c), tuple(subject_of[s] for s in c)) for c in out]
+    """Subject batches (``data.subject_batches``): subjects in sorted order, whole, about
+    ``shard_scans`` scans each; scans by (subject, store row). Returns [(scan_ids, subjects)]."""
+    from ghum_pipe.model.data import subject_batches
+
+    ids = list(scan_ids)
+    batches = subject_batches([subject_of[s] for s in ids], shard_scans, [rows[s] for s in ids])
+    return [(tuple(ids[i] for i in b), tuple(subject_of[ids[i]] for i in b)) for b in batches]
 
 
 @functools.lru_cache(maxsize=8)
@@ -187,35 +181,37 @@ def _refresh_task(plan: Plan, shard: Shard, cfg: TrainConfig, model_sd: dict, *a
     return len(data)
 
 
-def _joint_task(plan: Plan, cfg: TrainConfig, model_sd: dict, *after) -> dict:
-    """The joint step C over all subject batches at once (memory ~ the whole training set)."""
-    from ghum_pipe.model.joints import update_joint_regressor
-    from ghum_pipe.model.state import TrainState
-
-    sets = [_shard_data(plan, s) for s in plan.shards]
-    states = [_shard_state(model_sd, s) for s in plan.shards]
-    offset = np.cumsum([0] + [len(d.subjects) for d in sets])
-    data = RegistrationSet(
-        tuple(i for d in sets for i in d.scan_ids), tuple(k for d in sets for k in d.kinds),
-        tuple(s for d in sets for s in d.subjects),
-        np.concatenate([d.subject_index + o for d, o in zip(sets, offset)]),
-        *(np.concatenate([getattr(d, f) for d in sets]) for f in
-          ("verts", "mask", "pose", "has_pose", "translation", "has_translation")))
-    del sets
-    state = TrainState(model_sd, *(torch.cat([getattr(s, k) for s in states]) for k in STATE_KEYS), [])
-    model = _model(cfg, model_sd)
-    update_joint_regressor(model, data, state, cfg)
+def _joint_batch_task(plan: Plan, shard: Shard, cfg: TrainConfig, model_sd: dict, *after) -> dict | None:
+    """C's step on one subject batch (``joints.joint_batch_step``): writes the batch's corrected
+    poses and translations, returns its subjects' shape coefficients and fitted joint centres
+    (what the refit needs: ~1.5 KB per subject)."""
+    from ghum_pipe.model.joints import joint_batch_step
     from ghum_pipe.model.store import write_shard_state
+
+    data = _shard_data(plan, shard)
+    state = _shard_state(model_sd, shard)
+    part = joint_batch_step(_model(cfg, model_sd), data, state, cfg)
+    write_shard_state(shard.path, plan.vblock, pose=state.pose.numpy(), translation=state.translation.numpy())
+    return part
+
+
+def _joint_refit_task(cfg: TrainConfig, model_sd: dict, *parts) -> dict:
+    """The reduction of C's step: C refitted to every batch's subjects; the new state_dict."""
+    from ghum_pipe.model.joints import refit_joint_regressor
+
+    model = _model(cfg, model_sd)
+    refit_joint_regressor(model, parts, cfg)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _joints_task(plan: Plan, shard: Shard, cfg: TrainConfig, model_sd: dict) -> int:
+    """The batch's rest joints by the refitted C (what the normal-equation tasks read)."""
+    from ghum_pipe.model.store import read_shard_state, write_shard_state
     from ghum_pipe.model.train import shard_joints
 
-    lo = 0
-    for shard, st, so in zip(plan.shards, states, offset):
-        n, S = len(shard.scan_ids), st.rest.shape[0]
-        write_shard_state(shard.path, plan.vblock, pose=state.pose[lo:lo + n].numpy(),
-                          translation=state.translation[lo:lo + n].numpy(),
-                          joints=shard_joints(model, state.rest[so:so + S]).numpy())
-        lo += n
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    rest = torch.as_tensor(read_shard_state(shard.path, ("rest",))["rest"])
+    write_shard_state(shard.path, plan.vblock, joints=shard_joints(_model(cfg, model_sd), rest).numpy())
+    return len(shard.scan_ids)
 
 
 def _normals_task(plan: Plan, shards: tuple[Shard, ...], block: slice, cfg: TrainConfig, model_sd: dict,
@@ -303,26 +299,16 @@ def make_plan(store, scan_ids, subject_of: dict[str, str], resolution: str, stat
     return Plan(str(store.path), resolution, n_verts, shards, vblock, batches_per_sum or len(shards), blocks)
 
 
-def joint_sample(plan: Plan, n_subjects: int) -> Plan:
-    """The plan restricted to subject batches evenly spread over the set, about ``n_subjects``
-    subjects (batches x the mean subjects per batch; 0, or more than there are: all)."""
-    total = sum(len(set(s.subjects)) for s in plan.shards)
-    if n_subjects <= 0 or n_subjects >= total:
-        return plan
-    per = total / len(plan.shards)
-    k = min(len(plan.shards), math.ceil(n_subjects / per))
-    pick = np.unique(np.linspace(0, len(plan.shards) - 1, k).round().astype(int))
-    return dataclasses.replace(plan, shards=tuple(plan.shards[i] for i in pick))
-
-
 def submit_model_step(submit, plan: Plan, cfg: TrainConfig, model_sd, round_: int, after: list):
     """Submit step (b) of one round; returns the future of the new model state_dict and the
     futures the next step must wait for."""
     for i in range(cfg.inner):
         after = [submit(_refresh_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards]
         if cfg.learn_joints and round_ == 0 and i == 0:
-            model_sd = submit(_joint_task, joint_sample(plan, cfg.joint_subjects), cfg, model_sd, *after, pure=False)
-            after = [model_sd]
+            # C: one task per subject batch, then the refit (a reduction over the batches)
+            parts = [submit(_joint_batch_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards]
+            model_sd = submit(_joint_refit_task, cfg, model_sd, *parts, pure=False)
+            after = [submit(_joints_task, plan, s, cfg, model_sd, pure=False) for s in plan.shards]
         k = plan.batches_per_sum
         groups = [plan.shards[lo:lo + k] for lo in range(0, len(plan.shards), k)]
         solutions = []
@@ -379,8 +365,6 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
             shutil.rmtree(state_root / name)
         plans[name] = make_plan(store, train_ids, subject_of, cfg.model.resolution, state_root / name, shard_scans,
                                 vblock, batches_per_sum)
-        timings.setdefault("joint_scans", {})[name] = sum(
-            len(s.scan_ids) for s in joint_sample(plans[name], cfg.joint_subjects).shards) if cfg.learn_joints else 0
         model_sd[name] = submit(_model0_task, cfg, pure=False)
         after[name] = [submit(_init_task, plans[name], s, cfg, model_sd[name], pure=False)
                        for s in plans[name].shards]
@@ -428,13 +412,15 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
 
 
 # Peak RSS of a training worker, bytes (docs/cluster.md): a base (Python, torch, Dask, the model
-# being trained), the per-batch tasks (pose fits, refresh) per scan of a subject batch, and per
-# training scan for the two tasks that still hold the whole training set: the joint step C
-# (round 0) and the VAE fits. GHUML's from bench/train_scaling.py (0.80-0.85 GB per worker at 200
-# training scans); GHUM's are estimates (GHUML's plus its larger per-scan arrays), not measured.
-MEMORY_BASE = {"low": 0.6e9, "full": 0.9e9}
+# being trained), the per-batch tasks (pose fits, C's step, refresh) per scan of a subject batch,
+# and per training scan for the one task that still holds the whole training set: the VAE fits
+# (every subject's rest shape, every seen expression, their SVD). GHUML's base and per-batch term
+# from bench/train_scaling.py (0.80 GB per worker at 200 and at 400 training scans, flat); the
+# per-scan terms are estimates from the arrays (~5 copies of a rest shape per subject, 5 scans per
+# subject, plus the expressions), not measured; GHUM's are estimates too.
+MEMORY_BASE = {"low": 0.65e9, "full": 0.9e9}
 MEMORY_PER_BATCH_SCAN = {"low": 4e6, "full": 18e6}
-MEMORY_PER_SCAN = {"low": 0.35e6, "full": 0.6e6}
+MEMORY_PER_SCAN = {"low": 0.1e6, "full": 0.6e6}
 
 
 def worker_memory_needed(n_train: int, resolutions, batch_scans: int) -> int:
@@ -507,7 +493,8 @@ def _resolve(x):
 
 
 # without a client the tasks receive _Done objects: unwrap them
-for _name in ("_model0_task", "_init_task", "_pose_task", "_refresh_task", "_joint_task", "_normals_task",
+for _name in ("_model0_task", "_init_task", "_pose_task", "_refresh_task", "_joint_batch_task", "_joint_refit_task",
+              "_joints_task", "_normals_task",
               "_solve_task", "_apply_task", "_error_task", "_history_task", "_finish_task"):
     _f = globals()[_name]
 
