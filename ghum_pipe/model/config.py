@@ -83,8 +83,8 @@ class TrainConfig:
     chunk: int = 8
     psd_ridge: float = 0.2
     skin_ridge: float = 1e-4
-    psd_prior_scans: float = 2.0
-    skin_prior_scans: float = 2.0
+    psd_prior_scans: float = 1.0
+    skin_prior_scans: float = 1.0
     learn_joints: bool = True
     joint_ridge: float = 1.0
     joint_ridge_seen: float = 0.05
