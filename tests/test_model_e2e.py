@@ -78,8 +78,8 @@ def evaluated(tmp_path_factory, template):
     # 150 L-BFGS iterations: at 60 the fits had not converged (on one held-out scan the template
     # ended 1.85 mm from the truth at 60, 1.69 at 150), so a 0.02-0.04 mm difference between
     # the rows measured the optimiser's path more than the models
-    res = cli("evaluate", "--model", model, "--work", work, "--truth", out / "truth", "--no-curve", "--fit-iters", "150",
-              "-q")
+    res = cli("evaluate", "--model", model, "--work", work, "--truth", out / "truth", "--no-curve",
+              "--fit-iters", "150", "-q")
     assert res.returncode == 0, res.stdout + res.stderr
     results = json.loads((model / "eval" / "results.json").read_text())
     rows = {r["model"]: r for r in results["fit"]}
