@@ -14,7 +14,10 @@ parameters vertex by vertex, so step (b) solves them exactly instead of by gradi
   the current weights, then clipped to >= 0 and renormalised.
 - :func:`solve_skinning_psd`: both together, one least-squares problem per vertex; this is what
   training uses (solved one after the other, skinning takes part of a corrective first; the
-  two single solvers remain as the peers it is tested against).
+  two single solvers remain as the peers it is tested against). Its priors are the template's:
+  omega pulled towards the template's weights, D towards 0, each worth a number of average
+  scans per coordinate (:func:`scan_prior_ridge`), so that a few scans leave the model near the
+  template.
 """
 
 from __future__ import annotations
