@@ -75,8 +75,11 @@ def evaluated(tmp_path_factory, template):
     assert res.returncode == 0, res.stdout + res.stderr
     meta = json.loads((model / "ghum" / "config.json").read_text())["training"]
     assert len(meta["train_subjects"]) == 2 and len(meta["heldout_subjects"]) == 1, meta
-    res = cli("evaluate", "--model", model, "--work", work, "--truth", out / "truth", "--no-curve", "--fit-iters", "60",
-              "-q")
+    # 150 L-BFGS iterations: at 60 the fits had not converged (on one held-out scan the template
+    # ended 1.85 mm from the truth at 60, 1.69 at 150), so a 0.02-0.04 mm difference between
+    # the rows measured the optimiser's path more than the models
+    res = cli("evaluate", "--model", model, "--work", work, "--truth", out / "truth", "--no-curve",
+              "--fit-iters", "150", "-q")
     assert res.returncode == 0, res.stdout + res.stderr
     results = json.loads((model / "eval" / "results.json").read_text())
     rows = {r["model"]: r for r in results["fit"]}
@@ -98,11 +101,10 @@ def test_scans_to_model_groups_subjects_and_fits(evaluated):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="#15 target not met at this size: GHUM trained on 2 people is 1.878 mm from "
-                   "held-out truth, the template's own space 1.819 mm (fitted by the same staged L-BFGS); the "
-                   "learned skinning, joints and PSD cost 0.06 mm (bench/model_e2e.py: 4.95 vs 4.70 mm at 3 people)")
 def test_scans_to_model_is_no_worse_than_the_template(evaluated):
-    """The spec (#15): with few subjects the trained model is no worse than the template's own
-    space (32 coefficients + pose) on held-out people, against their true mesh. Strict: the day
-    it holds, this test fails until the marker goes."""
+    """The spec: with few subjects the trained model is no worse than the template's own space
+    (32 coefficients + pose) on held-out people, against their true mesh. Measured on one run's
+    registrations (docs/model.md): GHUM trained on 2 people 1.663 mm, the template 1.695 mm
+    (150 iterations; GHUM trained without the template's priors 1.664). At 60 iterations,
+    unconverged, the priors made the difference: 1.853 against 1.889 without, template 1.852."""
     assert evaluated["GHUM"]["truth_mm"] <= evaluated["template (Anny 32 shape + pose)"]["truth_mm"]

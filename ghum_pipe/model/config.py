@@ -18,6 +18,9 @@ class ModelConfig:
     top_k: skinning influences per vertex (I).
     shape_prior_subjects: the template's shape space is the shape VAE's prior, weighted as
         this many subjects (``networks.VAE.init_pca``); 0 = the training shapes' PCA alone.
+    expression_prior_scans: the same for the expression VAE: the template's expression
+        blendshapes (at full activation) weighted as this many scans' face offsets; 0 = the
+        data's PCA alone (from a few scans: a few directions, none the template's).
     """
 
     resolution: str = "full"
@@ -27,6 +30,7 @@ class ModelConfig:
     psd_radius_m: float = 0.25
     top_k: int = 4
     shape_prior_subjects: float = 32.0
+    expression_prior_scans: float = 32.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,8 +55,12 @@ class TrainConfig:
     model fixed (``pose_iters`` L-BFGS iterations, one Dask task per ``chunk`` scans) then (b)
     ``inner`` passes of closed-form model updates with poses fixed: per-subject rest shapes and
     per-scan expression offsets by inverse skinning, then the skinning weights (ridge
-    ``skin_ridge`` towards the current ones) and the PSD (ridge ``psd_ridge``) together by one
-    least-squares problem per vertex (solvers.py). With ``learn_joints``, round 0 first learns
+    ``skin_ridge`` towards the current ones, a step damping) and the PSD (ridge ``psd_ridge``)
+    together by one least-squares problem per vertex (solvers.py), with the template as their
+    prior: the weights are pulled towards the template's and D towards 0 as strongly as
+    ``skin_prior_scans`` / ``psd_prior_scans`` average scans of the vertex pull them towards
+    the data (``solvers.scan_prior_ridge``), so that a few scans leave the model near the
+    template and many outweigh it. With ``learn_joints``, round 0 first learns
     the joint regressor C (joints.py): per-subject joint shifts, per-scan pose corrections and
     skinning logits together (``joint_iters`` L-BFGS iterations per pass after ``joint_probes``
     Hutchinson probes for the preconditioner, on at most ``joint_verts`` vertices), with a ridge
@@ -74,6 +82,8 @@ class TrainConfig:
     chunk: int = 8
     psd_ridge: float = 0.2
     skin_ridge: float = 1e-4
+    psd_prior_scans: float = 1.0
+    skin_prior_scans: float = 1.0
     learn_joints: bool = True
     joint_ridge: float = 1.0
     joint_ridge_seen: float = 0.05

@@ -14,7 +14,10 @@ parameters vertex by vertex, so step (b) solves them exactly instead of by gradi
   the current weights, then clipped to >= 0 and renormalised.
 - :func:`solve_skinning_psd`: both together, one least-squares problem per vertex; this is what
   training uses (solved one after the other, skinning takes part of a corrective first; the
-  two single solvers remain as the peers it is tested against).
+  two single solvers remain as the peers it is tested against). Its priors are the template's:
+  omega pulled towards the template's weights, D towards 0, each worth a number of average
+  scans per coordinate (:func:`scan_prior_ridge`), so that a few scans leave the model near the
+  template.
 """
 
 from __future__ import annotations
@@ -162,7 +165,8 @@ def solve_skinning_psd(feats: torch.Tensor, rest_x: torch.Tensor, psd_now: torch
                        target: torch.Tensor, mask: torch.Tensor, skin_indices: torch.Tensor, allowed: torch.Tensor,
                        current: torch.Tensor, pair_joint: torch.Tensor, table: torch.Tensor, skin_ridge: float,
                        psd_ridge: float, psd_vertices: torch.Tensor | None = None, groups: torch.Tensor | None = None,
-                       chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                       chunk: int = 256, prior: torch.Tensor | None = None, skin_prior_scans: float = 0.0,
+                       psd_prior_scans: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Skinning weights omega and PSD D solved together, per vertex (one Gauss-Newton step).
 
     Solved one after the other, skinning takes the part of a pose corrective that a weight
@@ -189,7 +193,9 @@ def solve_skinning_psd(feats: torch.Tensor, rest_x: torch.Tensor, psd_now: torch
         skin_indices/allowed/current: (V, I); pair_joint, table: the PSD's sparsity pattern
         (:func:`pair_table`); skin_ridge: pull of omega towards ``current`` (m^2, as in
         :func:`solve_skinning`); psd_ridge: as in :func:`solve_psd`; psd_vertices: (V,) bool,
-        vertices D may move (None: all).
+        vertices D may move (None: all); prior (V, I): the weights omega is pulled towards with
+        the strength of ``skin_prior_scans`` scans, and D towards 0 with ``psd_prior_scans``
+        (:func:`skinning_psd_solve`).
     Returns:
         omega (V, I) and the PSD weights (P, 9, 3).
     """
@@ -202,7 +208,8 @@ def solve_skinning_psd(feats: torch.Tensor, rest_x: torch.Tensor, psd_now: torch
         pv = None if psd_vertices is None else psd_vertices[sl]
         sums = skinning_psd_normals(feats, rest_x[:, sl], psd_now[:, sl], rel, target[:, sl], mask[:, sl],
                                     skin_indices[sl], allowed[sl], current[sl], pair_joint, table[sl], pv, groups)
-        w, W = skinning_psd_solve(sums, allowed[sl], current[sl], table[sl], skin_ridge, psd_ridge, pv)
+        w, W = skinning_psd_solve(sums, allowed[sl], current[sl], table[sl], skin_ridge, psd_ridge, pv,
+                                  None if prior is None else prior[sl], skin_prior_scans, psd_prior_scans)
         valid = pair_mask(table[sl], pv)
         W_out[table[sl][valid]] = W[valid]
         w_out[sl] = w
@@ -215,7 +222,7 @@ def pair_mask(table: torch.Tensor, psd_vertices: torch.Tensor | None) -> torch.T
     return valid if psd_vertices is None else valid & psd_vertices[:, None]
 
 
-NORMAL_KEYS = ("G", "B", "b", "CC", "Cr")
+NORMAL_KEYS = ("G", "B", "b", "CC", "Cr", "n")
 
 
 @torch.no_grad()
@@ -231,7 +238,8 @@ def skinning_psd_normals(feats: torch.Tensor, rest_x: torch.Tensor, psd_now: tor
     With ``groups`` the data are centred per subject, so scans of different subjects enter only
     through sums: the sums of disjoint sets of whole subjects add up to the sums of their union
     (how training splits this by subject batch). Returns float64 G (v, D, D) = sum m F^T F (no
-    ridge), B (v, 3, D, I), b (v, 3, D), CC (v, I, I), Cr (v, I)."""
+    ridge), B (v, 3, D, I), b (v, 3, D), CC (v, I, I), Cr (v, I), n (v,) the number of scans
+    (F-weighted) that see each vertex (what the priors' scan-equivalents are counted against)."""
     valid = pair_mask(table, psd_vertices)
     F = (feats[:, pair_joint[table.clamp_min(0)]].double() * valid[None, ..., None]).flatten(2)  # (N, v, D)
     m = mask.double()
@@ -251,26 +259,44 @@ def skinning_psd_normals(feats: torch.Tensor, rest_x: torch.Tensor, psd_now: tor
     Fm = F * m[..., None]
     return dict(G=torch.einsum("nvd,nve->vde", Fm, F), B=torch.einsum("nvd,nvic->vcdi", Fm, C),
                 b=torch.einsum("nvd,nvc->vcd", Fm, r), CC=torch.einsum("nv,nvic,nvjc->vij", m, C, C),
-                Cr=torch.einsum("nv,nvic,nvc->vi", m, C, r))
+                Cr=torch.einsum("nv,nvic,nvc->vi", m, C, r), n=m.sum(0))
 
 
 @torch.no_grad()
 def skinning_psd_solve(sums: dict[str, torch.Tensor], allowed: torch.Tensor, current: torch.Tensor,
                        table: torch.Tensor, skin_ridge: float, psd_ridge: float,
-                       psd_vertices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       psd_vertices: torch.Tensor | None = None, prior: torch.Tensor | None = None,
+                       skin_prior_scans: float = 0.0,
+                       psd_prior_scans: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """omega (v, I) float64 and PSD weights (v, Pmax, 9, 3) float64 of one vertex block from the
-    summed normal equations of :func:`skinning_psd_normals` (rows of unused table slots are 0)."""
+    summed normal equations of :func:`skinning_psd_normals` (rows of unused table slots are 0).
+
+    Priors counted in scans (:func:`scan_prior_ridge`): D is pulled towards 0 and omega towards
+    ``prior`` (v, I), the template's weights, as strongly as ``psd_prior_scans`` /
+    ``skin_prior_scans`` average scans of the vertex pull them to the data's answer (on top of
+    the fixed ``psd_ridge`` and ``skin_ridge``; the latter damps each Gauss-Newton step towards
+    ``current``). A direction seen by k such scans then moves k / (k + n0) of the way from the
+    prior to the data's answer: with a few scans the model stays near the template."""
     pmax = table.shape[1]
     I = allowed.shape[1]
     al = allowed.double()
     w0 = current.double()
-    G = sums["G"] + psd_ridge * torch.eye(sums["G"].shape[-1], dtype=torch.float64)
+    n = sums.get("n")
+    G = sums["G"]
+    eye_d = torch.eye(G.shape[-1], dtype=torch.float64)
+    G = G + psd_ridge * eye_d
+    if psd_prior_scans > 0 and n is not None:
+        G = G + torch.diag_embed(scan_prior_ridge(sums["G"], n, psd_prior_scans))
     B, b = sums["B"], sums["b"]
     L = torch.linalg.cholesky(G)[:, None]  # (v, 1, D, D)
     GiB = torch.cholesky_solve(B, L)
     Gib = torch.cholesky_solve(b[..., None], L)[..., 0]
     S = sums["CC"] - torch.einsum("vcdi,vcdj->vij", B, GiB)
     s = sums["Cr"] - torch.einsum("vcdi,vcd->vi", GiB, b)
+    if prior is not None and skin_prior_scans > 0 and n is not None:
+        lam_w = scan_prior_ridge(S, n, skin_prior_scans) * al  # (v, I)
+        S = S + torch.diag_embed(lam_w)
+        s = s + lam_w * (prior.double() - w0)
     S = S + skin_ridge * torch.eye(I, dtype=S.dtype) + torch.diag_embed(1.0 - al)
     Sinv_s = torch.linalg.solve(S, s[..., None])[..., 0]
     Sinv_1 = torch.linalg.solve(S, al[..., None])[..., 0]
@@ -280,3 +306,15 @@ def skinning_psd_solve(sums: dict[str, torch.Tensor], allowed: torch.Tensor, cur
     W = (Gib - torch.einsum("vcdi,vi->vcd", GiB, w - w0))  # (v, 3, D)
     W = W.transpose(1, 2).reshape(-1, pmax, 9, 3) * pair_mask(table, psd_vertices)[..., None, None]
     return w, W
+
+
+def scan_prior_ridge(normal: torch.Tensor, n: torch.Tensor, scans: float) -> torch.Tensor:
+    """(v, D) diagonal ridge worth ``scans`` average scans: scans * diag(normal_v) / n_v, with
+    normal (v, D, D) the data's normal matrix summed over the n_v scans that see vertex v.
+
+    Along each coordinate (one pose feature of one joint for D, one influence for omega) the
+    prior then weighs as much as ``scans`` scans of the average size there: a coordinate seen
+    by k such scans keeps about k / (k + scans) of the data's least-squares answer, whatever
+    the units and however unevenly the joints rotate. Vertices no scan sees get 0."""
+    d = torch.diagonal(normal, dim1=-2, dim2=-1)
+    return scans * d / n.double().clamp_min(1e-9)[:, None] * (n > 0)[:, None]

@@ -176,7 +176,8 @@ def model_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg: Train
             w, W = solve_skinning_psd(feats, x, psd_all(model, state.pose), rel, target - state.translation[:, None],
                                       mask, model.skin_indices, model.skin_allowed, model.skin_weights,
                                       model.psd.pair_joint, table, cfg.skin_ridge, cfg.psd_ridge,
-                                      psd_vertices=~face, groups=subj)
+                                      psd_vertices=~face, groups=subj, prior=model.start_skin_weights,
+                                      skin_prior_scans=cfg.skin_prior_scans, psd_prior_scans=cfg.psd_prior_scans)
             model.skin_logits.copy_(torch.log(w.clamp_min(1e-8)))
             model.psd.weight.copy_(W)
     state.model = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -261,13 +262,20 @@ def fit_vaes(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainCo
 
 def fit_vaes_to(model: GHUM, rest: torch.Tensor, expression: torch.Tensor, cfg: TrainConfig) -> dict:
     """The VAEs of ``model`` fitted (in place) to rest shapes (S, V, 3) and the face offsets
-    (n, Vf, 3) of the scans that saw at least half of the face."""
+    (n, Vf, 3) of the scans that saw at least half of the face; each on the template's own space
+    as its prior (shape: its 32 one-std directions; expression: its blendshapes at full
+    activation), weighted as ``shape_prior_subjects`` / ``expression_prior_scans`` samples."""
+    from ghum_pipe.model.ghum import template_for
+
     shapes = (rest - model.mean_rest).reshape(rest.shape[0], -1)
     prior = _template_basis(model).reshape(-1, shapes.shape[1])
     shape_mm = fit_vae(model.shape_vae, shapes, cfg.vae_steps, cfg.kl_weight, cfg.seed, prior,
                        cfg.model.shape_prior_subjects)
+    t = template_for(model.config.resolution, model.config.top_k)
+    expr_prior = torch.as_tensor(t.expression_basis[:, model.face_index.numpy()], dtype=torch.float32)
     expr_mm = fit_vae(model.expression_vae, expression.reshape(expression.shape[0], -1), cfg.vae_steps,
-                      cfg.kl_weight, cfg.seed + 1)
+                      cfg.kl_weight, cfg.seed + 1, expr_prior.reshape(expr_prior.shape[0], -1),
+                      cfg.model.expression_prior_scans)
     return dict(shape_vae_train_mm=shape_mm, expression_vae_train_mm=expr_mm)
 
 
@@ -339,7 +347,8 @@ def skinning_psd_block_solve(model: GHUM, verts: slice, sums: dict, cfg: TrainCo
     notface = torch.ones(model.n_verts, dtype=torch.bool)
     notface[model.face_index] = False
     w, W = skinning_psd_solve(sums, model.skin_allowed[verts], model.skin_weights[verts].detach(), table,
-                              cfg.skin_ridge, cfg.psd_ridge, notface[verts])
+                              cfg.skin_ridge, cfg.psd_ridge, notface[verts], model.start_skin_weights[verts],
+                              cfg.skin_prior_scans, cfg.psd_prior_scans)
     valid = pair_mask(table, notface[verts])
     return verts, w.float(), table[valid], W[valid].float()
 
