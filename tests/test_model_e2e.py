@@ -101,10 +101,11 @@ def test_scans_to_model_groups_subjects_and_fits(evaluated):
 
 
 @pytest.mark.slow
-def test_scans_to_model_is_no_worse_than_the_template(evaluated):
+def test_scans_to_model_is_no_worse_than_the_template(evaluated, measured):
     """The spec: with few subjects the trained model is no worse than the template's own space
     (32 coefficients + pose) on held-out people, against their true mesh. Measured on one run's
     registrations (docs/model.md): GHUM trained on 2 people 1.663 mm, the template 1.695 mm
     (150 iterations; GHUM trained without the template's priors 1.664). At 60 iterations,
     unconverged, the priors made the difference: 1.853 against 1.889 without, template 1.852."""
-    assert evaluated["GHUM"]["truth_mm"] <= evaluated["template (Anny 32 shape + pose)"]["truth_mm"]
+    measured("GHUM - template, held-out truth mm",
+             evaluated["GHUM"]["truth_mm"] - evaluated["template (Anny 32 shape + pose)"]["truth_mm"], "<=", 0.0)
