@@ -25,16 +25,23 @@ def _sigint_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.mark.slow
-def test_ctrl_c_is_one_line_and_exit_130(tmp_path, template):
+def _start(tmp_path, template, command: str, n_scans: int, workers: int):
+    """``ghum-pipe COMMAND`` on ``n_scans`` scaled template scans, in a process group of its own
+    (as a terminal starts it); returns (process, W)."""
     scans, work = tmp_path / "scans", tmp_path / "W"
     scans.mkdir()
     mesh = template.to_trimesh()
-    for i in range(3):
+    for i in range(n_scans):
         trimesh.Trimesh(mesh.vertices * (1 + 0.01 * i), mesh.faces, process=False).export(scans / f"b{i}.ply")
-    proc = subprocess.Popen([sys.executable, "-m", "ghum_pipe.cli", "landmark", str(scans), "-w", str(work),
-                             "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "ghum_pipe.cli", command, str(scans), "-w", str(work),
+                             "--workers", str(workers)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=ENV, cwd=REPO, start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
+    return proc, work
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, template):
+    proc, work = _start(tmp_path, template, "landmark", 3, 1)
     deadline = time.time() + 240
     while time.time() < deadline and not list(work.glob("scans/*/logs/landmark.log")):
         time.sleep(0.3)
@@ -61,14 +68,7 @@ def test_interrupt_while_workers_start_is_one_line(tmp_path, template, sig):
     Dask): before, the workers printed KeyboardInterrupt tracebacks, the scheduler logged every
     dropped connection, and distributed's exit hook an AssertionError for the half-started cluster
     (8 of 11 SIGTERMs sent 7-13 s after start). Workers' stderr now goes to W/logs/workers.log."""
-    scans, work = tmp_path / "scans", tmp_path / "W"
-    scans.mkdir()
-    mesh = template.to_trimesh()
-    for i in range(2):
-        trimesh.Trimesh(mesh.vertices * (1 + 0.01 * i), mesh.faces, process=False).export(scans / f"b{i}.ply")
-    proc = subprocess.Popen([sys.executable, "-m", "ghum_pipe.cli", "run", str(scans), "-w", str(work),
-                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV, cwd=REPO, start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
+    proc, work = _start(tmp_path, template, "run", 2, 2)
     deadline = time.time() + 240
     while time.time() < deadline and not (work / ".dask-scratch").is_dir():  # the cluster is starting
         time.sleep(0.05)
