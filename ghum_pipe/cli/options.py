@@ -63,10 +63,9 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     # distributed configures its own loggers at INFO on import; set them after that import
     import distributed  # noqa: F401
 
-    dask_level = (logging.ERROR, logging.WARNING, logging.DEBUG)[min(verbose, 2)]
-    for name in list(logging.root.manager.loggerDict) + ["distributed", "dask_jobqueue", "bokeh", "tornado"]:
-        if name.split(".")[0] in ("distributed", "dask_jobqueue", "bokeh", "tornado"):
-            logging.getLogger(name).setLevel(dask_level)
+    from ghum_pipe.pipelines.cluster import set_dask_log_level
+
+    set_dask_log_level((logging.ERROR, logging.WARNING, logging.DEBUG)[min(verbose, 2)])
 
 
 def writable_dir(path: Path, what: str = "work dir") -> Path:

@@ -287,14 +287,24 @@ def _remove_scratch(scratch: Path | None, made: bool) -> None:
         scratch.parent.rmdir()
 
 
+DASK_LOGGERS = ("distributed", "dask_jobqueue", "bokeh", "tornado")
+
+
+def set_dask_log_level(level: int, roots: tuple[str, ...] = DASK_LOGGERS) -> None:
+    """``level`` for the loggers under ``roots`` in this process, each one that exists (distributed
+    gives its own loggers levels of their own on import, so setting the roots is not enough)."""
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in roots]
+    for name in names + list(roots):
+        logging.getLogger(name).setLevel(level)
+
+
 def mute_dask_logs() -> None:
     """Silence this process's Dask loggers for the rest of an interrupted run. Ctrl-C in a
     terminal (SIGTERM from a batch system, ``kill`` of the process group) reaches the worker
     processes too: the scheduler and nannies here then log every dropped connection and every
-    worker that failed to start, with tracebacks, after the one-line message."""
-    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in ("distributed", "tornado", "asyncio")]
-    for name in names + ["distributed", "tornado", "asyncio"]:
-        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    worker that failed to start (asyncio: "Task exception was never retrieved"), with
+    tracebacks, after the one-line message."""
+    set_dask_log_level(logging.CRITICAL + 1, DASK_LOGGERS + ("asyncio",))
 
 
 def _abandon(cluster) -> None:
