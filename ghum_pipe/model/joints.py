@@ -34,10 +34,11 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
     as tasks and the refit as their reduction, so both give the same C. Updates ``state.pose``
     and ``state.translation``; returns the mean joint move (mm) over subjects and joints."""
     parts = []
+    row_of = {s: k for k, s in enumerate(data.subjects)}
     for idx in ([np.arange(len(data))] if batches is None else batches):
         idx = np.asarray(idx)
         sub = data.select(idx)
-        rows = torch.as_tensor([data.subjects.index(s) for s in sub.subjects])
+        rows = torch.as_tensor([row_of[s] for s in sub.subjects])
         part_state = TrainState(state.model, state.pose[idx].clone(), state.translation[idx].clone(),
                                 state.rest[rows], state.expression[idx], [])
         parts.append(joint_batch_step(model, sub, part_state, cfg))
