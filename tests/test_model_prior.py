@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ghum_pipe.model.networks import VAE
-from ghum_pipe.model.solvers import scan_prior_ridge, skinning_psd_solve
+from ghum_pipe.model.solvers import scan_prior_ridge, skinning_psd_solve, solve_joint_regressor
 
 
 def _one_vertex_sums(k: int, f: float, r: float, I: int = 2) -> dict:
@@ -95,3 +95,25 @@ def test_shape_space_keeps_the_template_with_few_subjects(template):
     assert err_mm(vae, test) <= 0.05
     assert err_mm(data_only, test) > 10 * max(err_mm(vae, test), 0.1)
     assert err_mm(vae, train) < 0.5 * tpl(train)
+
+
+def test_joint_regressor_prior_counts_as_subjects_and_is_the_template():
+    """C's refit: S subjects whose joints all sit d from the prior map keep S / (S + k) of d in
+    the intercept against a prior worth k subjects (exact: the predictors are centred, so the
+    intercept alone carries d) and the basis stays the prior's, which already explains the
+    data."""
+    gen = torch.Generator().manual_seed(0)
+    Q, J = 4, 3
+    joint0 = torch.randn(J, 3, generator=gen) * 0.1
+    basis = torch.randn(Q, J, 3, generator=gen) * 0.01
+    rms = torch.full((Q,), 0.02)
+    d = torch.tensor([0.01, -0.02, 0.005])
+    for S in (1, 3, 40):
+        coeffs = torch.randn(S, Q, generator=gen, dtype=torch.float64)
+        coeffs = (coeffs - coeffs.mean(0)).float() if S > 1 else torch.zeros(1, Q)
+        joints = joint0 + torch.einsum("sq,qjc->sjc", coeffs, basis) + d
+        for k in (0.0, 1.0, 4.0):
+            j0, b = solve_joint_regressor(coeffs, joints, joint0, basis, 1e-3, rms, intercept_subjects=k)
+            np.testing.assert_allclose((j0 - joint0).numpy(), np.broadcast_to(S / (S + k) * d.numpy(), (J, 3)),
+                                       atol=1e-6)
+            np.testing.assert_allclose(b.numpy(), basis.numpy(), atol=1e-6)  # the data need no basis change

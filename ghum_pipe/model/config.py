@@ -70,7 +70,8 @@ class TrainConfig:
     a Gaussian prior on the pose corrections (``joint_pose_prior``, cm^2 per rad^2);
     ``joint_passes`` - 1 more passes with Cauchy weights
     (``joint_robust_k`` robust sigmas) so that pose correctives do not lean the centres; then
-    C refitted by ridge regression (``joint_prior``, m^2); C's step runs by subject batch
+    C refitted by ridge regression towards the template's shape->joint map (its basis with
+    ``joint_prior``, m^2; its intercept worth ``joint_prior_subjects`` subjects); C's step runs by subject batch
     (``--batch-scans``), then one refit over all subjects. VAEs are fitted to
     the rest shapes / expression offsets at the end (``vae_steps``). ``holdout``: fraction of
     subjects kept out of training (for evaluate)."""
@@ -92,6 +93,7 @@ class TrainConfig:
     joint_passes: int = 2
     joint_robust_k: float = 3.0
     joint_prior: float = 1e-3
+    joint_prior_subjects: float = 1.0
     joint_pose_prior: float = 300.0
     joint_verts: int = 2000
     joint_iters: int = 400

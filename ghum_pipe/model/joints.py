@@ -47,18 +47,23 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
 
 
 def refit_joint_regressor(model: GHUM, parts, cfg: TrainConfig) -> float:
-    """The reduction of C's step: C refitted (in place) by ridge regression (``cfg.joint_prior``,
-    ``solvers.solve_joint_regressor``) to the subjects' joint centres of every batch's
-    :func:`joint_batch_step` result (``parts``, in batch order; None for a batch without a
-    usable scan). Returns the mean joint move (mm) over subjects and joints."""
+    """The reduction of C's step: C refitted (in place) to the subjects' joint centres of every
+    batch's :func:`joint_batch_step` result (``parts``, in batch order; None for a batch
+    without a usable scan) by ridge regression towards the template's own shape->joint map
+    (``solvers.solve_joint_regressor``: its basis with ``cfg.joint_prior``, its intercept worth
+    ``cfg.joint_prior_subjects`` subjects). Returns the mean joint move (mm) over subjects and
+    joints."""
     parts = [p for p in parts if p is not None and len(p["coeffs"])]
     if not parts:
         return 0.0
     reg = model.joint_regressor
+    t = template_for(model.config.resolution, model.config.top_k)
     with torch.no_grad():
         joint0, basis = solve_joint_regressor(torch.cat([p["coeffs"] for p in parts]),
                                               torch.cat([p["joints"] for p in parts]),
-                                              reg.joint0, reg.joint_basis, cfg.joint_prior, reg.coef_rms)
+                                              torch.as_tensor(t.rest_joints, dtype=torch.float32),
+                                              torch.as_tensor(t.shape_joint_basis, dtype=torch.float32),
+                                              cfg.joint_prior, reg.coef_rms, cfg.joint_prior_subjects)
         reg.joint0.copy_(joint0)
         reg.joint_basis.copy_(basis)
     return 1000 * sum(p["move_m"] for p in parts) / sum(p["count"] for p in parts)

@@ -130,9 +130,15 @@ def solve_skinning(rest_x: torch.Tensor, rel: torch.Tensor, target: torch.Tensor
 
 @torch.no_grad()
 def solve_joint_regressor(coeffs: torch.Tensor, joints: torch.Tensor, joint0: torch.Tensor, basis: torch.Tensor,
-                          ridge: float, coef_rms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                          ridge: float, coef_rms: torch.Tensor, intercept_subjects: float = 0.0
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Refit the linear joint regressor c(X~) = joint0 + sum_q coeffs_q basis_q to per-subject
-    joint centres, by ridge regression towards the current ``basis`` (the intercept is free).
+    joint centres, by ridge regression towards a prior map (``joint0``, ``basis``: the
+    template's, so that rounds do not walk along what the subjects leave undetermined).
+
+    The intercept is pulled towards the prior's as strongly as ``intercept_subjects`` subjects
+    whose joints the prior predicts exactly (its ridge on the constant predictor, which sums
+    to S over the subjects): k subjects keep S / (S + k) of what the data say.
 
     The predictors are the coefficients in metres of vertex motion (coeffs_q * coef_rms_q), so
     the ridge lets the joints follow the shape directions that move the body a lot (Anny's first
@@ -142,7 +148,7 @@ def solve_joint_regressor(coeffs: torch.Tensor, joints: torch.Tensor, joint0: to
 
     Args:
         coeffs: (S, Q) shape coefficients of the subjects' rest shapes;
-        joints: (S, J, 3) target rest joints; joint0: (J, 3), basis: (Q, J, 3) current values;
+        joints: (S, J, 3) target rest joints; joint0: (J, 3), basis: (Q, J, 3) the prior map;
         ridge: metres^2 (per predictor, against sum over subjects of predictor^2);
         coef_rms: (Q,) RMS vertex motion per unit coefficient, metres.
     Returns:
@@ -153,7 +159,7 @@ def solve_joint_regressor(coeffs: torch.Tensor, joints: torch.Tensor, joint0: to
     X = torch.cat([torch.ones(S, 1, dtype=torch.float64), coeffs.double() * rms], 1)  # (S, 1+Q)
     prior = torch.cat([joint0[None], basis / coef_rms[:, None, None]], 0).double().reshape(1 + Q, -1)
     reg = torch.full((1 + Q,), ridge, dtype=torch.float64)
-    reg[0] = 1e-6
+    reg[0] = max(intercept_subjects, 1e-6)
     A = X.T @ X + torch.diag(reg)
     b = X.T @ joints.double().reshape(S, -1) + reg[:, None] * prior
     sol = torch.linalg.solve(A, b).reshape(1 + Q, -1, 3)
