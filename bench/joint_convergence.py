@@ -9,7 +9,9 @@ Data: tests/test_model_train.py's set (10 subjects x 6 poses, no close-ups, temp
 gets: the objective, its relative decrease over those iterations (what ``joint_rtol`` tests),
 the batch's fitted joint centres against the planted truth (mean mm: all joints, the joints the
 synthetic data can shift) and their distance to where the pass ends (max mm over subjects and
-joints). Then the same step with the tolerance (``--rtol``): iterations, time, joint error.
+joints). Then the same step with the tolerance (``--rtol``): iterations, time, joint error,
+against the run without it as the peer. The trace reads the step's variables through its
+objective's closure (``physical``): a measurement harness, tied to ``joint_batch_step``'s body.
 
     .venv/bin/python bench/joint_convergence.py --shifts --rtol 1e-4
 """
