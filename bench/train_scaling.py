@@ -193,9 +193,10 @@ def main():
     ap.add_argument("--pose-iters", type=int, default=5)
     ap.add_argument("--shard-scans", type=int, default=32)
     ap.add_argument("--joint-iters", type=int, default=TrainConfig().joint_iters,
-                    help="L-BFGS iterations per pass of C's step (TrainConfig.joint_iters). Fewer to fit a slow "
-                         "machine: C runs all its iterations, so the cost model scales C's measured cost by "
-                         "the default / this.")
+                    help="Cap on L-BFGS iterations per pass of C's step (TrainConfig.joint_iters; a pass stops "
+                         "earlier once converged, TrainConfig.joint_rtol). Lower only to fit a slow machine: the "
+                         "cost model then scales C's measured cost by the default / this (an upper bound: "
+                         "with the synthetic joint shifts C runs to its cap, docs/cluster.md).")
     ap.add_argument("--report", action="store_true", help="Print the tables of BASE/results.json, run nothing.")
     ap.add_argument("--child", nargs=2, metavar=("N", "WORKERS"), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -237,7 +238,7 @@ def main():
         results[(n, w)] = json.loads(line[0][7:])
     models = "+".join(args.models)
     print(f"\n## {models}, {args.rounds} round(s), pose_iters {args.pose_iters}, C's step by subject batch "
-          f"({args.joint_iters} L-BFGS iterations per pass), "
+          f"(at most {args.joint_iters} L-BFGS iterations per pass, joint_rtol {TrainConfig().joint_rtol:g}), "
           f"subject batches of ~{args.shard_scans} "
           f"scans, this machine: {os.cpu_count()} cores shared (load {os.getloadavg()[0]:.1f})\n")
     print("| N (all) | train scans | workers | store build s | store MB | init s | round s | pose s | model step s "

@@ -158,6 +158,30 @@ def test_torch_lbfgs_minimises_rosenbrock():
     np.testing.assert_allclose(p.detach().numpy(), [1.0, 1.0], atol=1e-6)
 
 
+def test_torch_lbfgs_relative_tolerance_is_scale_free_and_chunks_keep_the_path():
+    """A badly scaled least-squares problem (column scales 1..100, a quartic term): checking every
+    25 iterations does not change the path (bit-equal to one uncut run); the relative tolerance
+    stops before the cap, at the same iteration for the problem and for 8 stacked copies of it
+    (a batch of 8 scans: an objective 8x larger)."""
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(60, 40, generator=gen, dtype=torch.float64) * torch.logspace(0, 2, 40, dtype=torch.float64)
+    b = torch.randn(60, generator=gen, dtype=torch.float64)
+
+    def run(copies, rtol, trace=None):
+        x = torch.zeros(copies, 40, dtype=torch.float64, requires_grad=True)
+        n = minimize_lbfgs_torch([x], lambda: (((x @ A.T - b) ** 2).sum(-1) + 0.1 * (x**4).sum(-1)).sum(), 400,
+                                 rtol=rtol, trace=trace)
+        return n, x.detach()
+
+    seen = []
+    n_uncut, x_uncut = run(1, 0.0)
+    n_cut, x_cut = run(1, 0.0, trace=lambda n, loss: seen.append(n))
+    assert n_uncut == n_cut == 400 and torch.equal(x_uncut, x_cut) and seen[:2] == [25, 50]
+    n1, x1 = run(1, 1e-3)
+    n8, x8 = run(8, 1e-3)
+    assert n1 == n8 < 400, (n1, n8)  # measured 225 for both
+
+
 def test_gauss_newton_diagonal_is_exact_for_a_diagonal_jacobian_and_unbiased_for_a_dense_one():
     x = torch.zeros(4, dtype=torch.float64, requires_grad=True)
     a = torch.tensor([0.5, 2.0, 30.0, 1e-3], dtype=torch.float64)

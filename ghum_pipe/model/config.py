@@ -62,7 +62,8 @@ class TrainConfig:
     the data (``solvers.scan_prior_ridge``), so that a few scans leave the model near the
     template and many outweigh it. With ``learn_joints``, round 0 first learns
     the joint regressor C (joints.py): per-subject joint shifts, per-scan pose corrections and
-    skinning logits together (``joint_iters`` L-BFGS iterations per pass after ``joint_probes``
+    skinning logits together (at most ``joint_iters`` L-BFGS iterations per pass, fewer once 25
+    iterations lower the objective by less than ``joint_rtol`` of it; after ``joint_probes``
     Hutchinson probes for the preconditioner, on at most ``joint_verts`` vertices), with a ridge
     towards the template's joints of ``joint_ridge`` per cm^2 along the directions the data
     barely sees (Gauss-Newton eigenvalue below ``joint_weak_ratio`` of the joint's largest or
@@ -97,6 +98,7 @@ class TrainConfig:
     joint_pose_prior: float = 300.0
     joint_verts: int = 2000
     joint_iters: int = 400
+    joint_rtol: float = 1e-3
     joint_probes: int = 8
     vae_steps: int = 600
     kl_weight: float = 1e-3

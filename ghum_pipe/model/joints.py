@@ -85,7 +85,10 @@ def joint_batch_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg:
     mimic a shoulder-centre shift), the root centre fixed (the translation plays its part) and,
     in later passes (``cfg.joint_passes``), Cauchy weights (robust scale of this batch) so that
     local pose correctives do not lean the centres. Everything but the logits and that scale is
-    separable by subject, so batches are independent. What each choice measured: docs/model.md,
+    separable by subject, so batches are independent. Each pass stops at ``cfg.joint_iters``
+    iterations or once 25 of them lower the objective by less than ``cfg.joint_rtol`` of it (a
+    relative test: a batch's objective grows with its scans; the decision depends on the batch
+    alone, so every schedule stops at the same iteration). What each choice measured: docs/model.md,
     "Why C's step is built this way". Updates ``state.pose`` and ``state.translation``; returns
     {coeffs (s, Q) shape coefficients and joints (s, J, 3) fitted centres of the s subjects with
     a usable scan, move_m: sum of their joint moves (m), count: s x J}, or None without one."""
@@ -151,14 +154,17 @@ def joint_batch_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg:
         scale = [1.0 / (d + 1e-6 * d.max()).sqrt() for d in diag]
         q = [z.clone().requires_grad_(True) for z in zeros]
 
+        def physical(qs):  # the optimiser's variables -> (dpose, dtrans, dj_cm, dlogits)
+            return [qi * si for qi, si in zip(qs, scale)]
+
         def objective():
-            dpose, dtrans, dj_cm, dlogits = (qi * si for qi, si in zip(q, scale))
+            dpose, dtrans, dj_cm, dlogits = physical(q)
             dev = dj_cm - prior_cm
             return ((residual(dpose, dtrans, dj_cm, dlogits) ** 2).sum() + torch.einsum("sja,sjab,sjb->", dev, ridge, dev)
                     + cfg.joint_pose_prior * (dpose**2).sum()
                     + 1e-2 * (dlogits**2).sum())  # logits: only a weak pull, they are nuisance here
 
-        minimize_lbfgs_torch(q, objective, cfg.joint_iters)
+        minimize_lbfgs_torch(q, objective, cfg.joint_iters, rtol=cfg.joint_rtol)
         for _ in range(1, cfg.joint_passes):
             # Pose correctives (a biceps bulging with the elbow bent) are local residuals that
             # no joint centre explains; least squares still leans the centres towards them
@@ -167,14 +173,14 @@ def joint_batch_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg:
             # of its residual r after the pass before (sigma: robust scale, 1.4826 x median).
             with torch.no_grad():
                 robust.fill_(1.0)
-                r = residual(*(qi * si for qi, si in zip(q, scale))).norm(dim=-1)
+                r = residual(*physical(q)).norm(dim=-1)
                 sigma = 1.4826 * r[mask > 0].median().clamp_min(1e-3)
                 robust.copy_((1.0 / (1.0 + (r / (cfg.joint_robust_k * sigma)) ** 2)).sqrt()[..., None])
-            minimize_lbfgs_torch(q, objective, cfg.joint_iters)
+            minimize_lbfgs_torch(q, objective, cfg.joint_iters, rtol=cfg.joint_rtol)
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
-    dpose, dtrans, dj_cm, _ = (qi.detach() * si for qi, si in zip(q, scale))
+    dpose, dtrans, dj_cm, _ = (x.detach() for x in physical(q))
     with torch.no_grad():
         shifts = 0.01 * dj_cm * free
         state.pose[sc] = pose0 + dpose

@@ -62,14 +62,22 @@ def minimize_lbfgs(tensors: Sequence[torch.Tensor], loss_fn: Callable[[], torch.
 
 def minimize_lbfgs_torch(params: Sequence[torch.Tensor], loss_fn: Callable[[], torch.Tensor], iters: int,
                          history_size: int = 20, tolerance_grad: float = 1e-12,
-                         tolerance_change: float = 1e-15) -> None:
+                         tolerance_change: float = 1e-15, rtol: float = 0.0, check_every: int = 25,
+                         trace: Callable[[int, float], None] | None = None) -> int:
     """Minimise ``loss_fn()`` over ``params`` (leaf tensors with ``requires_grad``), in place, by
-    ``torch.optim.LBFGS`` with a strong-Wolfe line search. The default tolerances are ~0, so it
-    runs its ``iters`` iterations unless the line search stalls; torch's own (1e-7, 1e-9) stop
-    early once the loss is flat."""
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iters, history_size=history_size,
+    ``torch.optim.LBFGS`` with a strong-Wolfe line search; returns the iterations run.
+
+    At most ``iters`` iterations, in chunks of ``check_every`` (one optimiser whose history
+    carries over, so the path is that of one long run). After each chunk the loss is evaluated
+    (``trace(iterations, loss)`` if given) and the run stops once the chunk lowered it by less
+    than ``rtol`` of its value: a relative test, so the same for a sum over 10 scans or 1,000.
+    ``rtol`` 0 (and no ``trace``): one uncut run of ``iters``. torch's own absolute ``tolerance_grad``/``tolerance_change``
+    are ~0 by default (their sizes would depend on the loss's scale)."""
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=check_every, history_size=history_size,
                             line_search_fn="strong_wolfe", tolerance_grad=tolerance_grad,
                             tolerance_change=tolerance_change)
+    state = opt.state[params[0]]
+    group = opt.param_groups[0]
 
     def closure():
         opt.zero_grad()
@@ -77,4 +85,30 @@ def minimize_lbfgs_torch(params: Sequence[torch.Tensor], loss_fn: Callable[[], t
         loss.backward()
         return loss
 
-    opt.step(closure)
+    budget = iters * 5 // 4  # torch's own max_eval for one run of ``iters``
+    if rtol <= 0 and trace is None:  # nothing to check: one uncut run (no extra evaluations)
+        group["max_iter"], group["max_eval"] = iters, budget
+        opt.step(closure)
+        return state.get("n_iter", 0)
+    with torch.no_grad():
+        prev = float(loss_fn())
+    done = used = calls = 0
+    while done < iters and used < budget:
+        # each chunk re-evaluates its start point first (the same numbers as the last chunk's
+        # end): not counted against the budget, so the path is that of one uncut run
+        group["max_iter"] = min(check_every, iters - done)
+        group["max_eval"] = budget - used + (calls > 0)
+        opt.step(closure)
+        calls += 1
+        ran = state.get("n_iter", 0) - done
+        done += ran
+        used = state.get("func_evals", 0) - (calls - 1)
+        with torch.no_grad():
+            loss = float(loss_fn())
+        if trace is not None:
+            trace(done, loss)
+        # no iteration (gradient ~0) or no progress: converged; rtol: relative decrease per chunk
+        if ran == 0 or prev - loss <= rtol * abs(loss):
+            break
+        prev = loss
+    return done
