@@ -22,6 +22,7 @@ import torch
 from ghum_pipe.errors import RegistrationError
 from ghum_pipe.register.backend import single_threaded_blas
 from ghum_pipe.register.config import RegionConfig, RegisterConfig
+from ghum_pipe.register.hands import fit_hands
 from ghum_pipe.register.landmark_pairs import (HINT_LANDMARKS, load_template_landmark_set, match_landmarks,
                                                read_landmarks_json)
 from ghum_pipe.register.region import (TORSO_LANDMARKS, check_landmarks, coverage_error, free_joints,
@@ -91,6 +92,11 @@ def register_scan(
                        free_joints=free_joints(template, kind, pairs), icp_vertices=np.flatnonzero(region.surface),
                        main_landmarks=main_landmarks(pairs, kind), seed=cfg.seed)
     seconds["skeleton"] = time.perf_counter() - t0
+    if region.is_body and cfg.hands.enabled:
+        t0 = time.perf_counter()
+        fit = fit_hands(template, pairs, fit, scan_verts, scan_faces, scan_normals, cfg.hands, region.skeleton.n_shape,
+                        cfg.device, cfg.seed)
+        seconds["hands"] = time.perf_counter() - t0
     near = target.index.query(fit.verts[region.surface], 1)[0][:, 0] < region.coverage_dist_m
     coverage["after_skeleton"] = float(near.mean())
 

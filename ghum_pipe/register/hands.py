@@ -1,0 +1,164 @@
+"""Hand stage of a body registration: the wrists and fingers refitted to the hands alone.
+
+In the body fit the fingers are a few mm of a loss that a whole body dominates: its landmark
+term spreads the hands' share over 42 points and is scaled down in the ICP phase, and its ICP
+samples (2,000 for the body) put a few dozen pairs on each finger, so the finger prior wins and
+the fingers stay near rest (on posed synthetic scans the fitted finger rotations were as far
+from the truth as the truth from rest: docs/register.md, "Hands"). This stage does for each hand
+of a body scan what a hand close-up's registration does (``region.py``): the body's fit is kept
+(shape, root, translation, every other joint), and the wrist, metacarpal and finger joints of
+the hands with at least ``min_landmarks`` hand landmarks are fitted to those landmarks, then +
+robust ICP both ways between the hand's surface and the scan points near it, with the close-up's
+correspondence windows and a looser finger prior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from ghum_pipe.register.backend import PointIndex
+from ghum_pipe.register.landmark_pairs import LandmarkPairs
+from ghum_pipe.register.posing import full_poser
+from ghum_pipe.register.skeleton import (FitVariable, IcpSchedule, LandmarkTerm, SkeletonFit, joint_groups,
+                                         landmark_icp_fit, landmark_weights)
+from ghum_pipe.register.target import ScanTarget, build_target
+from ghum_pipe.template.anatomy import finger_axes
+
+HAND_SCHEDULE = IcpSchedule(landmark_iters=100, icp_rounds=3, icp_iters=30, icp_final_iters=40,
+                            icp_landmark_scale=0.1, sigma_m=(0.01, 0.003), max_dist_m=(0.03, 0.008),
+                            n_verts=1500, n_scan=1500)
+
+
+@dataclass(frozen=True)
+class HandConfig:
+    """Settings of the hand stage (metres; priors per rad^2 as in ``skeleton.Priors``, relative to
+    the stage's landmark and ICP terms in cm^2, each normalised over both hands)."""
+
+    enabled: bool = True
+    min_landmarks: int = 10  # hand landmarks a hand needs to be refitted (MediaPipe finds 21)
+    schedule: IcpSchedule = field(default_factory=lambda: HAND_SCHEDULE)
+    finger: float = 0.01  # the close-up's 0.02, halved: the terms are averaged over two hands
+    wrist: float = 0.05
+    # finger joints off their anatomy (template.anatomy.finger_axes): a PIP/DIP joint's rotation
+    # off its flexion axis, a knuckle's twist about its bone, cost this much per rad^2
+    hinge: float = 2.0
+    scan_radius_m: float = 0.04
+    # also refit the arm (upper arm, forearm and their twists) with the arm's surface in the ICP:
+    # the body fit leaves the wrist ~1 cm off, which the fingers cannot make up for
+    arm: bool = True
+    arm_prior: float = 0.1
+    icp_fingers: bool = True  # per rad^2 of an arm joint's change from the body fit
+    max_points: int = 20000  # scan points this close to the body fit's hand are the hand's data
+
+
+def hand_joints(template, side: str) -> np.ndarray:
+    """(J,) bool: the wrist, metacarpal and finger joints of one side ("left" | "right")."""
+    suffix = ".L" if side == "left" else ".R"
+    return np.array([n.endswith(suffix) and n.startswith(("wrist", "finger", "metacarpal"))
+                     for n in template.joint_names])
+
+
+def arm_joints(template, side: str) -> np.ndarray:
+    """(J,) bool: the upper arm, forearm and their twist joints of one side."""
+    suffix = ".L" if side == "left" else ".R"
+    return np.array([n.endswith(suffix) and n.startswith(("upperarm", "lowerarm")) for n in template.joint_names])
+
+
+def hand_sides(pairs: LandmarkPairs, min_landmarks: int) -> list[str]:
+    """The sides ("left", "right") with at least ``min_landmarks`` hand landmarks."""
+    return [s for s in ("left", "right") if sum(n.startswith(f"{s}_hand_") for n in pairs.names) >= min_landmarks]
+
+
+def crop_target(scan_verts: np.ndarray, scan_faces: np.ndarray | None, scan_normals: np.ndarray | None,
+                points: np.ndarray, radius_m: float, max_points: int, seed: int = 0) -> ScanTarget | None:
+    """A target of the scan's parts within ``radius_m`` of ``points`` (N, 3), sampled at up to
+    ``max_points`` (finer than the body's target on a hand); None when almost nothing is near."""
+    near = PointIndex(points).query(scan_verts, 1)[0][:, 0] < radius_m
+    if near.sum() < 50:
+        return None
+    if scan_faces is not None and len(scan_faces):
+        f = scan_faces[near[scan_faces].all(1)]
+        if len(f) < 50:
+            return None
+        return build_target(scan_verts, f, None, max_points=max_points, seed=seed)
+    return build_target(scan_verts[near], None, None if scan_normals is None else scan_normals[near],
+                        max_points=max_points, seed=seed)
+
+
+def fit_hands(template, pairs: LandmarkPairs, fit: SkeletonFit, scan_verts: np.ndarray | None,
+              scan_faces: np.ndarray | None = None, scan_normals: np.ndarray | None = None,
+              config: HandConfig = HandConfig(), n_shape: int = 32, device="cpu", seed: int = 0) -> SkeletonFit:
+    """Refit the hands' joints of a body's skeleton fit (module docstring); returns ``fit`` with
+    the new pose and vertices (unchanged when no hand has enough landmarks)."""
+    sides = hand_sides(pairs, config.min_landmarks)
+    if not config.enabled or not sides:
+        return fit
+    dt = torch.float64
+    free = np.zeros(template.n_joints, dtype=bool)
+    surface = np.zeros(template.n_verts, dtype=bool)
+    keep_lm = np.zeros(len(pairs), dtype=bool)
+    arm = np.zeros(template.n_joints, dtype=bool)
+    main_joint = template.skin_indices[np.arange(template.n_verts), np.argmax(template.skin_weights, 1)]
+    for s in sides:
+        free |= hand_joints(template, s)
+        surface |= template.masks[f"hand_{s}"]
+        if config.arm:
+            arm |= arm_joints(template, s)
+            surface |= np.isin(main_joint, np.flatnonzero(arm_joints(template, s)))
+        keep_lm |= np.array([n.startswith(f"{s}_hand_") for n in pairs.names])
+    free |= arm
+    surface &= template.masks["surface"]
+    if not config.icp_fingers:
+        surface &= ~np.isin(main_joint, np.flatnonzero(joint_groups(template)["fingers"]))
+    hand_pairs = pairs.subset(keep_lm)
+    free_idx = torch.as_tensor(np.flatnonzero(free), device=device)
+    fingers = joint_groups(template)["fingers"][free]
+    is_arm = arm[free]
+    prior_np = np.where(fingers, config.finger, np.where(is_arm, config.arm_prior, config.wrist))
+    # (n, 3, 3) quadratic form of each free joint's prior: isotropic + the anatomy's off-axis part
+    Q = prior_np[:, None, None] * np.eye(3)
+    axes = finger_axes(template.joint_names, template.rest_joints)
+    for i, j in enumerate(np.flatnonzero(free)):
+        kind, a = axes.get(template.joint_names[j], (None, None))
+        if kind == "hinge":
+            Q[i] += config.hinge * (np.eye(3) - np.outer(a, a))
+        elif kind == "twist":
+            Q[i] += config.hinge * np.outer(a, a)
+    Q_t = torch.as_tensor(Q, dtype=dt, device=device)
+
+    base = torch.as_tensor(fit.pose[None], dtype=dt, device=device)
+    joint_aa = base[0, free_idx].clone().requires_grad_(True)
+    shape = torch.as_tensor(fit.shape[None, :n_shape], dtype=dt, device=device)
+    expr = torch.as_tensor(fit.expression[None], dtype=dt, device=device)
+    transl = torch.as_tensor(fit.translation, dtype=dt, device=device)
+    zeros = torch.zeros_like(free_idx)
+    start = joint_aa.detach().clone()
+    rel = torch.as_tensor(is_arm, dtype=dt, device=device)[:, None]  # arm priors: on the change
+
+    def pose_of(aa):
+        return base.index_put((zeros, free_idx), aa)
+
+    def forward(poser):
+        return fit.scale * poser(shape, pose_of(joint_aa), expr) + transl
+
+    def priors():
+        d = joint_aa - rel * start
+        return torch.einsum("ni,nij,nj->", d, Q_t, d)
+
+    lm = LandmarkTerm.of(hand_pairs, landmark_weights(hand_pairs, None), device, dt)
+    pool = np.flatnonzero(surface)
+    hand_target = None
+    if scan_verts is not None:
+        hand_target = crop_target(scan_verts, scan_faces, scan_normals, fit.verts[pool], config.scan_radius_m,
+                                  config.max_points, seed)
+    variables = [FitVariable(joint_aa, None, np.diagonal(Q, axis1=1, axis2=2).copy())]
+    n_eval = landmark_icp_fit(template, forward, priors, variables, lm, hand_target, pool, config.schedule, n_shape,
+                              np.random.default_rng(seed + 1), device, dt, seed)
+    with torch.no_grad():
+        pose = pose_of(joint_aa)[0]
+        verts = forward(full_poser(template, n_shape, device, dt))
+    return replace(fit, pose=pose.cpu().numpy().astype(np.float64), verts=verts.cpu().numpy().astype(np.float64),
+                   iterations=fit.iterations + n_eval)
