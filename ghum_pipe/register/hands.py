@@ -27,7 +27,7 @@ from ghum_pipe.register.skeleton import (FitVariable, IcpSchedule, LandmarkTerm,
 from ghum_pipe.register.target import ScanTarget, build_target
 from ghum_pipe.template.anatomy import finger_axes
 
-HAND_SCHEDULE = IcpSchedule(landmark_iters=100, icp_rounds=3, icp_iters=30, icp_final_iters=40,
+HAND_SCHEDULE = IcpSchedule(landmark_iters=60, icp_rounds=2, icp_iters=30, icp_final_iters=40,
                             icp_landmark_scale=0.1, sigma_m=(0.01, 0.003), max_dist_m=(0.03, 0.008),
                             n_verts=1500, n_scan=1500)
 
@@ -35,7 +35,7 @@ HAND_SCHEDULE = IcpSchedule(landmark_iters=100, icp_rounds=3, icp_iters=30, icp_
 @dataclass(frozen=True)
 class HandConfig:
     """Settings of the hand stage (metres; priors per rad^2 as in ``skeleton.Priors``, relative to
-    the stage's landmark and ICP terms in cm^2, each normalised over both hands)."""
+    the stage's landmark and ICP terms in cm^2, each averaged over both hands)."""
 
     enabled: bool = True
     min_landmarks: int = 10  # hand landmarks a hand needs to be refitted (MediaPipe finds 21)
@@ -45,13 +45,16 @@ class HandConfig:
     # finger joints off their anatomy (template.anatomy.finger_axes): a PIP/DIP joint's rotation
     # off its flexion axis, a knuckle's twist about its bone, cost this much per rad^2
     hinge: float = 2.0
-    scan_radius_m: float = 0.04
-    # also refit the arm (upper arm, forearm and their twists) with the arm's surface in the ICP:
-    # the body fit leaves the wrist ~1 cm off, which the fingers cannot make up for
+    # the arm (upper arm, forearm, their twists) is refitted too, its prior on the change from
+    # the body fit: the body fit leaves the wrist up to ~1 cm off, which fingers cannot make up
     arm: bool = True
     arm_prior: float = 0.1
-    icp_fingers: bool = True  # per rad^2 of an arm joint's change from the body fit
-    max_points: int = 20000  # scan points this close to the body fit's hand are the hand's data
+    scan_radius_m: float = 0.04  # the scan within this of the body fit's hand and arm is their data
+    max_points: int = 20000  # samples of that part of the scan (finer than the body's on a hand)
+    # a hand's refit is kept only if its vertices end closer to the scan (mean distance, each
+    # capped at this): on A-pose scans the body fit's straight fingers are already right, and
+    # following the hand landmarks' few-mm noise made them worse
+    accept_cap_m: float = 0.02
 
 
 def hand_joints(template, side: str) -> np.ndarray:
@@ -90,12 +93,20 @@ def crop_target(scan_verts: np.ndarray, scan_faces: np.ndarray | None, scan_norm
 
 def fit_hands(template, pairs: LandmarkPairs, fit: SkeletonFit, scan_verts: np.ndarray | None,
               scan_faces: np.ndarray | None = None, scan_normals: np.ndarray | None = None,
-              config: HandConfig = HandConfig(), n_shape: int = 32, device="cpu", seed: int = 0) -> SkeletonFit:
-    """Refit the hands' joints of a body's skeleton fit (module docstring); returns ``fit`` with
-    the new pose and vertices (unchanged when no hand has enough landmarks)."""
+              config: HandConfig = HandConfig(), n_shape: int = 32, device="cpu",
+              seed: int = 0) -> tuple[SkeletonFit, dict]:
+    """Refit the hands' joints of a body's skeleton fit (module docstring).
+
+    Args:
+        fit: the body's skeleton fit; scan_verts (N, 3) metres, scan_faces (F, 3) | None,
+        scan_normals (N, 3) | None: the scan (None: landmarks only, every refit kept).
+    Returns:
+        ``fit`` with the new pose and vertices, and per side refitted ``{"left": {"kept": bool,
+        "scan_mm": [before, after]}, ...}`` (empty when no hand has enough landmarks).
+    """
     sides = hand_sides(pairs, config.min_landmarks)
     if not config.enabled or not sides:
-        return fit
+        return fit, {}
     dt = torch.float64
     free = np.zeros(template.n_joints, dtype=bool)
     surface = np.zeros(template.n_verts, dtype=bool)
@@ -111,8 +122,6 @@ def fit_hands(template, pairs: LandmarkPairs, fit: SkeletonFit, scan_verts: np.n
         keep_lm |= np.array([n.startswith(f"{s}_hand_") for n in pairs.names])
     free |= arm
     surface &= template.masks["surface"]
-    if not config.icp_fingers:
-        surface &= ~np.isin(main_joint, np.flatnonzero(joint_groups(template)["fingers"]))
     hand_pairs = pairs.subset(keep_lm)
     free_idx = torch.as_tensor(np.flatnonzero(free), device=device)
     fingers = joint_groups(template)["fingers"][free]
@@ -157,8 +166,24 @@ def fit_hands(template, pairs: LandmarkPairs, fit: SkeletonFit, scan_verts: np.n
     variables = [FitVariable(joint_aa, None, np.diagonal(Q, axis1=1, axis2=2).copy())]
     n_eval = landmark_icp_fit(template, forward, priors, variables, lm, hand_target, pool, config.schedule, n_shape,
                               np.random.default_rng(seed + 1), device, dt, seed)
+    poser = full_poser(template, n_shape, device, dt)
     with torch.no_grad():
-        pose = pose_of(joint_aa)[0]
-        verts = forward(full_poser(template, n_shape, device, dt))
-    return replace(fit, pose=pose.cpu().numpy().astype(np.float64), verts=verts.cpu().numpy().astype(np.float64),
-                   iterations=fit.iterations + n_eval)
+        pose = pose_of(joint_aa)[0].cpu().numpy().astype(np.float64)
+        verts = forward(poser).cpu().numpy().astype(np.float64)
+    info = {}
+    for s in sides:
+        side_joints = hand_joints(template, s) | (arm_joints(template, s) if config.arm else False)
+        if hand_target is None:
+            info[s] = {"kept": True, "scan_mm": [float("nan"), float("nan")]}
+            continue
+        hand = template.masks[f"hand_{s}"] & template.masks["surface"]
+        before, after = (float(np.minimum(hand_target.distance_to_scan(v[hand]), config.accept_cap_m).mean())
+                         for v in (fit.verts, verts))
+        info[s] = {"kept": after < before, "scan_mm": [before * 1e3, after * 1e3]}
+        if after >= before:  # the body fit's hand stays; a side's joints move only its own vertices
+            pose[side_joints] = fit.pose[side_joints]
+    if not all(i["kept"] for i in info.values()):
+        with torch.no_grad():
+            verts = (fit.scale * poser(shape, torch.as_tensor(pose[None], dtype=dt, device=device), expr)
+                     + transl).cpu().numpy().astype(np.float64)
+    return replace(fit, pose=pose, verts=verts, iterations=fit.iterations + n_eval), info

@@ -92,9 +92,10 @@ def register_scan(
                        free_joints=free_joints(template, kind, pairs), icp_vertices=np.flatnonzero(region.surface),
                        main_landmarks=main_landmarks(pairs, kind), seed=cfg.seed)
     seconds["skeleton"] = time.perf_counter() - t0
+    hands_info = {}
     if region.is_body and cfg.hands.enabled:
         t0 = time.perf_counter()
-        fit = fit_hands(template, pairs, fit, scan_verts, scan_faces, scan_normals, cfg.hands, region.skeleton.n_shape,
+        fit, hands_info = fit_hands(template, pairs, fit, scan_verts, scan_faces, scan_normals, cfg.hands, region.skeleton.n_shape,
                         cfg.device, cfg.seed)
         seconds["hands"] = time.perf_counter() - t0
     near = target.index.query(fit.verts[region.surface], 1)[0][:, 0] < region.coverage_dist_m
@@ -115,6 +116,8 @@ def register_scan(
         matched_fraction=nr.matched_fraction, iterations={"skeleton": fit.iterations, "nonrigid": nr.iterations},
         seconds=seconds, seconds_total=float(sum(seconds.values())),
     )
+    if hands_info:  # which hands the hand stage refitted (hands.py) and the scan distances that decided
+        metrics["hands"] = hands_info
     if metrics["scan_to_reg_mean_mm"] > cfg.max_scan_to_reg_mm:
         _fail(f"registration diverged: mean scan->registration distance {metrics['scan_to_reg_mean_mm']:.1f} mm "
               f"(limit {cfg.max_scan_to_reg_mm} mm)", path, HINT_LANDMARKS)
