@@ -24,7 +24,7 @@ from ghum_pipe.register.landmark_pairs import LandmarkPairs
 from ghum_pipe.register.posing import full_poser
 from ghum_pipe.register.skeleton import (FitVariable, IcpSchedule, LandmarkTerm, SkeletonFit, joint_groups,
                                          landmark_icp_fit, landmark_weights)
-from ghum_pipe.register.target import ScanTarget, build_target
+from ghum_pipe.register.target import ScanTarget
 from ghum_pipe.template.anatomy import finger_axes
 
 HAND_SCHEDULE = IcpSchedule(landmark_iters=60, icp_rounds=2, icp_iters=30, icp_final_iters=40,
@@ -50,7 +50,6 @@ class HandConfig:
     arm: bool = True
     arm_prior: float = 0.1
     scan_radius_m: float = 0.04  # the scan within this of the body fit's hand and arm is their data
-    max_points: int = 20000  # samples of that part of the scan (finer than the body's on a hand)
     # a hand's refit is kept only if its vertices end closer to the scan (mean distance, each
     # capped at this): on A-pose scans the body fit's straight fingers are already right, and
     # following the hand landmarks' few-mm noise made them worse
@@ -75,31 +74,24 @@ def hand_sides(pairs: LandmarkPairs, min_landmarks: int) -> list[str]:
     return [s for s in ("left", "right") if sum(n.startswith(f"{s}_hand_") for n in pairs.names) >= min_landmarks]
 
 
-def crop_target(scan_verts: np.ndarray, scan_faces: np.ndarray | None, scan_normals: np.ndarray | None,
-                points: np.ndarray, radius_m: float, max_points: int, seed: int = 0) -> ScanTarget | None:
-    """A target of the scan's parts within ``radius_m`` of ``points`` (N, 3), sampled at up to
-    ``max_points`` (finer than the body's target on a hand); None when almost nothing is near."""
-    near = PointIndex(points).query(scan_verts, 1)[0][:, 0] < radius_m
-    if near.sum() < 50:
+def near_points(target: ScanTarget, points: np.ndarray, radius_m: float) -> ScanTarget | None:
+    """The scan's samples within ``radius_m`` of ``points`` (N, 3), as a target (its distances
+    still to the whole scan); None when almost nothing is near."""
+    keep = PointIndex(points).query(target.points, 1)[0][:, 0] < radius_m
+    if keep.sum() < 50:
         return None
-    if scan_faces is not None and len(scan_faces):
-        f = scan_faces[near[scan_faces].all(1)]
-        if len(f) < 50:
-            return None
-        return build_target(scan_verts, f, None, max_points=max_points, seed=seed)
-    return build_target(scan_verts[near], None, None if scan_normals is None else scan_normals[near],
-                        max_points=max_points, seed=seed)
+    p, n = target.points[keep], target.normals[keep]
+    return ScanTarget(points=p, normals=n, index=PointIndex(p), mesh=target.mesh)
 
 
-def fit_hands(template, pairs: LandmarkPairs, fit: SkeletonFit, scan_verts: np.ndarray | None,
-              scan_faces: np.ndarray | None = None, scan_normals: np.ndarray | None = None,
+def fit_hands(template, pairs: LandmarkPairs, fit: SkeletonFit, target: ScanTarget | None,
               config: HandConfig = HandConfig(), n_shape: int = 32, device="cpu",
               seed: int = 0) -> tuple[SkeletonFit, dict]:
     """Refit the hands' joints of a body's skeleton fit (module docstring).
 
     Args:
-        fit: the body's skeleton fit; scan_verts (N, 3) metres, scan_faces (F, 3) | None,
-        scan_normals (N, 3) | None: the scan (None: landmarks only, every refit kept).
+        fit: the body's skeleton fit; target: the scan's samples (None: landmarks only, every
+        refit kept).
     Returns:
         ``fit`` with the new pose and vertices, and per side refitted ``{"left": {"kept": bool,
         "scan_mm": [before, after]}, ...}`` (empty when no hand has enough landmarks).
@@ -160,9 +152,8 @@ def fit_hands(template, pairs: LandmarkPairs, fit: SkeletonFit, scan_verts: np.n
     lm = LandmarkTerm.of(hand_pairs, landmark_weights(hand_pairs, None), device, dt)
     pool = np.flatnonzero(surface)
     hand_target = None
-    if scan_verts is not None:
-        hand_target = crop_target(scan_verts, scan_faces, scan_normals, fit.verts[pool], config.scan_radius_m,
-                                  config.max_points, seed)
+    if target is not None:
+        hand_target = near_points(target, fit.verts[pool], config.scan_radius_m)
     variables = [FitVariable(joint_aa, None, np.diagonal(Q, axis1=1, axis2=2).copy())]
     n_eval = landmark_icp_fit(template, forward, priors, variables, lm, hand_target, pool, config.schedule, n_shape,
                               np.random.default_rng(seed + 1), device, dt, seed)

@@ -95,8 +95,7 @@ def register_scan(
     hands_info = {}
     if region.is_body and cfg.hands.enabled:
         t0 = time.perf_counter()
-        fit, hands_info = fit_hands(template, pairs, fit, scan_verts, scan_faces, scan_normals, cfg.hands, region.skeleton.n_shape,
-                        cfg.device, cfg.seed)
+        fit, hands_info = fit_hands(template, pairs, fit, target, cfg.hands, region.skeleton.n_shape, cfg.device, cfg.seed)
         seconds["hands"] = time.perf_counter() - t0
     near = target.index.query(fit.verts[region.surface], 1)[0][:, 0] < region.coverage_dist_m
     coverage["after_skeleton"] = float(near.mean())
