@@ -1,15 +1,18 @@
-"""Hand stage of a body registration: the wrists and fingers refitted to the hands alone.
+"""Hand stage of a body registration: each hand (and its arm) refitted to the hand alone.
 
-In the body fit the fingers are a few mm of a loss that a whole body dominates: its landmark
-term spreads the hands' share over 42 points and is scaled down in the ICP phase, and its ICP
-samples (2,000 for the body) put a few dozen pairs on each finger, so the finger prior wins and
-the fingers stay near rest (on posed synthetic scans the fitted finger rotations were as far
-from the truth as the truth from rest: docs/register.md, "Hands"). This stage does for each hand
-of a body scan what a hand close-up's registration does (``region.py``): the body's fit is kept
-(shape, root, translation, every other joint), and the wrist, metacarpal and finger joints of
-the hands with at least ``min_landmarks`` hand landmarks are fitted to those landmarks, then +
-robust ICP both ways between the hand's surface and the scan points near it, with the close-up's
-correspondence windows and a looser finger prior.
+In the body fit the fingers are a few mm of a loss that the whole body dominates: its landmark
+term spreads the hands' share over 42 points and is scaled down in the ICP phase, its ICP puts
+a few dozen of 2,000 samples on each finger, so the finger prior wins and the fingers stay near
+rest (docs/register.md, "Hands"). This stage does for each hand with at least
+``min_landmarks`` hand landmarks what a hand close-up's registration does (``region.py``),
+keeping the rest of the body fit (shape, root, translation, every other joint):
+
+1. that side's wrist, metacarpal and finger joints, and its arm's joints (the body fit leaves
+   the wrist up to ~1 cm off), are fitted to the hand's landmarks, then + robust ICP both ways
+   between the hand and arm surface and the scan near them, with the close-up's narrow
+   correspondence windows and a looser finger prior; fingers bend about their anatomical axes
+   (``template.anatomy.finger_axes``);
+2. a hand's refit is kept only where it ends closer to the scan than the body fit's hand.
 """
 
 from __future__ import annotations
@@ -94,7 +97,9 @@ def fit_hands(template, pairs: LandmarkPairs, fit: SkeletonFit, target: ScanTarg
         refit kept).
     Returns:
         ``fit`` with the new pose and vertices, and per side refitted ``{"left": {"kept": bool,
-        "scan_mm": [before, after]}, ...}`` (empty when no hand has enough landmarks).
+        "scan_mm": [before, after] | None}, ...}``: the hand's mean distance to the scan (each
+        vertex's capped at ``accept_cap_m``) before and after (empty when no hand has enough
+        landmarks).
     """
     sides = hand_sides(pairs, config.min_landmarks)
     if not config.enabled or not sides:
@@ -165,7 +170,7 @@ def fit_hands(template, pairs: LandmarkPairs, fit: SkeletonFit, target: ScanTarg
     for s in sides:
         side_joints = hand_joints(template, s) | (arm_joints(template, s) if config.arm else False)
         if hand_target is None:
-            info[s] = {"kept": True, "scan_mm": [float("nan"), float("nan")]}
+            info[s] = {"kept": True, "scan_mm": None}
             continue
         hand = template.masks[f"hand_{s}"] & template.masks["surface"]
         before, after = (float(np.minimum(hand_target.distance_to_scan(v[hand]), config.accept_cap_m).mean())

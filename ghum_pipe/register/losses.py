@@ -41,19 +41,16 @@ def robust(r: torch.Tensor, kind: str, sigma: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- landmarks
-def landmark_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
-    """Weighted mean squared landmark distance, or its Geman-McClure form when ``sigma`` > 0
-    (metres: a landmark much farther off than ``sigma`` costs at most ``sigma^2``).
+def landmark_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean squared landmark distance.
 
     Args:
         pred: (L, 3) template landmarks (metres); target: (L, 3) scan landmarks;
         weights: (L,) non-negative (confidence x per-kind weight).
     Returns:
-        scalar, metres^2: sum_l w_l rho(|pred_l - target_l|) / sum_l w_l, rho(d) = d^2 (or GM).
+        scalar, metres^2: sum_l w_l |pred_l - target_l|^2 / sum_l w_l.
     """
     d2 = ((pred - target) ** 2).sum(-1)
-    if sigma > 0:
-        d2 = sigma**2 * d2 / (sigma**2 + d2)
     return (weights * d2).sum() / weights.sum().clamp_min(1e-12)
 
 

@@ -45,9 +45,6 @@ class IcpSchedule:
     # 0.09 mm apart) and the errors drop a little (recovery 1.95 -> 1.86 mm), for ~20 % more steps
     icp_final_iters: int = 150
     icp_landmark_scale: float = 0.05  # detected landmarks are ~1-2 cm noisy: dense data leads in phase 2
-    # > 0: phase 2's landmarks are Geman-McClure with this scale (metres), so a landmark the
-    # dense data disagrees with by much more stops pulling (0: squared, as in phase 1)
-    icp_landmark_sigma_m: float = 0.0
     w_icp: float = 1.0
     # annealed over the rounds, wide -> narrow: a heavy belly can be 10 cm out of the mean shape
     sigma_m: tuple[float, float] = (0.05, 0.01)
@@ -362,12 +359,11 @@ def landmark_icp_fit(template, forward, priors, variables: list[FitVariable], lm
 
     def objective(poser, lm_local, corr):
         lm_scale = 1.0 if corr is None else sc.icp_landmark_scale
-        lm_sigma = 0.0 if corr is None else sc.icp_landmark_sigma_m
 
         def loss_fn():
             verts = forward(poser)
             lm_pred = lm.predict(verts, lm_local)
-            loss = lm_scale * CM2 * landmark_loss(lm_pred, lm.targets, lm.weights, lm_sigma) + priors()
+            loss = lm_scale * CM2 * landmark_loss(lm_pred, lm.targets, lm.weights) + priors()
             if corr is not None:
                 loss = loss + sc.w_icp * CM2 * icp_both_ways(verts, corr)
             return loss
