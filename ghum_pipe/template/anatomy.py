@@ -1,4 +1,5 @@
-"""Hinge joints of the template's skeleton: the elbows and the knees.
+"""Hinge joints of the template's skeleton: the elbows and the knees, and the fingers' middle
+and end joints (``finger_axes``, the register stage's hand prior).
 
 An elbow or a knee bends about one axis; a rotation about any other axis of the same joint is
 either impossible (knee) or belongs to the next twist joint (forearm pronation is
