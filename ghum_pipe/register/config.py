@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ghum_pipe.register.hands import HandConfig
 from ghum_pipe.register.nonrigid import NonrigidConfig
 from ghum_pipe.register.skeleton import IcpSchedule, Priors, SkeletonConfig
 
@@ -42,7 +43,7 @@ class RegionConfig:
 
 
 # RegisterConfig fields that only a body registration reads (left out of a close-up's hash)
-BODY_FIELDS = ("skeleton", "nonrigid", "min_body_landmarks", "max_init_rms_m", "min_coverage", "coverage_dist_m")
+BODY_FIELDS = ("skeleton", "hands", "nonrigid", "min_body_landmarks", "max_init_rms_m", "min_coverage", "coverage_dist_m")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class RegisterConfig:
     up: str | None = None  # override the scan's up axis, likewise
     lowres: bool = False
     skeleton: SkeletonConfig = field(default_factory=SkeletonConfig)
+    hands: HandConfig = field(default_factory=HandConfig)  # a body's hands refitted after its skeleton (hands.py)
     nonrigid: NonrigidConfig = field(default_factory=NonrigidConfig)
     max_scan_points: int = 60000  # oriented samples of the scan used for matching
     min_confidence: float = 0.3  # scan landmarks below are ignored

@@ -22,6 +22,7 @@ import torch
 from ghum_pipe.errors import RegistrationError
 from ghum_pipe.register.backend import single_threaded_blas
 from ghum_pipe.register.config import RegionConfig, RegisterConfig
+from ghum_pipe.register.hands import fit_hands
 from ghum_pipe.register.landmark_pairs import (HINT_LANDMARKS, load_template_landmark_set, match_landmarks,
                                                read_landmarks_json)
 from ghum_pipe.register.region import (TORSO_LANDMARKS, check_landmarks, coverage_error, free_joints,
@@ -91,6 +92,11 @@ def register_scan(
                        free_joints=free_joints(template, kind, pairs), icp_vertices=np.flatnonzero(region.surface),
                        main_landmarks=main_landmarks(pairs, kind), seed=cfg.seed)
     seconds["skeleton"] = time.perf_counter() - t0
+    hands_info = {}
+    if region.is_body and cfg.hands.enabled:
+        t0 = time.perf_counter()
+        fit, hands_info = fit_hands(template, pairs, fit, target, cfg.hands, region.skeleton.n_shape, cfg.device, cfg.seed)
+        seconds["hands"] = time.perf_counter() - t0
     near = target.index.query(fit.verts[region.surface], 1)[0][:, 0] < region.coverage_dist_m
     coverage["after_skeleton"] = float(near.mean())
 
@@ -109,6 +115,8 @@ def register_scan(
         matched_fraction=nr.matched_fraction, iterations={"skeleton": fit.iterations, "nonrigid": nr.iterations},
         seconds=seconds, seconds_total=float(sum(seconds.values())),
     )
+    if hands_info:  # which hands the hand stage refitted (hands.py) and the scan distances that decided
+        metrics["hands"] = hands_info
     if metrics["scan_to_reg_mean_mm"] > cfg.max_scan_to_reg_mm:
         _fail(f"registration diverged: mean scan->registration distance {metrics['scan_to_reg_mean_mm']:.1f} mm "
               f"(limit {cfg.max_scan_to_reg_mm} mm)", path, HINT_LANDMARKS)
