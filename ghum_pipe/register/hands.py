@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ghum_pipe.register.backend import PointIndex
+from ghum_pipe.register.evaluate import dominant_part
 from ghum_pipe.register.landmark_pairs import LandmarkPairs
 from ghum_pipe.register.posing import full_poser
 from ghum_pipe.register.skeleton import (FitVariable, IcpSchedule, LandmarkTerm, SkeletonFit, joint_groups,
@@ -109,7 +110,7 @@ def fit_hands(template, pairs: LandmarkPairs, fit: SkeletonFit, target: ScanTarg
     surface = np.zeros(template.n_verts, dtype=bool)
     keep_lm = np.zeros(len(pairs), dtype=bool)
     arm = np.zeros(template.n_joints, dtype=bool)
-    main_joint = template.skin_indices[np.arange(template.n_verts), np.argmax(template.skin_weights, 1)]
+    main_joint = dominant_part(template)
     for s in sides:
         free |= hand_joints(template, s)
         surface |= template.masks[f"hand_{s}"]
