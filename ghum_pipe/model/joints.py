@@ -46,6 +46,14 @@ def update_joint_regressor(model: GHUM, data: RegistrationSet, state: TrainState
     return refit_joint_regressor(model, parts, cfg)
 
 
+def template_joint_map(model: GHUM) -> tuple[torch.Tensor, torch.Tensor]:
+    """The template's own shape->joint map, C's prior: joint0 (J, 3) and basis (Q, J, 3), float32
+    (what ``networks.JointRegressor`` starts from)."""
+    t = template_for(model.config.resolution, model.config.top_k)
+    return (torch.as_tensor(t.rest_joints, dtype=torch.float32),
+            torch.as_tensor(t.shape_joint_basis, dtype=torch.float32))
+
+
 def refit_joint_regressor(model: GHUM, parts, cfg: TrainConfig) -> float:
     """The reduction of C's step: C refitted (in place) to the subjects' joint centres of every
     batch's :func:`joint_batch_step` result (``parts``, in batch order; None for a batch
@@ -57,13 +65,11 @@ def refit_joint_regressor(model: GHUM, parts, cfg: TrainConfig) -> float:
     if not parts:
         return 0.0
     reg = model.joint_regressor
-    t = template_for(model.config.resolution, model.config.top_k)
     with torch.no_grad():
         joint0, basis = solve_joint_regressor(torch.cat([p["coeffs"] for p in parts]),
                                               torch.cat([p["joints"] for p in parts]),
-                                              torch.as_tensor(t.rest_joints, dtype=torch.float32),
-                                              torch.as_tensor(t.shape_joint_basis, dtype=torch.float32),
-                                              cfg.joint_prior, reg.coef_rms, cfg.joint_prior_subjects)
+                                              *template_joint_map(model), cfg.joint_prior, reg.coef_rms,
+                                              cfg.joint_prior_subjects)
         reg.joint0.copy_(joint0)
         reg.joint_basis.copy_(basis)
     return 1000 * sum(p["move_m"] for p in parts) / sum(p["count"] for p in parts)
@@ -111,9 +117,8 @@ def joint_batch_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg:
         joints0 = reg(state.rest)  # (S, J, 3)
         # the prior: the template's own shape->joint map (a ridge towards the current value
         # instead lets repeated updates walk along directions the poses can compensate)
-        t = template_for(model.config.resolution, model.config.top_k)
-        prior = torch.as_tensor(t.rest_joints, dtype=torch.float32) + torch.einsum(
-            "bs,sjc->bjc", reg.coefficients(state.rest), torch.as_tensor(t.shape_joint_basis, dtype=torch.float32))
+        joint0_t, basis_t = template_joint_map(model)
+        prior = joint0_t + torch.einsum("bs,sjc->bjc", reg.coefficients(state.rest), basis_t)
         prior_cm = (prior - joints0) * 100
     idx = model.skin_indices[sub]
     free = torch.ones(model.n_joints, 1)
