@@ -10,11 +10,14 @@ driver's RSS is its own) on a LocalCluster on 127.0.0.1 with 1 thread per worker
   (VAE fits + save);
 - peak RSS of the driver (the process, with the in-process scheduler) and of each worker
   process (psutil, sampled every 0.2 s over the process tree);
-- per task kind: count and mean compute seconds (Dask's task stream).
+- CPU seconds (user + system) of each worker process and of the driver over the run: on a shared
+  machine wall times stretch with the load, CPU seconds do not;
+- per task kind: count and mean compute seconds (Dask's task stream; wall time on the worker).
 
 Then a cost model (a simulation, not a measurement) for 10,000 and 60,000 scans on 10/100/1000
 single-core workers, from the measured per-task costs scaled by their work (scans x vertices)
-and the task counts; see ``cost_model``. The issue's measurements of the previous schedule
+and the task counts; see ``cost_model``. Task times are scaled by the workers' CPU seconds over
+their tasks' wall seconds, so that other processes on a shared machine do not inflate them. The issue's measurements of the previous schedule
 (one model-step task holding everything) are printed as the peer.
 
     .venv/bin/python bench/train_scaling.py --sizes 250 500 1000 --workers 2 --one-vs-two 1000
@@ -97,6 +100,15 @@ class Sampler(threading.Thread):
             time.sleep(0.2)
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (a worker's, when run by ``client.run``):
+    with other processes on the machine, wall times stretch but CPU seconds do not."""
+    import psutil
+
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
+
+
 def one_run(work: Path, out: Path, n_workers: int, models: list[str], rounds: int, pose_iters: int,
             shard_scans: int, joint_iters: int) -> dict:
     """One training in this process (the bench's child); returns the measurements."""
@@ -121,8 +133,10 @@ def one_run(work: Path, out: Path, n_workers: int, models: list[str], rounds: in
                       dashboard_address=None, memory_limit=None) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("torch").set_num_threads(1))
         worker_pids = set(client.run(os.getpid).values())
+        cpu0 = client.run(_cpu_seconds)
         with get_task_stream(client) as ts:
             summaries = train_models(work, out, configs, client, shard_scans=shard_scans, timings=timings)
+        cpu = {w: c - cpu0.get(w, 0.0) for w, c in client.run(_cpu_seconds).items()}
         tasks: dict = {}
         for t in ts.data:
             name = t["key"].split("-")[0] if isinstance(t["key"], str) else str(t["key"][0]).split("-")[0]
@@ -134,7 +148,8 @@ def one_run(work: Path, out: Path, n_workers: int, models: list[str], rounds: in
     sampler.stop = True
     sampler.join()
     me = os.getpid()
-    return dict(wall=wall, timings=timings, tasks=tasks, n_train=max(v["n_scans"] for v in summaries.values()),
+    return dict(wall=wall, timings=timings, tasks=tasks, worker_cpu_s=sorted(cpu.values(), reverse=True),
+                driver_cpu_s=_cpu_seconds(), n_train=max(v["n_scans"] for v in summaries.values()),
                 fit_mm=[v["history"][-1]["fit_mm"] for v in summaries.values()], driver_gb=sampler.peak.get(me, 0) / 1e9,
                 worker_gb=sorted((sampler.peak.get(p, 0) / 1e9 for p in worker_pids), reverse=True))
 
@@ -156,7 +171,8 @@ def cost_model(meas: dict, n_scans: int, workers: int, n_blocks: int, shard_scan
     m = meas["n_train"]
     t = meas["tasks"]
     m_rounds, m_passes = meas["rounds"], meas["rounds"] * inner
-    cost = lambda name: t.get(name, (0, 0.0))[1]  # noqa: E731
+    share = meas.get("cpu_share", 1.0)  # task wall seconds -> CPU seconds (other load stretched them)
+    cost = lambda name: t.get(name, (0, 0.0))[1] * share  # noqa: E731
     n_batches = math.ceil(n_scans / shard_scans)
     phase = lambda per_scan: math.ceil(n_batches / workers) * per_scan * shard_scans  # noqa: E731
     passes = rounds * inner
@@ -242,14 +258,15 @@ def main():
           f"subject batches of ~{args.shard_scans} "
           f"scans, this machine: {os.cpu_count()} cores shared (load {os.getloadavg()[0]:.1f})\n")
     print("| N (all) | train scans | workers | store build s | store MB | init s | round s | pose s | model step s "
-          "| error s | finish s | total s | driver peak GB | worker peaks GB | fit mm |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| error s | finish s | total s | worker CPU s | driver CPU s | driver peak GB | worker peaks GB | fit mm |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (n, w), r in results.items():
         tm = r["timings"]
         rd = tm["rounds"][0]
         print(f"| {n} | {r['n_train']} | {w} | {tm['store']['seconds']:.1f} | {tm['store']['bytes'] / 1e6:.0f} | "
               f"{tm['init']:.0f} | {rd['seconds']:.0f} | {rd['pose']:.0f} | {rd['model']:.0f} | {rd['error']:.0f} | "
-              f"{tm['finish']:.0f} | {r['wall']:.0f} | {r['driver_gb']:.2f} | "
+              f"{tm['finish']:.0f} | {r['wall']:.0f} | {' / '.join(f'{c:.0f}' for c in r.get('worker_cpu_s', []))} | "
+              f"{r.get('driver_cpu_s', float('nan')):.0f} | {r['driver_gb']:.2f} | "
               f"{' / '.join(f'{g:.2f}' for g in r['worker_gb'])} | {' / '.join(f'{x:.2f}' for x in r['fit_mm'])} |")
     print("\nPeer (the issue, previous schedule, GHUM + GHUML, 6 scans/subject, 2 workers, 1 round):")
     print("| scans | wall s | driver GB | largest worker GB |\n|---|---|---|---|")
@@ -273,11 +290,17 @@ def main():
     n_blocks = math.ceil(V / vblock)
     D, I = 90, 4  # noqa: E741 - 10 PSD pairs x 9 features per vertex, 4 influences
     sums_gb = vblock * (D * D + 3 * D * I + 3 * D + I * I + I) * 8 / 1e9
+    # On a shared machine a task's wall time counts the time other processes held its core; the
+    # workers' CPU seconds over the sum of their tasks' wall seconds is that share (an upper
+    # bound: a worker's CPU also counts its own overhead between tasks).
+    task_s = sum(s for _, s in r["tasks"].values())
+    cpu_share = min(1.0, sum(r["worker_cpu_s"]) / task_s) if r.get("worker_cpu_s") and task_s else 1.0
     meas = dict(n_train=r["n_train"], tasks=r["tasks"], n_blocks=n_blocks, sums_gb_per_block=sums_gb,
-                rounds=args.rounds, joint_scale=TrainConfig().joint_iters / args.joint_iters)
+                rounds=args.rounds, joint_scale=TrainConfig().joint_iters / args.joint_iters, cpu_share=cpu_share)
     print(f"\n## Cost model (a SIMULATION from N={n_big}'s per-task costs, {res}-res, projected to 3 rounds x inner 3, "
           f"{n_blocks} vertex blocks, sums {sums_gb * 1e3:.0f} MB per block and group at 1 GB/s; C's measured "
-          f"cost x{meas['joint_scale']:.1f} for the default {TrainConfig().joint_iters} iterations)\n")
+          f"cost x{meas['joint_scale']:.1f} for the default {TrainConfig().joint_iters} iterations; task times x{cpu_share:.2f}, "
+          f"the workers' CPU seconds / their tasks' wall seconds)\n")
     print("seconds per phase; C: the joint step by subject batch + its refit; VAE finish: one task\n")
     print("| scans | workers | pose | refresh | normals+solve | error | C (by batch) | VAE finish (1 task) "
           "| scheduler | total h | of it serial (VAE finish) h |")
