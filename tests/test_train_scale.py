@@ -166,7 +166,7 @@ def test_distributed_model_step_equals_inline(regs, tmp_path, measured):
     assert n_rows > 18
     d_ref, s_ref = randomized_basis(rp, cp, n_rows, x.shape[1], 128, cfg.seed + 1, oversample=18 - 128)
     m = int((s_ref > 1e-4 * s_ref[0]).sum())
-    d_narrow = _rel(narrow["expression_vae.basis"][:m], d_ref[:m])
+    d_narrow = _rel(narrow["basis"][:m], d_ref[:m])
     print("relative differences: weights", d_w, "PSD", d_psd, "rest", d_rest, "C", d_c, "pose", d_pose,
           "VAE weights", d_vae, "VAE basis", d_basis, "VAE mm", d_mm, "narrow-sketch basis", d_narrow)
     assert torch.equal(saved_rest, rest)  # the streamed training shapes: every batch's rest shapes, in order

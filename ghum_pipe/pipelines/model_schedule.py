@@ -330,35 +330,48 @@ def _vae_columns_task(plan: Plan, parts: tuple, cfg: TrainConfig, which: str, ve
     return out
 
 
+def _vae(cfg: TrainConfig, which: str, vae_sd: dict | None = None):
+    """The ``which`` VAE of this process's model, with ``vae_sd`` (its state_dict) loaded."""
+    vae = getattr(_model(cfg, None), f"{which}_vae")
+    if vae_sd is not None:
+        vae.load_state_dict(vae_sd)
+    return vae
+
+
+def _vae_state(vae) -> dict:
+    return {k: v.detach().clone() for k, v in vae.state_dict().items()}
+
+
 def _vae_start_task(cfg: TrainConfig, model_sd: dict, which: str, directions: torch.Tensor,
                     singular_values: torch.Tensor, n_samples: int, center: torch.Tensor | None) -> dict:
-    """The model with the ``which`` VAE at its linear start (``VAE.set_pca``); its state_dict."""
+    """The ``which`` VAE of ``model_sd`` at its linear start (``VAE.set_pca``): its state_dict
+    (the tasks after it move only the VAE, ~4 bytes x 128 x D, not the model)."""
     from ghum_pipe.model.train import vae_prior
 
     model = _model(cfg, model_sd)
     _, weight = vae_prior(model, which)
-    getattr(model, f"{which}_vae").set_pca(directions, singular_values, n_samples, weight, center)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    vae = getattr(model, f"{which}_vae")
+    vae.set_pca(directions, singular_values, n_samples, weight, center)
+    return _vae_state(vae)
 
 
-def _vae_coefficients_task(plan: Plan, shard: Shard, cfg: TrainConfig, which: str, model_sd: dict) -> tuple:
+def _vae_coefficients_task(plan: Plan, shard: Shard, cfg: TrainConfig, which: str, vae_sd: dict) -> tuple:
     """One batch's coefficients (n_b, M) and the start's error sums
     (``train.vae_coefficients_and_error``)."""
     from ghum_pipe.model.train import vae_coefficients_and_error
 
     x, _ = _vae_rows(plan, cfg, which, shard)
-    return vae_coefficients_and_error(getattr(_model(cfg, model_sd), f"{which}_vae"), x)
+    return vae_coefficients_and_error(_vae(cfg, which, vae_sd), x)
 
 
-def _vae_train_task(cfg: TrainConfig, which: str, model_sd: dict, *parts) -> tuple[dict, list]:
+def _vae_train_task(cfg: TrainConfig, which: str, vae_sd: dict, *parts) -> tuple[dict, list]:
     """Adam on the gathered coefficients (S x M, batch order) (``train.train_vae``): the trained
-    state_dict and the start's error sums (for the choice after the error pass)."""
+    VAE's state_dict and the start's error sums (for the choice after the error pass)."""
     from ghum_pipe.model.train import train_vae, vae_seed
 
-    model = _model(cfg, model_sd)
-    train_vae(getattr(model, f"{which}_vae"), torch.cat([p[0] for p in parts]), cfg.vae_steps, cfg.kl_weight,
-              vae_seed(cfg, which))
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}, [p[1:] for p in parts]
+    vae = _vae(cfg, which, vae_sd)
+    train_vae(vae, torch.cat([p[0] for p in parts]), cfg.vae_steps, cfg.kl_weight, vae_seed(cfg, which))
+    return _vae_state(vae), [p[1:] for p in parts]
 
 
 def _vae_error_task(plan: Plan, shard: Shard, cfg: TrainConfig, which: str, trained: tuple) -> tuple[float, int]:
@@ -366,28 +379,31 @@ def _vae_error_task(plan: Plan, shard: Shard, cfg: TrainConfig, which: str, trai
     from ghum_pipe.model.train import vae_error_sums
 
     x, _ = _vae_rows(plan, cfg, which, shard)
-    return vae_error_sums(getattr(_model(cfg, trained[0]), f"{which}_vae"), x)
+    return vae_error_sums(_vae(cfg, which, trained[0]), x)
 
 
 def _vae_choose_task(cfg: TrainConfig, which: str, start_sd: dict, trained: tuple, *end_sums) -> tuple[dict, float]:
     """The trained VAE unless its start reconstructs better (``train.keep_better_vae``): the
-    kept model's state_dict and its mean vertex error (mm)."""
+    kept VAE's state_dict and its mean vertex error (mm)."""
     from ghum_pipe.model.train import keep_better_vae
 
-    model = _model(cfg, trained[0])
-    start = {k[len(which) + 5:]: v for k, v in start_sd.items() if k.startswith(f"{which}_vae.")}
-    mm = keep_better_vae(getattr(model, f"{which}_vae"), start, trained[1], end_sums)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}, mm
+    vae = _vae(cfg, which, trained[0])
+    mm = keep_better_vae(vae, start_sd, trained[1], end_sums)
+    return _vae_state(vae), mm
+
+
+VAE_COLUMN_VERTS = 4096  # vertices per columns-pass task: 4 tasks for GHUM's shape VAE, 1 for the others
 
 
 def submit_vae_fit(submit, scatter, plan: Plan, cfg: TrainConfig, which: str, model_sd, after: list,
-                   oversample: int | None = None):
+                   oversample: int | None = None, column_verts: int = VAE_COLUMN_VERTS):
     """``train.fit_vae`` of the ``which`` VAE as tasks by subject batch: the basis by
     ``blocked_pca.randomized_basis``, this process running its small (n, l) and (D, l) steps
     and the cluster its passes (rows: one task per batch; columns: one task per vertex block
-    over every batch in order); then the coefficients by batch, Adam on them (one task), the
+    of ``column_verts`` vertices over every batch in order: each of its tasks reads every batch,
+    so fewer, wider blocks read less often); then the coefficients by batch, Adam on them (one task), the
     trained error by batch and the choice. Blocks until the basis is known; returns the future
-    of (state_dict, mm). ``scatter`` puts an array where the tasks can read it; ``oversample``:
+    of (the VAE's state_dict, mm). ``scatter`` puts an array where the tasks can read it; ``oversample``:
     the sketch's extra columns (default ``blocked_pca.OVERSAMPLE``; tests narrow the sketch)."""
     from ghum_pipe.model.blocked_pca import OVERSAMPLE, randomized_basis
     from ghum_pipe.model.train import vae_seed
@@ -398,7 +414,7 @@ def submit_vae_fit(submit, scatter, plan: Plan, cfg: TrainConfig, which: str, mo
     parts = tuple(plan.shards) + ((None,) if weight > 0 else ())
     n_rows = n + (n_prior if weight > 0 else 0)
     n_verts = dim // 3
-    blocks = plan.block_slices() if which == "shape" else [slice(0, n_verts)]
+    blocks = [slice(lo, min(n_verts, lo + column_verts)) for lo in range(0, n_verts, column_verts)]
     center = None
 
     def columns_pass(q: torch.Tensor) -> torch.Tensor:
@@ -449,12 +465,13 @@ def write_training_shapes(path: str | Path, plan: Plan) -> None:
             f.write(np.ascontiguousarray(rest, dtype="<f4").tobytes())
 
 
-def _finish_task(plan: Plan, subjects, held_out, cfg: TrainConfig, model_dir: str, work: str, started: float,
-                 history: list, shape: tuple, expression: tuple) -> dict:
-    """Save the model with both VAEs fitted (``shape``/``expression``: (state_dict, mm) of
-    :func:`submit_vae_fit`, the expression's built on the shape's): weights, config, training
-    shapes; return its summary."""
-    model = _model(cfg, expression[0])
+def _finish_task(plan: Plan, subjects, held_out, cfg: TrainConfig, model_sd: dict, model_dir: str, work: str,
+                 started: float, history: list, shape: tuple, expression: tuple) -> dict:
+    """Save the model with both VAEs fitted (``shape``/``expression``: (VAE state_dict, mm) of
+    :func:`submit_vae_fit`): weights, config, training shapes; return its summary."""
+    model = _model(cfg, model_sd)
+    model.shape_vae.load_state_dict(shape[0])
+    model.expression_vae.load_state_dict(expression[0])
     summary = dict(shape_vae_train_mm=shape[1], expression_vae_train_mm=expression[1])
     n = sum(len(s.scan_ids) for s in plan.shards)
     summary.update(history=list(history), n_scans=n, n_subjects=len(subjects), train_subjects=list(subjects),
@@ -468,17 +485,13 @@ def _finish_task(plan: Plan, subjects, held_out, cfg: TrainConfig, model_dir: st
 def submit_finish(submit, scatter, plan: Plan, subjects, held_out, cfg: TrainConfig, model_sd, model_dir: str,
                   work: str, started: float, history: list, after: list):
     """The end of one model's training: a last refresh by batch, both VAE fits
-    (:func:`submit_vae_fit`) and the save (:func:`_finish_task`); returns the summary's future."""
+    (:func:`submit_vae_fit`, independent of each other) and the save (:func:`_finish_task`);
+    returns the summary's future."""
     refreshed = [submit(_refresh_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards]
     shape = submit_vae_fit(submit, scatter, plan, cfg, "shape", model_sd, refreshed)
-    expression = submit_vae_fit(submit, scatter, plan, cfg, "expression", submit(_first, shape, pure=False),
-                                refreshed)
-    return submit(_finish_task, plan, subjects, held_out, cfg, model_dir, work, started, history, shape, expression,
-                  pure=False)
-
-
-def _first(pair: tuple):
-    return pair[0]
+    expression = submit_vae_fit(submit, scatter, plan, cfg, "expression", model_sd, refreshed)
+    return submit(_finish_task, plan, subjects, held_out, cfg, model_sd, model_dir, work, started, history, shape,
+                  expression, pure=False)
 
 
 def make_plan(store, scan_ids, subject_of: dict[str, str], resolution: str, state_dir: Path, shard_scans: int = 32,
@@ -687,9 +700,9 @@ def _resolve(x):
 # without a client the tasks receive _Done objects: unwrap them
 for _name in ("_model0_task", "_init_task", "_pose_task", "_refresh_task", "_joint_batch_task", "_joint_refit_task",
               "_joints_task", "_normals_task",
-              "_solve_task", "_apply_task", "_error_task", "_history_task", "_finish_task", "_vae_dims_task", "_vae_count_task",
-              "_vae_rows_task", "_vae_columns_task", "_vae_start_task", "_vae_coefficients_task", "_vae_train_task",
-              "_vae_error_task", "_vae_choose_task", "_first"):
+              "_solve_task", "_apply_task", "_error_task", "_history_task", "_finish_task", "_vae_dims_task",
+              "_vae_count_task", "_vae_rows_task", "_vae_columns_task", "_vae_start_task", "_vae_coefficients_task",
+              "_vae_train_task", "_vae_error_task", "_vae_choose_task"):
     _f = globals()[_name]
 
     @functools.wraps(_f)
