@@ -149,7 +149,8 @@ def measure(args) -> None:
     mm = (one_task_finish if args.mode == "one" else batched_finish)(plan, cfg, model, out)
     wall = time.time() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    print(json.dumps(dict(mode=args.mode, subjects=args.subjects[0], rows_expression=sum(len(s.scan_ids) for s in plan.shards),
+    n_scans = sum(len(s.scan_ids) for s in plan.shards)
+    print(json.dumps(dict(mode=args.mode, subjects=args.subjects[0], rows_expression=n_scans,
                           before_gb=round(before, 2), peak_gb=round(peak, 2), wall_s=round(wall, 1),
                           mm={k: round(v, 3) for k, v in mm.items()})))
 

@@ -153,7 +153,8 @@ def test_distributed_model_step_equals_inline(regs, tmp_path, measured):
     d_pose = _rel(pose, state.pose)
     d_vae = max(_rel(saved.state_dict()[k], inline.state_dict()[k]) for k in inline.state_dict()
                 if "_vae." in k and not k.endswith("mean"))
-    d_basis = max(_rel(getattr(saved, f"{w}_vae").basis, getattr(inline, f"{w}_vae").basis) for w in ("shape", "expression"))
+    d_basis = max(_rel(getattr(saved, f"{w}_vae").basis, getattr(inline, f"{w}_vae").basis)
+                  for w in ("shape", "expression"))
     d_mm = max(abs(summary[k] - vae_mm[k]) / vae_mm[k] for k in vae_mm)
     # the randomized path: the same 18-column sketch over the in-memory rows, in batch order
     prior, weight = vae_prior(inline, "expression")

@@ -17,6 +17,13 @@ and the driver moves only futures, the model's state_dict and small summaries. P
   writing the blocks' solutions into the model;
 - the posed error by batch (sums), the round's one number for the log.
 
+At the end (:func:`submit_finish`), a last refresh by batch, then each VAE's fit (``train.fit_vae``)
+by passes over the batches: its PCA basis by randomized subspace iteration (``blocked_pca``:
+rows passes one task per batch, columns passes one task per block of vertices reading every
+batch in order, the small QR/SVD steps in the driver), the coefficients by batch, Adam on the
+gathered coefficients (one task), the trained error by batch; then the save, which streams the
+training shapes batch by batch. No task holds more than one batch of rest shapes.
+
 GHUM's and GHUML's tasks are independent, so both models train in parallel on the cluster. The
 result equals ``train.model_step`` in one process up to float rounding
 (tests/test_train_scale.py). Without a client every task runs at once in this process.
@@ -399,12 +406,12 @@ def submit_vae_fit(submit, scatter, plan: Plan, cfg: TrainConfig, which: str, mo
                    oversample: int | None = None, column_verts: int = VAE_COLUMN_VERTS):
     """``train.fit_vae`` of the ``which`` VAE as tasks by subject batch: the basis by
     ``blocked_pca.randomized_basis``, this process running its small (n, l) and (D, l) steps
-    and the cluster its passes (rows: one task per batch; columns: one task per vertex block
-    of ``column_verts`` vertices over every batch in order: each of its tasks reads every batch,
-    so fewer, wider blocks read less often); then the coefficients by batch, Adam on them (one task), the
-    trained error by batch and the choice. Blocks until the basis is known; returns the future
-    of (the VAE's state_dict, mm). ``scatter`` puts an array where the tasks can read it; ``oversample``:
-    the sketch's extra columns (default ``blocked_pca.OVERSAMPLE``; tests narrow the sketch)."""
+    and the cluster its passes (rows: one task per batch; columns: one task per block of
+    ``column_verts`` vertices, reading every batch in order: fewer, wider blocks read less
+    often); then the coefficients by batch, Adam on them (one task), the trained error by batch
+    and the choice. Blocks until the basis is known; returns the future of (the VAE's
+    state_dict, mm). ``scatter`` puts an array where the tasks can read it; ``oversample``: the
+    sketch's extra columns (default ``blocked_pca.OVERSAMPLE``; tests narrow the sketch)."""
     from ghum_pipe.model.blocked_pca import OVERSAMPLE, randomized_basis
     from ghum_pipe.model.train import vae_seed
 
@@ -618,14 +625,16 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
 
 # Peak RSS of a training worker, bytes (docs/cluster.md): a base (Python, torch, Dask, the model
 # being trained), the per-batch tasks (pose fits, C's step, refresh) per scan of a subject batch,
-# and per training scan for the one task that still holds the whole training set: the VAE fits
-# (every subject's rest shape, every seen expression, their SVD). GHUML's base and per-batch term
-# from bench/train_scaling.py (0.80 GB per worker at 200 and at 400 training scans, flat); the
-# per-scan terms are estimates from the arrays (~5 copies of a rest shape per subject, 5 scans per
-# subject, plus the expressions), not measured; GHUM's are estimates too.
+# and per training scan what still grows with N: the VAE fits' (n, 160) float64 sketches and the
+# Adam task's coefficients and activations over all rows (a subject's rest shape, a scan's face
+# offsets). GHUML's base and per-batch term from bench/train_scaling.py (0.80 GB per worker at 200
+# and at 400 training scans, flat); the per-scan term measured by bench/vae_finish.py (full
+# resolution, one process running every finish task: 0.66 GB at 2,000 scans, 0.82 GB at 10,000,
+# i.e. 20 KB per scan; the rows do not depend on the resolution); GHUM's base and per-batch term
+# are estimates.
 MEMORY_BASE = {"low": 0.65e9, "full": 0.9e9}
 MEMORY_PER_BATCH_SCAN = {"low": 4e6, "full": 18e6}
-MEMORY_PER_SCAN = {"low": 0.1e6, "full": 0.6e6}
+MEMORY_PER_SCAN = {"low": 0.02e6, "full": 0.02e6}
 
 
 def worker_memory_needed(n_train: int, resolutions, batch_scans: int) -> int:
