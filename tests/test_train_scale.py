@@ -85,15 +85,20 @@ def _rel(a, b) -> float:
 
 @pytest.mark.slow
 def test_distributed_model_step_equals_inline(regs, tmp_path, measured):
-    """Round 0 of step (b) (with the joint step C) on 5 subjects x 4 scans: inline in one process
-    against the schedule's tasks on a 2-worker LocalCluster, subject batches of ~8 scans (C's
-    step by batch in both, then its refit), vertex blocks of 700, 2 batches per normal-equation sum. Bound 1e-5 relative (the spec); the
-    difference is float rounding of sums taken in another order."""
+    """Round 0 of step (b) (with the joint step C) and the VAE fits of the end on 5 subjects x 4
+    scans: inline in one process against the schedule's tasks on a 2-worker LocalCluster, subject
+    batches of ~8 scans (C's step by batch in both, then its refit), vertex blocks of 700, 2
+    batches per normal-equation sum; the VAEs by row batches of 32 inline, by subject batch and
+    vertex block on the cluster. Bound 1e-5 relative (the spec); the difference is float rounding
+    of sums taken in another order. Also the basis by the randomized path (a sketch of 18
+    columns for the expression VAE's 72 rows) through the cluster's passes against the same
+    sketch over the in-memory rows."""
     from distributed import Client, LocalCluster
 
     from ghum_pipe.model.data import load_registrations
     from ghum_pipe.model.store import pack_registrations, read_shard_state
-    from ghum_pipe.model.train import init_state, model_step, refresh_shapes
+    from ghum_pipe.model.blocked_pca import in_memory_passes, randomized_basis, row_slices
+    from ghum_pipe.model.train import face_seen, fit_vaes, init_state, model_step, refresh_shapes, vae_prior
     from ghum_pipe.pipelines import model_schedule as ms
 
     cfg = TrainConfig(model=ghuml_config(shape_latent=4, hidden=16), inner=2, joint_iters=60)
@@ -111,6 +116,7 @@ def test_distributed_model_step_equals_inline(regs, tmp_path, measured):
         for _ in range(3):
             refresh_shapes(model, data, state)
         model_step(model, data, state, cfg, 0, batch_scans=8)
+        vae_mm = fit_vaes(model, data, state, cfg, batch_scans=8)
     finally:
         torch.set_num_threads(threads)
     inline = GHUM(cfg.model)
@@ -126,9 +132,17 @@ def test_distributed_model_step_equals_inline(regs, tmp_path, measured):
         sd = client.submit(ms._model0_task, cfg, pure=False)
         after = [client.submit(ms._init_task, plan, s, cfg, sd, pure=False) for s in plan.shards]
         sd, after = ms.submit_model_step(client.submit, plan, cfg, sd, 0, after)
+        summary = ms.submit_finish(client.submit, client.scatter, plan, ("s",), (), cfg, sd, str(tmp_path / "model"),
+                                   str(regs), 0.0, [], after).result()
+        narrow = ms.submit_vae_fit(client.submit, client.scatter, plan, cfg, "expression", sd, after,
+                                   oversample=18 - 128).result()[0]
         sd = sd.result()
     dist = GHUM(cfg.model)
     dist.load_state_dict(sd)
+    saved = GHUM.load(tmp_path / "model")
+    from safetensors.torch import load_file
+
+    saved_rest = load_file(str(tmp_path / "model" / "training_shapes.safetensors"))["rest"]
     rest = torch.cat([torch.as_tensor(read_shard_state(s.path, ["rest"])["rest"]) for s in plan.shards])
     pose = torch.cat([torch.as_tensor(read_shard_state(s.path, ["pose"])["pose"]) for s in plan.shards])
     with torch.no_grad():
@@ -137,12 +151,35 @@ def test_distributed_model_step_equals_inline(regs, tmp_path, measured):
         d_c = _rel(dist.joint_regressor.joint0, inline.joint_regressor.joint0)
     d_rest = _rel(rest - model.mean_rest, state.rest - model.mean_rest)
     d_pose = _rel(pose, state.pose)
-    print("relative differences: weights", d_w, "PSD", d_psd, "rest", d_rest, "C", d_c, "pose", d_pose)
+    d_vae = max(_rel(saved.state_dict()[k], inline.state_dict()[k]) for k in inline.state_dict()
+                if "_vae." in k and not k.endswith("mean"))
+    d_basis = max(_rel(getattr(saved, f"{w}_vae").basis, getattr(inline, f"{w}_vae").basis)
+                  for w in ("shape", "expression"))
+    d_mm = max(abs(summary[k] - vae_mm[k]) / vae_mm[k] for k in vae_mm)
+    # the randomized path: the same 18-column sketch over the in-memory rows, in batch order
+    prior, weight = vae_prior(inline, "expression")
+    names = [data.subjects[k] for k in data.subject_index]
+    from ghum_pipe.model.data import subject_batches
+
+    order = torch.as_tensor(np.concatenate(subject_batches(names, 8)))
+    x = state.expression[order][torch.as_tensor(face_seen(inline, data.mask))[order]].reshape(-1, prior.shape[1])
+    rp, cp, n_rows = in_memory_passes([(x[sl], 1.0) for sl in row_slices(len(x), 32)] + [(prior, weight**0.5)])
+    assert n_rows > 18
+    d_ref, s_ref = randomized_basis(rp, cp, n_rows, x.shape[1], 128, cfg.seed + 1, oversample=18 - 128)
+    m = int((s_ref > 1e-4 * s_ref[0]).sum())
+    d_narrow = _rel(narrow["basis"][:m], d_ref[:m])
+    print("relative differences: weights", d_w, "PSD", d_psd, "rest", d_rest, "C", d_c, "pose", d_pose,
+          "VAE weights", d_vae, "VAE basis", d_basis, "VAE mm", d_mm, "narrow-sketch basis", d_narrow)
+    assert torch.equal(saved_rest, rest)  # the streamed training shapes: every batch's rest shapes, in order
     assert float(inline.psd.weight.detach().abs().max()) > 1e-4  # D learned something: the comparison is not 0 == 0
     measured("skinning weights rel diff", d_w, "<=", 1e-5)
     measured("PSD rel diff", d_psd, "<=", 1e-5)
     measured("rest shapes rel diff", d_rest, "<=", 1e-5)
     measured("joint regressor rel diff", d_c, "<=", 1e-5)
+    measured("VAE weights rel diff", d_vae, "<=", 1e-5)
+    measured("VAE basis rel diff", d_basis, "<=", 1e-5)
+    measured("VAE train mm rel diff", d_mm, "<=", 1e-5)
+    measured("randomized basis (cluster passes vs in memory) rel diff", d_narrow, "<=", 1e-5)
 
 
 def test_training_memory_stops_before_it_starts(regs):

@@ -53,28 +53,51 @@ class VAE(nn.Module):
         nn.init.constant_(self.logvar.bias, -8.0)  # start near-deterministic: sigma 0.02
 
     @torch.no_grad()
-    def init_pca(self, x: torch.Tensor, prior: torch.Tensor | None = None, prior_subjects: float = 0.0) -> None:
+    def init_pca(self, x: torch.Tensor, prior: torch.Tensor | None = None, prior_subjects: float = 0.0,
+                 batch: int = 32, seed: int = 0) -> None:
         """Set the frozen basis and the linear paths from the PCA of x (N, D) metres.
 
         With a ``prior`` (K, D), one-standard-deviation directions of a shape space the data is
         expected to share (the template's: x are offsets from its mean), weighted as
         ``prior_subjects`` samples: the basis is the eigen-decomposition of the blended second
-        moment about the prior's mean 0, (x^T x + prior_subjects P^T P) / (N + prior_subjects).
-        Few subjects leave the prior's directions in it (with latent >= K + N every one of
-        them: the model can only add to the prior's space); many subjects outweigh it."""
+        moment about the prior's mean 0, (x^T x + prior_subjects P^T P) / (N + prior_subjects),
+        i.e. the SVD of the rows [x; sqrt(prior_subjects) P]. Few subjects leave the prior's
+        directions in it (with latent >= K + N every one of them: the model can only add to the
+        prior's space); many subjects outweigh it. The SVD is ``blocked_pca.randomized_basis``
+        over row batches of ``batch`` rows (exact when N + K <= the sketch width, seeded by
+        ``seed`` otherwise): what the Dask schedule runs by subject batch."""
+        from ghum_pipe.model.blocked_pca import in_memory_passes, randomized_basis, row_slices
+
+        n = x.shape[0]
+        batches = [(x[sl], 1.0) for sl in row_slices(n, batch)]
+        center = None
         if prior is None or prior_subjects <= 0:
-            self.mean.copy_(x.mean(0))
-            U, S, Vt = torch.linalg.svd(x - self.mean, full_matrices=False)
-            # only components with real variance (N samples span at most N - 1 directions)
-            m = min(self.max_basis, int((S > 1e-4 * S[0]).sum()), max(1, x.shape[0] - 1))
-            std = S[:m] / max(1.0, (x.shape[0] - 1) ** 0.5)
+            prior_subjects = 0.0
+            center = x.to(torch.float64).mean(0).to(self.mean.dtype)  # the stored mean, as coefficients() uses it
         else:
+            batches.append((prior.to(x.dtype), float(prior_subjects) ** 0.5))
+        rows_pass, columns_pass, n_rows = in_memory_passes(batches, center)
+        directions, s = randomized_basis(rows_pass, columns_pass, n_rows, x.shape[1], self.max_basis, seed)
+        self.set_pca(directions, s, n, prior_subjects, center)
+
+    @torch.no_grad()
+    def set_pca(self, directions: torch.Tensor, singular_values: torch.Tensor, n_samples: int,
+                prior_subjects: float = 0.0, mean: torch.Tensor | None = None) -> None:
+        """The frozen basis from the SVD of :meth:`init_pca`'s rows: ``directions`` (r, D) and
+        ``singular_values`` (r,) descending. Keeps the components with real variance (above 1e-4
+        of the largest; centred data, no prior: at most N - 1) and their standard deviations:
+        s / sqrt(N + prior_subjects) about the prior's mean 0, or s / sqrt(N - 1) about ``mean``."""
+        from ghum_pipe.model.blocked_pca import basis_size
+
+        if prior_subjects > 0:
             self.mean.zero_()
-            rows = torch.cat([x, prior.to(x.dtype) * prior_subjects**0.5])
-            U, S, Vt = torch.linalg.svd(rows, full_matrices=False)
-            m = min(self.max_basis, int((S > 1e-4 * S[0]).sum()))
-            std = S[:m] / (x.shape[0] + prior_subjects) ** 0.5
-        self.set_basis(Vt[:m], std)
+            m = basis_size(singular_values, self.max_basis)
+            std = singular_values[:m] / (n_samples + prior_subjects) ** 0.5
+        else:
+            self.mean.copy_(mean)
+            m = basis_size(singular_values, self.max_basis, n_samples)
+            std = singular_values[:m] / max(1.0, (n_samples - 1) ** 0.5)
+        self.set_basis(directions[:m].to(self.basis.dtype), std.to(self.coef_std.dtype))
 
     @torch.no_grad()
     def set_basis(self, directions: torch.Tensor, std: torch.Tensor) -> None:

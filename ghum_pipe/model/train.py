@@ -207,22 +207,64 @@ def posed_error_mm(model: GHUM, data: RegistrationSet, state: TrainState, batch:
 
 
 def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int, prior: torch.Tensor | None = None,
-            prior_subjects: float = 0.0) -> float:
+            prior_subjects: float = 0.0, batch: int = 32) -> float:
     """Train a VAE on x (N, D) metres (PCA-initialised, with the ``prior`` shape space (K, D)
     weighted as ``prior_subjects`` samples when given: ``VAE.init_pca``); returns its mean
     vertex error (mm) on x.
 
-    Loss: squared reconstruction error in cm^2 per sample + ``kl_weight`` * KL. If training
-    ends reconstructing x worse than its linear start (the sampling noise and the KL shrink the
-    small components; measured on 32-100 subjects, docs/model.md), the start is kept: the
-    learned space is then at least the (prior-blended) PCA."""
-    torch.manual_seed(seed)
-    vae.init_pca(x, prior, prior_subjects)
+    Every pass over x runs by row batches of ``batch`` rows, as the Dask schedule runs them by
+    subject batch (``blocked_pca``): the basis, the coefficients (computed once: the frozen first
+    layer) with the start's error, Adam on the coefficients (:func:`train_vae`), the trained
+    error. Loss: squared reconstruction error in cm^2 per sample + ``kl_weight`` * KL. If
+    training ends reconstructing x worse than its linear start (the sampling noise and the KL
+    shrink the small components; measured on 32-100 subjects, docs/model.md), the start is
+    kept: the learned space is then at least the (prior-blended) PCA."""
+    from ghum_pipe.model.blocked_pca import row_slices
+
+    vae.init_pca(x, prior, prior_subjects, batch, seed)
     start = {k: v.detach().clone() for k, v in vae.state_dict().items()}
-    start_mm = _recon_mm(vae, x)
-    opt = torch.optim.Adam(vae.parameters(), lr=3e-4)  # small: the PCA start is already good
-    with torch.no_grad():
-        coeffs = vae.coefficients(x)  # the frozen first layer, computed once
+    slices = row_slices(x.shape[0], batch)
+    parts = [vae_coefficients_and_error(vae, x[sl]) for sl in slices]
+    train_vae(vae, torch.cat([p[0] for p in parts]), steps, kl_weight, seed)
+    return keep_better_vae(vae, start, [p[1:] for p in parts], [vae_error_sums(vae, x[sl]) for sl in slices])
+
+
+def _float64_state(vae) -> dict:
+    return {k: v.detach().double() for k, v in vae.state_dict().items()}
+
+
+@torch.no_grad()
+def vae_error_sums(vae, x: torch.Tensor, state64: dict | None = None) -> tuple[float, int]:
+    """(sum of vertex distances in metres, number of vertices) of the VAE's deterministic
+    reconstruction (z = mu) of one batch x (n, D): sums over batches add up. Computed in float64
+    (the VAE run on ``state64``, its state_dict in float64, made here if not given): a float32
+    reconstruction rounds with the batch's size, by ~1e-5 of the error itself (the offsets are
+    ~100x it)."""
+    p = _float64_state(vae) if state64 is None else state64
+    xd = x.double()
+    c_hat = torch.func.functional_call(vae, p, (xd,), dict(sample=False))[0]
+    recon = p["mean"] + (c_hat * p["coef_std"]) @ p["basis"]
+    d = (recon - xd).reshape(x.shape[0], -1, 3).norm(dim=-1)
+    return float(d.sum()), int(d.numel())
+
+
+@torch.no_grad()
+def vae_coefficients_and_error(vae, x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """One batch x (n, D) of the pass after the basis: its coefficients (n, M) and
+    :func:`vae_error_sums` of the untrained (linear) start. The coefficients are float64
+    products rounded to float32, so that they do not depend on how the rows are batched (a
+    float32 product rounds with the batch's size, and 600 Adam steps amplify a 1e-7 difference
+    to ~1e-4 on the weights)."""
+    p = _float64_state(vae)
+    c = (x.double() - p["mean"]) @ p["basis"].T / p["coef_std"]
+    return (c.float(), *vae_error_sums(vae, x, p))
+
+
+def train_vae(vae, coeffs: torch.Tensor, steps: int, kl_weight: float, seed: int) -> None:
+    """``steps`` full-batch Adam steps (lr 3e-4: the PCA start is already good) on the
+    coefficients (n, M) of the training set; the sampling noise is seeded by ``seed``."""
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-4)
     # Adam's second moments of near-zero gradients become denormal floats, which run ~100x
     # slower on x86 CPUs: flush them to zero while training (restored afterwards).
     flush = torch.set_flush_denormal(True)
@@ -236,47 +278,71 @@ def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int, prior
     finally:
         if flush:
             torch.set_flush_denormal(False)
-    end_mm = _recon_mm(vae, x)
+
+
+def error_mm(sums) -> float:
+    """Mean vertex error (mm) from batches' (sum of distances in m, count), summed in order."""
+    return 1000 * sum(s for s, _ in sums) / max(1, sum(n for _, n in sums))
+
+
+def keep_better_vae(vae, start: dict, start_sums, end_sums) -> float:
+    """Keep the trained VAE unless it reconstructs worse than its ``start`` state_dict (then
+    restore it); returns the kept one's mean vertex error (mm), from the batches' error sums."""
+    start_mm, end_mm = error_mm(start_sums), error_mm(end_sums)
     if end_mm > start_mm:
         vae.load_state_dict(start)
         return start_mm
     return end_mm
 
 
-@torch.no_grad()
-def _recon_mm(vae, x: torch.Tensor) -> float:
-    """Mean vertex error (mm) of the VAE's deterministic reconstruction (z = mu) of x (N, D)."""
-    recon = vae.decode(vae.encode(x)[0])
-    return float((recon - x).reshape(x.shape[0], -1, 3).norm(dim=-1).mean() * 1000)
+def fit_vaes(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig, batch_scans: int = 32) -> dict:
+    """Final stage: shape VAE on the subjects' rest shapes, expression VAE on face offsets, the
+    expressions in the order of the subject batches of ``batch_scans`` scans (the Dask
+    schedule's order: the VAE's sampling noise is drawn per row)."""
+    from ghum_pipe.model.data import subject_batches
 
-
-def fit_vaes(model: GHUM, data: RegistrationSet, state: TrainState, cfg: TrainConfig) -> dict:
-    """Final stage: shape VAE on the subjects' rest shapes, expression VAE on face offsets."""
     model.load_state_dict(state.model)
     refresh_shapes(model, data, state)
-    face_seen = torch.as_tensor(data.mask[:, model.face_index.numpy()]).mean(1) > 0.5
-    summary = fit_vaes_to(model, state.rest, state.expression[face_seen], cfg)
+    names = [data.subjects[k] for k in data.subject_index]
+    order = torch.as_tensor(np.concatenate(subject_batches(names, batch_scans)))
+    seen = torch.as_tensor(face_seen(model, data.mask))[order]
+    summary = fit_vaes_to(model, state.rest, state.expression[order][seen], cfg, batch_scans)
     state.model = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return summary
 
 
-def fit_vaes_to(model: GHUM, rest: torch.Tensor, expression: torch.Tensor, cfg: TrainConfig) -> dict:
-    """The VAEs of ``model`` fitted (in place) to rest shapes (S, V, 3) and the face offsets
-    (n, Vf, 3) of the scans that saw at least half of the face; each on the template's own space
-    as its prior (shape: its 32 one-std directions; expression: its blendshapes at full
-    activation), weighted as ``shape_prior_subjects`` / ``expression_prior_scans`` samples."""
+def vae_prior(model: GHUM, which: str) -> tuple[torch.Tensor, float]:
+    """The template's space as the prior rows of the ``which`` (``shape`` | ``expression``) VAE:
+    (K, D) one-std directions (shape: its 32 PCA directions; expression: its blendshapes at full
+    activation, on the face) and their weight in samples (``shape_prior_subjects`` /
+    ``expression_prior_scans``)."""
     from ghum_pipe.model.ghum import template_for
 
-    shapes = (rest - model.mean_rest).reshape(rest.shape[0], -1)
-    prior = _template_basis(model).reshape(-1, shapes.shape[1])
-    shape_mm = fit_vae(model.shape_vae, shapes, cfg.vae_steps, cfg.kl_weight, cfg.seed, prior,
-                       cfg.model.shape_prior_subjects)
+    if which == "shape":
+        prior = _template_basis(model)
+        return prior.reshape(prior.shape[0], -1), float(model.config.shape_prior_subjects)
     t = template_for(model.config.resolution, model.config.top_k)
-    expr_prior = torch.as_tensor(t.expression_basis[:, model.face_index.numpy()], dtype=torch.float32)
-    expr_mm = fit_vae(model.expression_vae, expression.reshape(expression.shape[0], -1), cfg.vae_steps,
-                      cfg.kl_weight, cfg.seed + 1, expr_prior.reshape(expr_prior.shape[0], -1),
-                      cfg.model.expression_prior_scans)
-    return dict(shape_vae_train_mm=shape_mm, expression_vae_train_mm=expr_mm)
+    prior = torch.as_tensor(t.expression_basis[:, model.face_index.numpy()], dtype=torch.float32)
+    return prior.reshape(prior.shape[0], -1), float(model.config.expression_prior_scans)
+
+
+def vae_seed(cfg: TrainConfig, which: str) -> int:
+    """The seed of the ``which`` VAE's fit (sketch and sampling noise)."""
+    return cfg.seed + (0 if which == "shape" else 1)
+
+
+def fit_vaes_to(model: GHUM, rest: torch.Tensor, expression: torch.Tensor, cfg: TrainConfig,
+                batch: int = 32) -> dict:
+    """The VAEs of ``model`` fitted (in place) to rest shapes (S, V, 3) and the face offsets
+    (n, Vf, 3) of the scans that saw at least half of the face; each on the template's own space
+    as its prior (:func:`vae_prior`), by row batches of ``batch`` rows."""
+    shapes = (rest - model.mean_rest).reshape(rest.shape[0], -1)
+    out = {}
+    for which, x in (("shape", shapes), ("expression", expression.reshape(expression.shape[0], -1))):
+        prior, weight = vae_prior(model, which)
+        out[f"{which}_vae_train_mm"] = fit_vae(getattr(model, f"{which}_vae"), x, cfg.vae_steps, cfg.kl_weight,
+                                               vae_seed(cfg, which), prior, weight, batch)
+    return out
 
 
 def face_seen(model: GHUM, mask: np.ndarray) -> np.ndarray:
@@ -385,6 +451,6 @@ def train_inline(data: RegistrationSet, cfg: TrainConfig, batch_scans: int = 32)
             state.pose[idx], state.translation[idx] = pose_step(model, data, state, idx, cfg.pose_iters)
         model_step(model, data, state, cfg, r, batch_scans)
         log.info("round %d: %s", r, state.history[-1])
-    summary = fit_vaes(model, data, state, cfg)
+    summary = fit_vaes(model, data, state, cfg, batch_scans)
     model.load_state_dict(state.model)
     return model, state, summary

@@ -17,6 +17,13 @@ and the driver moves only futures, the model's state_dict and small summaries. P
   writing the blocks' solutions into the model;
 - the posed error by batch (sums), the round's one number for the log.
 
+At the end (:func:`submit_finish`), a last refresh by batch, then each VAE's fit (``train.fit_vae``)
+by passes over the batches: its PCA basis by randomized subspace iteration (``blocked_pca``:
+rows passes one task per batch, columns passes one task per block of vertices reading every
+batch in order, the small QR/SVD steps in the driver), the coefficients by batch, Adam on the
+gathered coefficients (one task), the trained error by batch; then the save, which streams the
+training shapes batch by batch. No task holds more than one batch of rest shapes.
+
 GHUM's and GHUML's tasks are independent, so both models train in parallel on the cluster. The
 result equals ``train.model_step`` in one process up to float rounding
 (tests/test_train_scale.py). Without a client every task runs at once in this process.
@@ -259,32 +266,239 @@ def _history_task(round_: int, *sums) -> dict:
     return dict(round=round_, fit_mm=1000 * num / max(den, 1.0))
 
 
-def _finish_task(plan: Plan, subjects, held_out, cfg: TrainConfig, model_sd: dict, model_dir: str, work: str,
-                 started: float, history: list, *after) -> dict:
-    """Fit the VAEs to all rest shapes and seen expressions, save the model (weights, config,
-    training shapes) and return its summary."""
-    from safetensors.torch import save_file
+# -- the end of training: the VAE fits as passes by subject batch (train.fit_vae's steps) --
+
+def _vae_rows(plan: Plan, cfg: TrainConfig, which: str, shard: Shard | None,
+              verts: slice | None = None) -> tuple[torch.Tensor, float]:
+    """One batch of the ``which`` VAE's rows (n_b, d) float32 and its weight: a subject batch's
+    rest shapes minus the model's mean (``shape``) or its face-seen scans' face offsets
+    (``expression``), weight 1; ``shard`` None: the template's prior rows, weight
+    sqrt(prior samples) (``train.vae_prior``). ``verts``: only those vertices (of V, or of
+    the face's Vf) -> d = 3 x their number."""
+    from ghum_pipe.model.store import read_shard_state
+    from ghum_pipe.model.train import vae_prior
+
+    model = _model(cfg, None)
+    sl = verts if verts is not None else slice(None)
+    if shard is None:
+        prior, weight = vae_prior(model, which)
+        return prior.reshape(prior.shape[0], -1, 3)[:, sl].reshape(prior.shape[0], -1), weight**0.5
+    if which == "shape":
+        rest = torch.as_tensor(read_shard_state(shard.path, ("rest",), verts)["rest"])
+        x = rest - model.mean_rest[sl]
+    else:
+        a = read_shard_state(shard.path, ("expression", "face_seen"))
+        x = torch.as_tensor(a["expression"][a["face_seen"]][:, sl])
+    return x.reshape(x.shape[0], -1), 1.0
+
+
+def _vae_dims_task(cfg: TrainConfig, which: str) -> tuple[int, int, int, float]:
+    """The ``which`` VAE's row size D, its basis size, its prior's rows and their weight (on a
+    worker: the driver builds no model)."""
+    from ghum_pipe.model.train import vae_prior
+
+    model = _model(cfg, None)
+    vae = getattr(model, f"{which}_vae")
+    prior, weight = vae_prior(model, which)
+    return int(vae.dim), int(vae.max_basis), int(prior.shape[0]), float(weight)
+
+
+def _vae_count_task(plan: Plan, shard: Shard, cfg: TrainConfig, which: str, *after) -> int:
+    """How many rows a subject batch gives the ``which`` VAE."""
+    if which == "shape":
+        return len(set(shard.subjects))
+    from ghum_pipe.model.store import read_shard_state
+
+    return int(read_shard_state(shard.path, ("face_seen",))["face_seen"].sum())
+
+
+def _vae_rows_task(plan: Plan, shard: Shard | None, cfg: TrainConfig, which: str, z: torch.Tensor,
+                   center: torch.Tensor | None) -> torch.Tensor:
+    """The rows pass on one batch: its rows of R Z (n_b, l) (``blocked_pca.rows_times``)."""
+    from ghum_pipe.model.blocked_pca import batch_rows, rows_times
+
+    x, w = _vae_rows(plan, cfg, which, shard)
+    return rows_times(batch_rows(x, center, w), z)
+
+
+def _vae_columns_task(plan: Plan, parts: tuple, cfg: TrainConfig, which: str, verts: slice, q: torch.Tensor,
+                      center: torch.Tensor | None) -> torch.Tensor:
+    """The columns pass on one vertex block: sum over the batches ``parts`` (in order; None =
+    the prior) of R_b^T Q_b on the block's 3 x v columns, (3v, l); one batch in memory."""
+    from ghum_pipe.model.blocked_pca import batch_rows, transpose_times
+
+    out, lo = None, 0
+    c = center[3 * verts.start:3 * verts.stop] if center is not None else None
+    for shard in parts:
+        x, w = _vae_rows(plan, cfg, which, shard, verts)
+        part = transpose_times(batch_rows(x, c, w), q[lo:lo + x.shape[0]])
+        out = part if out is None else out + part
+        lo += x.shape[0]
+    return out
+
+
+def _vae(cfg: TrainConfig, which: str, vae_sd: dict | None = None):
+    """The ``which`` VAE of this process's model, with ``vae_sd`` (its state_dict) loaded."""
+    vae = getattr(_model(cfg, None), f"{which}_vae")
+    if vae_sd is not None:
+        vae.load_state_dict(vae_sd)
+    return vae
+
+
+def _vae_state(vae) -> dict:
+    return {k: v.detach().clone() for k, v in vae.state_dict().items()}
+
+
+def _vae_start_task(cfg: TrainConfig, model_sd: dict, which: str, directions: torch.Tensor,
+                    singular_values: torch.Tensor, n_samples: int, center: torch.Tensor | None) -> dict:
+    """The ``which`` VAE of ``model_sd`` at its linear start (``VAE.set_pca``): its state_dict
+    (the tasks after it move only the VAE, ~4 bytes x 128 x D, not the model)."""
+    from ghum_pipe.model.train import vae_prior
+
+    model = _model(cfg, model_sd)
+    _, weight = vae_prior(model, which)
+    vae = getattr(model, f"{which}_vae")
+    vae.set_pca(directions, singular_values, n_samples, weight, center)
+    return _vae_state(vae)
+
+
+def _vae_coefficients_task(plan: Plan, shard: Shard, cfg: TrainConfig, which: str, vae_sd: dict) -> tuple:
+    """One batch's coefficients (n_b, M) and the start's error sums
+    (``train.vae_coefficients_and_error``)."""
+    from ghum_pipe.model.train import vae_coefficients_and_error
+
+    x, _ = _vae_rows(plan, cfg, which, shard)
+    return vae_coefficients_and_error(_vae(cfg, which, vae_sd), x)
+
+
+def _vae_train_task(cfg: TrainConfig, which: str, vae_sd: dict, *parts) -> tuple[dict, list]:
+    """Adam on the gathered coefficients (S x M, batch order) (``train.train_vae``): the trained
+    VAE's state_dict and the start's error sums (for the choice after the error pass)."""
+    from ghum_pipe.model.train import train_vae, vae_seed
+
+    vae = _vae(cfg, which, vae_sd)
+    train_vae(vae, torch.cat([p[0] for p in parts]), cfg.vae_steps, cfg.kl_weight, vae_seed(cfg, which))
+    return _vae_state(vae), [p[1:] for p in parts]
+
+
+def _vae_error_task(plan: Plan, shard: Shard, cfg: TrainConfig, which: str, trained: tuple) -> tuple[float, int]:
+    """The trained VAE's error sums on one batch (``train.vae_error_sums``)."""
+    from ghum_pipe.model.train import vae_error_sums
+
+    x, _ = _vae_rows(plan, cfg, which, shard)
+    return vae_error_sums(_vae(cfg, which, trained[0]), x)
+
+
+def _vae_choose_task(cfg: TrainConfig, which: str, start_sd: dict, trained: tuple, *end_sums) -> tuple[dict, float]:
+    """The trained VAE unless its start reconstructs better (``train.keep_better_vae``): the
+    kept VAE's state_dict and its mean vertex error (mm)."""
+    from ghum_pipe.model.train import keep_better_vae
+
+    vae = _vae(cfg, which, trained[0])
+    mm = keep_better_vae(vae, start_sd, trained[1], end_sums)
+    return _vae_state(vae), mm
+
+
+VAE_COLUMN_VERTS = 4096  # vertices per columns-pass task: 4 tasks for GHUM's shape VAE, 1 for the others
+
+
+def submit_vae_fit(submit, scatter, plan: Plan, cfg: TrainConfig, which: str, model_sd, after: list,
+                   oversample: int | None = None, column_verts: int = VAE_COLUMN_VERTS):
+    """``train.fit_vae`` of the ``which`` VAE as tasks by subject batch: the basis by
+    ``blocked_pca.randomized_basis``, this process running its small (n, l) and (D, l) steps
+    and the cluster its passes (rows: one task per batch; columns: one task per block of
+    ``column_verts`` vertices, reading every batch in order: fewer, wider blocks read less
+    often); then the coefficients by batch, Adam on them (one task), the trained error by batch
+    and the choice. Blocks until the basis is known; returns the future of (the VAE's
+    state_dict, mm). ``scatter`` puts an array where the tasks can read it; ``oversample``: the
+    sketch's extra columns (default ``blocked_pca.OVERSAMPLE``; tests narrow the sketch)."""
+    from ghum_pipe.model.blocked_pca import OVERSAMPLE, randomized_basis
+    from ghum_pipe.model.train import vae_seed
+
+    dim, max_basis, n_prior, weight = submit(_vae_dims_task, cfg, which, pure=False).result()
+    counts = [submit(_vae_count_task, plan, s, cfg, which, *after, pure=False) for s in plan.shards]
+    n = sum(int(c.result()) for c in counts)
+    parts = tuple(plan.shards) + ((None,) if weight > 0 else ())
+    n_rows = n + (n_prior if weight > 0 else 0)
+    n_verts = dim // 3
+    blocks = [slice(lo, min(n_verts, lo + column_verts)) for lo in range(0, n_verts, column_verts)]
+    center = None
+
+    def columns_pass(q: torch.Tensor) -> torch.Tensor:
+        q = scatter(q)
+        return torch.cat([f.result() for f in [submit(_vae_columns_task, plan, parts, cfg, which, b, q, center,
+                                                      pure=False) for b in blocks]])
+
+    def rows_pass(z: torch.Tensor) -> torch.Tensor:
+        z = scatter(z)
+        return torch.cat([f.result() for f in [submit(_vae_rows_task, plan, p, cfg, which, z, center, pure=False)
+                                               for p in parts]])
+
+    if weight <= 0:  # centred data: the mean first, as R^T 1 / N
+        center = (columns_pass(torch.ones(n, 1, dtype=torch.float64))[:, 0] / max(n, 1)).float()
+    directions, s = randomized_basis(rows_pass, columns_pass, n_rows, dim, max_basis, vae_seed(cfg, which),
+                                     OVERSAMPLE if oversample is None else oversample)
+    start = submit(_vae_start_task, cfg, model_sd, which, scatter(directions), s, n, center, pure=False)
+    coeffs = [submit(_vae_coefficients_task, plan, sh, cfg, which, start, pure=False) for sh in plan.shards]
+    trained = submit(_vae_train_task, cfg, which, start, *coeffs, pure=False)
+    ends = [submit(_vae_error_task, plan, sh, cfg, which, trained, pure=False) for sh in plan.shards]
+    return submit(_vae_choose_task, cfg, which, start, trained, *ends, pure=False)
+
+
+def write_training_shapes(path: str | Path, plan: Plan) -> None:
+    """``training_shapes.safetensors`` ({"rest": (S, V, 3) float32}, every training subject's rest
+    shape, subject batches in order) written one batch at a time: the safetensors layout (8-byte
+    little-endian header size, JSON header, raw little-endian C-order bytes) by hand, so that no
+    process holds all rest shapes; ``safetensors.torch.load_file`` reads it."""
+    import json
+    import struct
 
     from ghum_pipe.io.atomic import atomic_path
     from ghum_pipe.model.store import read_shard_state
-    from ghum_pipe.model.train import fit_vaes_to
 
-    rest, expr = [], []
-    for shard in plan.shards:
-        a = read_shard_state(shard.path, ("rest", "expression", "face_seen"))
-        rest.append(torch.as_tensor(a["rest"]))
-        expr.append(torch.as_tensor(a["expression"][a["face_seen"]]))
-    rest = torch.cat(rest)
+    n_subj = [len(set(s.subjects)) for s in plan.shards]
+    shape = [sum(n_subj), plan.n_verts, 3]
+    nbytes = 4 * shape[0] * shape[1] * shape[2]
+    header = json.dumps({"rest": {"dtype": "F32", "shape": shape, "data_offsets": [0, nbytes]}},
+                        separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the data start 8-byte aligned, as safetensors writes it
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(header)))
+        f.write(header)
+        for shard, k in zip(plan.shards, n_subj):
+            rest = read_shard_state(shard.path, ("rest",))["rest"]
+            if rest.shape != (k, plan.n_verts, 3):
+                raise ValueError(f"{shard.path}: rest shapes {rest.shape}, expected {(k, plan.n_verts, 3)}")
+            f.write(np.ascontiguousarray(rest, dtype="<f4").tobytes())
+
+
+def _finish_task(plan: Plan, subjects, held_out, cfg: TrainConfig, model_sd: dict, model_dir: str, work: str,
+                 started: float, history: list, shape: tuple, expression: tuple) -> dict:
+    """Save the model with both VAEs fitted (``shape``/``expression``: (VAE state_dict, mm) of
+    :func:`submit_vae_fit`): weights, config, training shapes; return its summary."""
     model = _model(cfg, model_sd)
-    summary = fit_vaes_to(model, rest, torch.cat(expr), cfg)
+    model.shape_vae.load_state_dict(shape[0])
+    model.expression_vae.load_state_dict(expression[0])
+    summary = dict(shape_vae_train_mm=shape[1], expression_vae_train_mm=expression[1])
     n = sum(len(s.scan_ids) for s in plan.shards)
     summary.update(history=list(history), n_scans=n, n_subjects=len(subjects), train_subjects=list(subjects),
                    heldout_subjects=list(held_out), work=str(work), train_config=cfg.to_dict(),
                    seconds=round(time.time() - started, 1))
     model.save(model_dir, extra=dict(training=summary))
-    with atomic_path(Path(model_dir) / "training_shapes.safetensors") as tmp:
-        save_file({"rest": rest.contiguous()}, str(tmp))
+    write_training_shapes(Path(model_dir) / "training_shapes.safetensors", plan)
     return summary
+
+
+def submit_finish(submit, scatter, plan: Plan, subjects, held_out, cfg: TrainConfig, model_sd, model_dir: str,
+                  work: str, started: float, history: list, after: list):
+    """The end of one model's training: a last refresh by batch, both VAE fits
+    (:func:`submit_vae_fit`, independent of each other) and the save (:func:`_finish_task`);
+    returns the summary's future."""
+    refreshed = [submit(_refresh_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards]
+    shape = submit_vae_fit(submit, scatter, plan, cfg, "shape", model_sd, refreshed)
+    expression = submit_vae_fit(submit, scatter, plan, cfg, "expression", model_sd, refreshed)
+    return submit(_finish_task, plan, subjects, held_out, cfg, model_sd, model_dir, work, started, history, shape,
+                  expression, pure=False)
 
 
 def make_plan(store, scan_ids, subject_of: dict[str, str], resolution: str, state_dir: Path, shard_scans: int = 32,
@@ -398,12 +612,10 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
         log.info("round %d/%d (%.0f s): %s", r + 1, rounds, time.time() - t0, {n: history[n][-1] for n in active})
     t0 = time.time()
     futures = {}
+    scatter = client.scatter if client is not None else _Done
     for name, cfg in configs.items():
-        plan = plans[name]
-        refreshed = [submit(_refresh_task, plan, s, cfg, model_sd[name], *after[name], pure=False)
-                     for s in plan.shards]
-        futures[name] = submit(_finish_task, plan, subjects, tuple(held), cfg, model_sd[name],
-                               str(Path(out) / name), str(work), started, history[name], *refreshed, pure=False)
+        futures[name] = submit_finish(submit, scatter, plans[name], subjects, tuple(held), cfg, model_sd[name],
+                                      str(Path(out) / name), str(work), started, history[name], after[name])
     summaries = {name: f.result() for name, f in futures.items()}
     timings["finish"] = round(time.time() - t0, 2)
     shutil.rmtree(state_root, ignore_errors=True)
@@ -413,14 +625,16 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
 
 # Peak RSS of a training worker, bytes (docs/cluster.md): a base (Python, torch, Dask, the model
 # being trained), the per-batch tasks (pose fits, C's step, refresh) per scan of a subject batch,
-# and per training scan for the one task that still holds the whole training set: the VAE fits
-# (every subject's rest shape, every seen expression, their SVD). GHUML's base and per-batch term
-# from bench/train_scaling.py (0.80 GB per worker at 200 and at 400 training scans, flat); the
-# per-scan terms are estimates from the arrays (~5 copies of a rest shape per subject, 5 scans per
-# subject, plus the expressions), not measured; GHUM's are estimates too.
+# and per training scan what still grows with N: the VAE fits' (n, 160) float64 sketches and the
+# Adam task's coefficients and activations over all rows (a subject's rest shape, a scan's face
+# offsets). GHUML's base and per-batch term from bench/train_scaling.py (0.80 GB per worker at 200
+# and at 400 training scans, flat); the per-scan term measured by bench/vae_finish.py (full
+# resolution, one process running every finish task: 0.66 GB at 2,000 scans, 0.82 GB at 10,000,
+# i.e. 20 KB per scan; the rows do not depend on the resolution); GHUM's base and per-batch term
+# are estimates.
 MEMORY_BASE = {"low": 0.65e9, "full": 0.9e9}
 MEMORY_PER_BATCH_SCAN = {"low": 4e6, "full": 18e6}
-MEMORY_PER_SCAN = {"low": 0.1e6, "full": 0.6e6}
+MEMORY_PER_SCAN = {"low": 0.02e6, "full": 0.02e6}
 
 
 def worker_memory_needed(n_train: int, resolutions, batch_scans: int) -> int:
@@ -495,7 +709,9 @@ def _resolve(x):
 # without a client the tasks receive _Done objects: unwrap them
 for _name in ("_model0_task", "_init_task", "_pose_task", "_refresh_task", "_joint_batch_task", "_joint_refit_task",
               "_joints_task", "_normals_task",
-              "_solve_task", "_apply_task", "_error_task", "_history_task", "_finish_task"):
+              "_solve_task", "_apply_task", "_error_task", "_history_task", "_finish_task", "_vae_dims_task",
+              "_vae_count_task", "_vae_rows_task", "_vae_columns_task", "_vae_start_task", "_vae_coefficients_task",
+              "_vae_train_task", "_vae_error_task", "_vae_choose_task"):
     _f = globals()[_name]
 
     @functools.wraps(_f)
