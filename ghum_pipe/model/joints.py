@@ -17,7 +17,7 @@ import torch
 
 from ghum_pipe.model.config import TrainConfig
 from ghum_pipe.model.data import RegistrationSet
-from ghum_pipe.model.ghum import GHUM, blend_skin, template_for
+from ghum_pipe.model.ghum import GHUM, blend_skin_dense, template_for
 from ghum_pipe.model.networks import skinning_weights
 from ghum_pipe.model.solvers import solve_joint_regressor
 from ghum_pipe.model.state import TrainState, expand_face, model_rotmats, psd_all
@@ -133,7 +133,7 @@ def joint_batch_step(model: GHUM, data: RegistrationSet, state: TrainState, cfg:
         joints = joints0 + 0.01 * dj_cm * free
         _, rel = batch_rigid_transform(model_rotmats(pose0 + dpose), joints[subj], model.parents, model.levels)
         w = skinning_weights(logits0 + dlogits, allowed)
-        verts = blend_skin(x, rel, idx, w) + (trans0 + dtrans)[:, None]
+        verts = blend_skin_dense(x, rel, idx, w) + (trans0 + dtrans)[:, None]  # a batch of scans: dense is faster
         return (verts - target) * 100 * sqrt_m * robust
 
     # Joint shifts move few vertices by little, pose angles move many by much: L-BFGS needs the
