@@ -224,9 +224,11 @@ def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int, prior
     vae.init_pca(x, prior, prior_subjects, batch, seed)
     start = {k: v.detach().clone() for k, v in vae.state_dict().items()}
     slices = row_slices(x.shape[0], batch)
-    parts = [vae_coefficients_and_error(vae, x[sl]) for sl in slices]
+    start64 = _float64_state(vae)  # once for every batch, not once per batch
+    parts = [vae_coefficients_and_error(vae, x[sl], start64) for sl in slices]
     train_vae(vae, torch.cat([p[0] for p in parts]), steps, kl_weight, seed)
-    return keep_better_vae(vae, start, [p[1:] for p in parts], [vae_error_sums(vae, x[sl]) for sl in slices])
+    end64 = _float64_state(vae)
+    return keep_better_vae(vae, start, [p[1:] for p in parts], [vae_error_sums(vae, x[sl], end64) for sl in slices])
 
 
 def _float64_state(vae) -> dict:
@@ -249,13 +251,13 @@ def vae_error_sums(vae, x: torch.Tensor, state64: dict | None = None) -> tuple[f
 
 
 @torch.no_grad()
-def vae_coefficients_and_error(vae, x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+def vae_coefficients_and_error(vae, x: torch.Tensor, state64: dict | None = None) -> tuple[torch.Tensor, float, int]:
     """One batch x (n, D) of the pass after the basis: its coefficients (n, M) and
-    :func:`vae_error_sums` of the untrained (linear) start. The coefficients are float64
-    products rounded to float32, so that they do not depend on how the rows are batched (a
-    float32 product rounds with the batch's size, and 600 Adam steps amplify a 1e-7 difference
-    to ~1e-4 on the weights)."""
-    p = _float64_state(vae)
+    :func:`vae_error_sums` of the untrained (linear) start (``state64``: as there). The
+    coefficients are float64 products rounded to float32, so that they do not depend on how the
+    rows are batched (a float32 product rounds with the batch's size, and 600 Adam steps amplify
+    a 1e-7 difference to ~1e-4 on the weights)."""
+    p = _float64_state(vae) if state64 is None else state64
     c = (x.double() - p["mean"]) @ p["basis"].T / p["coef_std"]
     return (c.float(), *vae_error_sums(vae, x, p))
 
