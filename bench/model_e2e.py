@@ -106,7 +106,7 @@ def vae_diagnosis(train: np.ndarray, test: np.ndarray, codes_train: np.ndarray, 
                   dim: int, steps_list, seed: int = 0) -> list[tuple]:
     """Why the k-d VAE does (not) beat PCA-k: (variant, training mm, held-out mm, seconds) of
 
-    - the VAE as ``fit_vae`` trains it (Adam lr 3e-4, full batch), at each of ``steps_list``;
+    - the VAE as ``fit_vae`` trains it (Adam lr 3e-4, full batch up to 4,096 rows), at each of ``steps_list``;
     - the same VAE with Adam lr 1e-3 decayed to 0 (cosine), and with the step kept that is best
       on 10 % of the training subjects held back (is it under-trained? over-fitted?);
     - the same architecture without sampling noise and KL (a plain auto-encoder: does the

@@ -169,8 +169,11 @@ def cost_model(meas: dict, n_scans: int, workers: int, n_blocks: int, shard_scan
     batch. The VAE fits (``submit_vae_fit``): their per-batch passes (rows, coefficients, error,
     counts) as phases of as many passes as measured; their columns passes (one task per vertex
     block reading every batch: cost per task grows with N) counted as if serial (an upper bound:
-    GHUM's shape VAE has 4 blocks); Adam on the coefficients and the save (one task each, grow
-    with N), serial; the driver's QR/SVD steps on (n, 160) and (D, 160) arrays are not in the
+    GHUM's shape VAE has 4 blocks); Adam on the coefficients (one task per VAE, serial: its steps
+    take all rows up to ``TrainConfig.vae_batch`` and that many beyond, so its cost grows with N
+    up to that many rows, then stays; taken as the measured cost x rows / measured rows, an upper
+    bound: part of a step's cost does not grow with its rows) and the save (one task, grows with
+    N), serial; the driver's QR/SVD steps on (n, 160) and (D, 160) arrays are not in the
     task stream and not counted. The scheduler: 1 ms per task, serial (Dask's order of
     magnitude)."""
     m = meas["n_train"]
@@ -194,24 +197,28 @@ def cost_model(meas: dict, n_scans: int, workers: int, n_blocks: int, shard_scan
         error=rounds * phase(cost("_error_task") / max(m_rounds * m, 1)),
         joint_C=(phase(cost("_joint_batch_task") * meas.get("joint_scale", 1.0) / max(m, 1)) + phase(cost("_joints_task") / max(m, 1))
                  + cost("_joint_refit_task") / max(m, 1) * n_scans),
-        finish_VAE=vae_finish(cost, t, m, n_scans, n_batches, workers),
+        finish_VAE=vae_finish(cost, t, m, n_scans, n_batches, workers, meas.get("vae_batch")),
         scheduler=rounds * n_tasks_round * 1e-3,
     )
     out["total"] = sum(out.values())
     return out
 
 
-def vae_finish(cost, tasks: dict, m: int, n_scans: int, n_batches: int, workers: int) -> float:
+def vae_finish(cost, tasks: dict, m: int, n_scans: int, n_batches: int, workers: int,
+               vae_batch: int | None = None) -> float:
     """Simulated seconds of the end of training (both VAE fits and the save) for ``n_scans`` on
-    ``workers``, from the measured tasks of a run of ``m`` training scans (see ``cost_model``)."""
+    ``workers``, from the measured tasks of a run of ``m`` training scans (see ``cost_model``);
+    Adam's rows per step stop growing at ``vae_batch`` (None: full batch, as before it)."""
     m_batches = max(tasks.get("_init_task", (1, 0.0))[0], 1)
     total = 0.0
     for name in ("_vae_rows_task", "_vae_count_task", "_vae_coefficients_task", "_vae_error_task"):
         count = tasks.get(name, (0, 0.0))[0]
         if count:  # passes x batches (+ the prior's rows): per pass, a phase of batch tasks
             total += count / m_batches * math.ceil(n_batches / workers) * cost(name) / count
-    for name in ("_vae_columns_task", "_vae_train_task", "_finish_task"):  # grow with N, serial
+    for name in ("_vae_columns_task", "_finish_task"):  # grow with N, serial
         total += cost(name) * n_scans / max(m, 1)
+    adam_rows = n_scans if vae_batch is None else min(n_scans, max(vae_batch, m))  # rows <= scans
+    total += cost("_vae_train_task") * adam_rows / max(m, 1)
     for name in ("_vae_dims_task", "_vae_start_task", "_vae_choose_task"):  # small, fixed
         total += cost(name)
     return total
@@ -317,7 +324,8 @@ def main():
     task_s = sum(s for _, s in r["tasks"].values())
     cpu_share = min(1.0, sum(r["worker_cpu_s"]) / task_s) if r.get("worker_cpu_s") and task_s else 1.0
     meas = dict(n_train=r["n_train"], tasks=r["tasks"], n_blocks=n_blocks, sums_gb_per_block=sums_gb,
-                rounds=args.rounds, joint_scale=TrainConfig().joint_iters / args.joint_iters, cpu_share=cpu_share)
+                rounds=args.rounds, joint_scale=TrainConfig().joint_iters / args.joint_iters, cpu_share=cpu_share,
+                vae_batch=TrainConfig().vae_batch)
     print(f"\n## Cost model (a SIMULATION from N={n_big}'s per-task costs, {res}-res, projected to 3 rounds x inner 3, "
           f"{n_blocks} vertex blocks, sums {sums_gb * 1e3:.0f} MB per block and group at 1 GB/s; C's measured "
           f"cost x{meas['joint_scale']:.1f} for the default {TrainConfig().joint_iters} iterations; task times x{cpu_share:.2f}, "

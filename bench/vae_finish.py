@@ -18,6 +18,17 @@ on the gathered coefficients is the same in both and its cost is the same). Prin
 (ru_maxrss), RSS before the finish, and the finish's wall time.
 
     .venv/bin/python bench/vae_finish.py --subjects 400 2000
+
+``--adam`` measures Adam on the gathered coefficients alone (``train.train_vae``, the one
+serial task of the end of training whose cost grows with the rows), full batch against
+minibatches of ``TrainConfig.vae_batch`` rows, in this process on 1 thread:
+
+- CPU seconds per 600 steps of GHUM's shape VAE (128 coefficients, hidden 256, latent 64) on
+  random coefficients at 1,000 to 60,000 rows (``--adam-steps`` steps timed, scaled to 600);
+- the error each reaches in 600 steps on rows drawn from a curved 2-d manifold (a linear map
+  of z and its quadratic terms, 100 vertices; the test's data), against the PCA start.
+
+    .venv/bin/python bench/vae_finish.py --adam
 """
 
 from __future__ import annotations
@@ -155,8 +166,54 @@ def measure(args) -> None:
                           mm={k: round(v, 3) for k, v in mm.items()})))
 
 
+def adam(args) -> None:
+    import torch
+
+    from ghum_pipe.model.config import TrainConfig, ghum_config
+    from ghum_pipe.model.networks import VAE
+    from ghum_pipe.model.train import error_mm, train_vae, vae_coefficients_and_error, vae_error_sums
+
+    torch.set_num_threads(1)
+    mc, B = ghum_config(), TrainConfig().vae_batch
+    print(f"Adam on the coefficients, GHUM's shape VAE (latent {mc.shape_latent}, hidden {mc.hidden}), 1 thread, "
+          f"CPU s per 600 steps ({args.adam_steps} timed)\n")
+    print(f"| rows | full batch s | minibatches of {B} rows s | full / minibatch |\n|---|---|---|---|")
+    g = torch.Generator().manual_seed(0)
+    train_vae(VAE(3, mc.shape_latent, mc.hidden), torch.randn(256, 128), 5, 1e-3, 0)  # warm-up, not timed
+    for n in args.adam_rows:
+        c = torch.randn(n, 128, generator=g)
+        t = []
+        for rows in (n, B):
+            vae = VAE(3, mc.shape_latent, mc.hidden)
+            t0 = time.process_time()
+            train_vae(vae, c, args.adam_steps, 1e-3, 0, rows)
+            t.append((time.process_time() - t0) * 600 / args.adam_steps)
+        print(f"| {n} | {t[0]:.1f} | {t[1]:.1f} | x{t[0] / t[1]:.2f} |", flush=True)
+    print("\nError in 600 steps on a curved 2-d manifold (100 vertices, latent 2, hidden 64), mean vertex mm\n")
+    print("| rows | Adam rows per step | PCA start mm | trained mm | trained / full batch | CPU s |\n|---|---|---|---|---|---|")
+    for n, batches in ((2_000, (2_000, 1_024)), (16_000, (16_000, B))):
+        z = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
+        quad = torch.stack([z[:, 0] ** 2 - 1, z[:, 1] ** 2 - 1, z[:, 0] * z[:, 1]], 1)
+        g2 = torch.Generator().manual_seed(1)
+        x = z @ (torch.randn(2, 300, generator=g2) * 0.01) + quad @ (torch.randn(3, 300, generator=g2) * 0.005)
+        full = None
+        for rows in batches:
+            vae = VAE(300, 2, hidden=64, max_basis=16)
+            vae.init_pca(x)
+            start = error_mm([vae_error_sums(vae, x)])
+            t0 = time.process_time()
+            train_vae(vae, vae_coefficients_and_error(vae, x)[0], 600, 1e-3, 0, rows)
+            sec = time.process_time() - t0
+            end = error_mm([vae_error_sums(vae, x)])
+            full = end if full is None else full
+            print(f"| {n} | {rows} | {start:.2f} | {end:.2f} | x{end / full:.2f} | {sec:.1f} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--adam", action="store_true", help="Measure Adam on the coefficients alone (see above).")
+    ap.add_argument("--adam-rows", type=int, nargs="+", default=[1_000, 4_096, 16_000, 60_000])
+    ap.add_argument("--adam-steps", type=int, default=20)
     ap.add_argument("--base", type=Path, default=Path("/tmp/ghum-vae-finish"))
     ap.add_argument("--subjects", type=int, nargs="+", default=[400, 2000])
     ap.add_argument("--resolution", default="full", choices=["full", "low"])
@@ -166,6 +223,8 @@ def main():
     args = ap.parse_args()
     if args.mode:
         return measure(args)
+    if args.adam:
+        return adam(args)
     rows = []
     for n in args.subjects:
         for mode in args.modes:

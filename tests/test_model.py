@@ -50,6 +50,31 @@ def test_vae_reconstructs_training_shapes(template):
     assert float((x.reshape(20, -1, 3).norm(dim=-1).mean()) * 1000) > 20  # the shapes really differ
 
 
+def test_vae_minibatch_adam_trains_like_full_batch(measured):
+    """``train_vae`` beyond ``batch_rows`` rows: Adam on minibatches of half the rows trains a
+    VAE about as well as full batch. 1,000 rows on a curved 2-d manifold (a linear map of z plus
+    its quadratic terms, 100 vertices) that a 2-d linear space cannot hold: both fits remove at
+    least 80 % of the PCA start's error (measured: full batch 14.7 -> 1.39 mm, minibatches of
+    500 rows -> 1.61 mm), and the minibatch one is within 1.5x the full-batch error (measured
+    1.16x; 1.25x at 2,000 rows in 1,024-row batches, 1.01x at 16,000 rows in 4,096-row batches)."""
+    from ghum_pipe.model import train as T
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1000, 2, generator=g)
+    quad = torch.stack([z[:, 0] ** 2 - 1, z[:, 1] ** 2 - 1, z[:, 0] * z[:, 1]], 1)
+    x = z @ (torch.randn(2, 300, generator=g) * 0.01) + quad @ (torch.randn(3, 300, generator=g) * 0.005)
+    err = {}
+    for rows in (4096, 500):
+        vae = VAE(300, 2, hidden=64, max_basis=16)
+        vae.init_pca(x)
+        start = T.vae_error_sums(vae, x)
+        T.train_vae(vae, T.vae_coefficients_and_error(vae, x)[0], 400, 1e-3, 0, rows)
+        err[rows] = (T.error_mm([start]), T.error_mm([T.vae_error_sums(vae, x)]))
+    for rows, (start_mm, end_mm) in err.items():
+        measured(f"VAE error / PCA start, Adam on {rows} rows", end_mm / start_mm, "<=", 0.2)
+    measured("VAE error, minibatch / full batch", err[500][1] / err[4096][1], "<=", 1.5)
+
+
 def test_psd_learns_planted_corrective(template, model, measured):
     """The sparse PSD, solved on rest-space residuals = planted corrective + 0.5 mm noise for 40
     random poses, removes >= 70 % of the corrective on 20 unseen poses."""

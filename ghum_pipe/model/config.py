@@ -74,7 +74,9 @@ class TrainConfig:
     C refitted by ridge regression towards the template's shape->joint map (its basis with
     ``joint_prior``, m^2; its intercept worth ``joint_prior_subjects`` subjects); C's step runs by subject batch
     (``--batch-scans``), then one refit over all subjects. VAEs are fitted to
-    the rest shapes / expression offsets at the end (``vae_steps``). ``holdout``: fraction of
+    the rest shapes / expression offsets at the end (``vae_steps`` Adam steps, each on all rows up
+    to ``vae_batch`` rows and on ``vae_batch`` rows drawn afresh beyond: the fit's cost then stops
+    growing with the number of subjects and scans). ``holdout``: fraction of
     subjects kept out of training (for evaluate)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -101,6 +103,7 @@ class TrainConfig:
     joint_rtol: float = 1e-3
     joint_probes: int = 8
     vae_steps: int = 600
+    vae_batch: int = 4096
     kl_weight: float = 1e-3
     holdout: float = 0.2
     seed: int = 0

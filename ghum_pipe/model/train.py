@@ -207,15 +207,15 @@ def posed_error_mm(model: GHUM, data: RegistrationSet, state: TrainState, batch:
 
 
 def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int, prior: torch.Tensor | None = None,
-            prior_subjects: float = 0.0, batch: int = 32) -> float:
+            prior_subjects: float = 0.0, batch: int = 32, adam_rows: int = 4096) -> float:
     """Train a VAE on x (N, D) metres (PCA-initialised, with the ``prior`` shape space (K, D)
     weighted as ``prior_subjects`` samples when given: ``VAE.init_pca``); returns its mean
     vertex error (mm) on x.
 
     Every pass over x runs by row batches of ``batch`` rows, as the Dask schedule runs them by
     subject batch (``blocked_pca``): the basis, the coefficients (computed once: the frozen first
-    layer) with the start's error, Adam on the coefficients (:func:`train_vae`), the trained
-    error. Loss: squared reconstruction error in cm^2 per sample + ``kl_weight`` * KL. If
+    layer) with the start's error, Adam on the coefficients (:func:`train_vae`, minibatches of
+    ``adam_rows`` rows beyond that many), the trained error. Loss: squared reconstruction error in cm^2 per sample + ``kl_weight`` * KL. If
     training ends reconstructing x worse than its linear start (the sampling noise and the KL
     shrink the small components; measured on 32-100 subjects, docs/model.md), the start is
     kept: the learned space is then at least the (prior-blended) PCA."""
@@ -226,7 +226,7 @@ def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int, prior
     slices = row_slices(x.shape[0], batch)
     start64 = _float64_state(vae)  # once for every batch, not once per batch
     parts = [vae_coefficients_and_error(vae, x[sl], start64) for sl in slices]
-    train_vae(vae, torch.cat([p[0] for p in parts]), steps, kl_weight, seed)
+    train_vae(vae, torch.cat([p[0] for p in parts]), steps, kl_weight, seed, adam_rows)
     end64 = _float64_state(vae)
     return keep_better_vae(vae, start, [p[1:] for p in parts], [vae_error_sums(vae, x[sl], end64) for sl in slices])
 
@@ -262,18 +262,25 @@ def vae_coefficients_and_error(vae, x: torch.Tensor, state64: dict | None = None
     return (c.float(), *vae_error_sums(vae, x, p))
 
 
-def train_vae(vae, coeffs: torch.Tensor, steps: int, kl_weight: float, seed: int) -> None:
-    """``steps`` full-batch Adam steps (lr 3e-4: the PCA start is already good) on the
-    coefficients (n, M) of the training set; the sampling noise is seeded by ``seed``."""
+def train_vae(vae, coeffs: torch.Tensor, steps: int, kl_weight: float, seed: int, batch_rows: int = 4096) -> None:
+    """``steps`` Adam steps (lr 3e-4: the PCA start is already good) on the coefficients (n, M)
+    of the training set; the sampling noise is seeded by ``seed``. Each step takes all n rows
+    when n <= ``batch_rows`` (full batch), else ``batch_rows`` rows drawn without replacement
+    (a generator seeded by ``seed``), so that a step costs at most ``batch_rows`` rows however
+    many subjects or scans there are (``bench/vae_finish.py --adam``: error and time against
+    full batch). The loss is a mean per row, so its scale does not depend on the batch."""
     torch.manual_seed(seed)
+    n = coeffs.shape[0]
+    draw = torch.Generator().manual_seed(seed) if 0 < batch_rows < n else None
     opt = torch.optim.Adam(vae.parameters(), lr=3e-4)
     # Adam's second moments of near-zero gradients become denormal floats, which run ~100x
     # slower on x86 CPUs: flush them to zero while training (restored afterwards).
     flush = torch.set_flush_denormal(True)
     try:
         for _ in range(steps):
+            rows = coeffs if draw is None else coeffs[torch.randperm(n, generator=draw)[:batch_rows]]
             opt.zero_grad()
-            c_hat, c, mu, logvar = vae(coeffs, is_coefficients=True)
+            c_hat, c, mu, logvar = vae(rows, is_coefficients=True)
             loss = vae.reconstruction_m2(c_hat, c) * 1e4 + kl_weight * vae.kl(mu, logvar)
             loss.backward()
             opt.step()
@@ -343,7 +350,7 @@ def fit_vaes_to(model: GHUM, rest: torch.Tensor, expression: torch.Tensor, cfg: 
     for which, x in (("shape", shapes), ("expression", expression.reshape(expression.shape[0], -1))):
         prior, weight = vae_prior(model, which)
         out[f"{which}_vae_train_mm"] = fit_vae(getattr(model, f"{which}_vae"), x, cfg.vae_steps, cfg.kl_weight,
-                                               vae_seed(cfg, which), prior, weight, batch)
+                                               vae_seed(cfg, which), prior, weight, batch, cfg.vae_batch)
     return out
 
 

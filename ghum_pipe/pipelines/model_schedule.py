@@ -372,12 +372,14 @@ def _vae_coefficients_task(plan: Plan, shard: Shard, cfg: TrainConfig, which: st
 
 
 def _vae_train_task(cfg: TrainConfig, which: str, vae_sd: dict, *parts) -> tuple[dict, list]:
-    """Adam on the gathered coefficients (S x M, batch order) (``train.train_vae``): the trained
+    """Adam on the gathered coefficients (S x M, batch order) (``train.train_vae``, minibatches
+    of ``cfg.vae_batch`` rows beyond that many: its cost stops growing with S): the trained
     VAE's state_dict and the start's error sums (for the choice after the error pass)."""
     from ghum_pipe.model.train import train_vae, vae_seed
 
     vae = _vae(cfg, which, vae_sd)
-    train_vae(vae, torch.cat([p[0] for p in parts]), cfg.vae_steps, cfg.kl_weight, vae_seed(cfg, which))
+    train_vae(vae, torch.cat([p[0] for p in parts]), cfg.vae_steps, cfg.kl_weight, vae_seed(cfg, which),
+              cfg.vae_batch)
     return _vae_state(vae), [p[1:] for p in parts]
 
 
