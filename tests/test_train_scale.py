@@ -223,3 +223,36 @@ def test_subject_batches_are_whole_subjects(regs, tmp_path):
     inline = subject_batches([subject_of[s] for s in ids], 6)
     assert [list(s.scan_ids) for s in plan.shards] == [[ids[i] for i in b] for b in inline]
     assert len(plan.shards) == 3  # 5 subjects x 4 scans: 8, 8, 4
+
+
+def test_plan_travels_by_reference(tmp_path):
+    """Every task takes its model's plan: written once (``write_plan``), it pickles as its file's
+    path and content hash, whatever the number of scans (by value it grew ~40 bytes per scan:
+    tasks x scans bytes in the driver and the scheduler), and reads back equal. A plan rewritten
+    at the same path (the next training) is read again, not taken from the cache."""
+    import pickle
+
+    from ghum_pipe.pipelines import model_schedule as ms
+
+    def plan(n_scans: int, tag: str) -> ms.Plan:
+        ids = [f"{tag}{i // 5:05d}_{i % 5}" for i in range(n_scans)]
+        shards = tuple(ms.Shard(k, tuple(ids[lo:lo + 32]), tuple(i.split("_")[0] for i in ids[lo:lo + 32]),
+                                str(tmp_path / f"batch_{k:05d}")) for k, lo in enumerate(range(0, n_scans, 32)))
+        return ms.Plan(str(tmp_path / "store.zarr"), "low", 3008, shards, 512, len(shards),
+                       tuple((lo, min(3008, lo + 512)) for lo in range(0, 3008, 512)))
+
+    small, big = plan(100, "s"), plan(20_000, "s")
+    assert len(pickle.dumps(big)) > 20 * 20_000  # by value: ~23 bytes per scan here
+    sizes = []
+    for p in (small, big):
+        ref = ms.write_plan(p, tmp_path / "plan.json")
+        blob = pickle.dumps(ref)
+        sizes.append(len(blob))
+        ms._PLANS.clear()  # as in a worker process
+        back = pickle.loads(blob)
+        assert back.shards == p.shards and back.blocks == p.blocks and back.store == p.store
+        assert back.file == str(tmp_path / "plan.json") and back.n_verts == p.n_verts
+    assert sizes[0] == sizes[1] < 300
+    # the next training writes another plan at the same path: a process that read the first reads it again
+    other = ms.write_plan(plan(60, "t"), tmp_path / "plan.json")
+    assert pickle.loads(pickle.dumps(other)).shards[0].scan_ids[0].startswith("t")

@@ -5,7 +5,10 @@ subjects are cut into *subject batches* of about ``shard_scans`` scans (whole su
 per-subject centring of the skinning + PSD solve stays inside one batch). Each batch's state
 (poses, translations, rest shapes, expressions, rest joints) is a small zarr group in
 ``OUT/.train_state/<model>/``; tasks read the chunks they need and write back their own batch,
-and the driver moves only futures, the model's state_dict and small summaries. Per round:
+and the driver moves only futures, the model's state_dict and small summaries. The plan (which
+scans are in which batch) is written there too (``plan.json``) and travels to the tasks as its
+path, and a phase of per-batch tasks that follows a whole phase waits on one gate task, so that
+what the driver and the scheduler hold per task does not grow with the number of scans. Per round:
 
 - (a) one pose task per subject batch;
 - (b) ``inner`` times: one refresh task per batch (rest shapes, expressions, joints), in round 0
@@ -72,7 +75,12 @@ class Shard:
 
 @dataclass(frozen=True)
 class Plan:
-    """How one model's training is cut: subject batches and vertex blocks."""
+    """How one model's training is cut: subject batches and vertex blocks.
+
+    Every task takes the plan, and by value it pickles to ~40 bytes per scan (its batches' scan
+    ids, subjects and paths): tasks x scans bytes on the driver and the scheduler, i.e. growing
+    as N^2. Once :func:`write_plan` has written it beside the batches' state (``file``), it
+    pickles as that file's path and content hash, and each worker process reads it once."""
 
     store: str
     resolution: str
@@ -81,9 +89,59 @@ class Plan:
     vblock: int
     batches_per_sum: int
     blocks: tuple[tuple[int, int], ...] = field(default=())
+    file: str = ""
+    digest: str = ""
 
     def block_slices(self) -> list[slice]:
         return [slice(lo, hi) for lo, hi in self.blocks]
+
+    def __reduce_ex__(self, protocol):
+        if self.file:
+            return _read_plan, (self.file, self.digest)
+        return super().__reduce_ex__(protocol)
+
+
+_PLANS: dict[tuple[str, str], Plan] = {}  # this process's plans read by _read_plan (a few: GHUM's, GHUML's)
+
+
+def write_plan(plan: Plan, path: str | Path) -> Plan:
+    """Write ``plan`` to ``path`` (JSON, atomically) and return it as pickled by reference."""
+    import hashlib
+    import json
+
+    from ghum_pipe.io.atomic import atomic_path
+
+    text = json.dumps(dataclasses.asdict(dataclasses.replace(plan, file="", digest="")), separators=(",", ":"))
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return dataclasses.replace(plan, file=str(path), digest=hashlib.sha1(text.encode()).hexdigest())
+
+
+def _read_plan(path: str, digest: str) -> Plan:
+    """The plan written by :func:`write_plan` (cached per process by path and content hash, so
+    a long-lived worker never uses a previous training's plan of the same path)."""
+    import json
+
+    key = (path, digest)
+    if key not in _PLANS:
+        d = json.loads(Path(path).read_text())
+        shards = tuple(Shard(s["index"], tuple(s["scan_ids"]), tuple(s["subjects"]), s["path"]) for s in d.pop("shards"))
+        blocks = tuple(tuple(b) for b in d.pop("blocks"))
+        while len(_PLANS) >= 4:  # the oldest out
+            del _PLANS[next(iter(_PLANS))]
+        _PLANS[key] = Plan(**{**d, "file": path, "digest": digest}, shards=shards, blocks=blocks)
+    return _PLANS[key]
+
+
+def _gate_task(*after) -> int:
+    return 0
+
+
+def gate(submit, after: list) -> list:
+    """One future that ends after every future in ``after`` (as a list to splat): a phase of
+    per-batch tasks that must follow a whole phase then depends on one task, not on all B of
+    them (B^2 edges in the scheduler's graph per phase)."""
+    return [submit(_gate_task, *after, pure=False)] if len(after) > 1 else list(after)
 
 
 def plan_shards(scan_ids, subject_of: dict[str, str], rows: dict[str, int], shard_scans: int) -> list[tuple]:
@@ -221,16 +279,17 @@ def _joints_task(plan: Plan, shard: Shard, cfg: TrainConfig, model_sd: dict) -> 
     return len(shard.scan_ids)
 
 
-def _normals_task(plan: Plan, shards: tuple[Shard, ...], block: slice, cfg: TrainConfig, model_sd: dict,
+def _normals_task(plan: Plan, batches: slice, block: slice, cfg: TrainConfig, model_sd: dict,
                   *after) -> dict:
-    """Normal-equation sums of one vertex block over some subject batches (one batch in memory)."""
+    """Normal-equation sums of one vertex block over the subject batches ``plan.shards[batches]``
+    (one batch in memory)."""
     from ghum_pipe.model.store import read_shard_state
     from ghum_pipe.model.train import add_sums, skinning_psd_block_normals
 
     model = _model(cfg, model_sd)
     store = _open_store(plan.store)
     sums = None
-    for shard in shards:
+    for shard in plan.shards[batches]:
         target, mask = store.read(store.rows(shard.scan_ids), plan.resolution, block)
         a = read_shard_state(shard.path, ("pose", "translation", "expression", "joints", "rest"), block)
         t = {k: torch.as_tensor(v) for k, v in a.items()}
@@ -321,15 +380,15 @@ def _vae_rows_task(plan: Plan, shard: Shard | None, cfg: TrainConfig, which: str
     return rows_times(batch_rows(x, center, w), z)
 
 
-def _vae_columns_task(plan: Plan, parts: tuple, cfg: TrainConfig, which: str, verts: slice, q: torch.Tensor,
+def _vae_columns_task(plan: Plan, prior: bool, cfg: TrainConfig, which: str, verts: slice, q: torch.Tensor,
                       center: torch.Tensor | None) -> torch.Tensor:
-    """The columns pass on one vertex block: sum over the batches ``parts`` (in order; None =
-    the prior) of R_b^T Q_b on the block's 3 x v columns, (3v, l); one batch in memory."""
+    """The columns pass on one vertex block: sum over the plan's batches (in order; then the
+    prior's rows if ``prior``) of R_b^T Q_b on the block's 3 x v columns, (3v, l); one batch in memory."""
     from ghum_pipe.model.blocked_pca import batch_rows, transpose_times
 
     out, lo = None, 0
     c = center[3 * verts.start:3 * verts.stop] if center is not None else None
-    for shard in parts:
+    for shard in tuple(plan.shards) + ((None,) if prior else ()):
         x, w = _vae_rows(plan, cfg, which, shard, verts)
         part = transpose_times(batch_rows(x, c, w), q[lo:lo + x.shape[0]])
         out = part if out is None else out + part
@@ -418,6 +477,7 @@ def submit_vae_fit(submit, scatter, plan: Plan, cfg: TrainConfig, which: str, mo
     from ghum_pipe.model.train import vae_seed
 
     dim, max_basis, n_prior, weight = submit(_vae_dims_task, cfg, which, pure=False).result()
+    after = gate(submit, after)
     counts = [submit(_vae_count_task, plan, s, cfg, which, *after, pure=False) for s in plan.shards]
     n = sum(int(c.result()) for c in counts)
     parts = tuple(plan.shards) + ((None,) if weight > 0 else ())
@@ -428,7 +488,7 @@ def submit_vae_fit(submit, scatter, plan: Plan, cfg: TrainConfig, which: str, mo
 
     def columns_pass(q: torch.Tensor) -> torch.Tensor:
         q = scatter(q)
-        return torch.cat([f.result() for f in [submit(_vae_columns_task, plan, parts, cfg, which, b, q, center,
+        return torch.cat([f.result() for f in [submit(_vae_columns_task, plan, weight > 0, cfg, which, b, q, center,
                                                       pure=False) for b in blocks]])
 
     def rows_pass(z: torch.Tensor) -> torch.Tensor:
@@ -496,7 +556,8 @@ def submit_finish(submit, scatter, plan: Plan, subjects, held_out, cfg: TrainCon
     """The end of one model's training: a last refresh by batch, both VAE fits
     (:func:`submit_vae_fit`, independent of each other) and the save (:func:`_finish_task`);
     returns the summary's future."""
-    refreshed = [submit(_refresh_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards]
+    after = gate(submit, after)
+    refreshed = gate(submit, [submit(_refresh_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards])
     shape = submit_vae_fit(submit, scatter, plan, cfg, "shape", model_sd, refreshed)
     expression = submit_vae_fit(submit, scatter, plan, cfg, "expression", model_sd, refreshed)
     return submit(_finish_task, plan, subjects, held_out, cfg, model_sd, model_dir, work, started, history, shape,
@@ -506,27 +567,30 @@ def submit_finish(submit, scatter, plan: Plan, subjects, held_out, cfg: TrainCon
 def make_plan(store, scan_ids, subject_of: dict[str, str], resolution: str, state_dir: Path, shard_scans: int = 32,
               vblock: int = 512, batches_per_sum: int = 0) -> Plan:
     """The subject batches (state groups under ``state_dir``) and vertex blocks of one model.
-    ``batches_per_sum`` subject batches per normal-equation task (0: all of them, one task per block)."""
+    ``batches_per_sum`` subject batches per normal-equation task (0: all of them, one task per block).
+    Written to ``state_dir/plan.json``, so that tasks take it by reference (:class:`Plan`)."""
     n_verts = int(store.index["key"]["n_verts" if resolution == "full" else "n_verts_low"])
     rows = {s: store.scans[s]["row"] for s in scan_ids}
     shards = tuple(Shard(k, ids, subj, str(Path(state_dir) / f"batch_{k:05d}"))
                    for k, (ids, subj) in enumerate(plan_shards(scan_ids, subject_of, rows, shard_scans)))
     blocks = tuple((lo, min(n_verts, lo + vblock)) for lo in range(0, n_verts, vblock))
-    return Plan(str(store.path), resolution, n_verts, shards, vblock, batches_per_sum or len(shards), blocks)
+    return write_plan(Plan(str(store.path), resolution, n_verts, shards, vblock, batches_per_sum or len(shards), blocks),
+                      Path(state_dir) / "plan.json")
 
 
 def submit_model_step(submit, plan: Plan, cfg: TrainConfig, model_sd, round_: int, after: list):
     """Submit step (b) of one round; returns the future of the new model state_dict and the
     futures the next step must wait for."""
     for i in range(cfg.inner):
-        after = [submit(_refresh_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards]
+        after = gate(submit, after)
+        after = gate(submit, [submit(_refresh_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards])
         if cfg.learn_joints and round_ == 0 and i == 0:
             # C: one task per subject batch, then the refit (a reduction over the batches)
             parts = [submit(_joint_batch_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards]
             model_sd = submit(_joint_refit_task, cfg, model_sd, *parts, pure=False)
-            after = [submit(_joints_task, plan, s, cfg, model_sd, pure=False) for s in plan.shards]
+            after = gate(submit, [submit(_joints_task, plan, s, cfg, model_sd, pure=False) for s in plan.shards])
         k = plan.batches_per_sum
-        groups = [plan.shards[lo:lo + k] for lo in range(0, len(plan.shards), k)]
+        groups = [slice(lo, lo + k) for lo in range(0, len(plan.shards), k)]
         solutions = []
         for block in plan.block_slices():
             sums = [submit(_normals_task, plan, g, block, cfg, model_sd, *after, pure=False) for g in groups]
@@ -594,7 +658,8 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
         phase = {}
         active = {n: c for n, c in configs.items() if r < c.rounds}
         for name, cfg in active.items():
-            after[name] = [submit(_pose_task, plans[name], s, cfg, model_sd[name], *after[name], pure=False)
+            gate_ = gate(submit, after[name])
+            after[name] = [submit(_pose_task, plans[name], s, cfg, model_sd[name], *gate_, pure=False)
                            for s in plans[name].shards]
         _wait([a for n in active for a in after[n]])
         phase["pose"] = round(time.time() - t0, 2)
@@ -605,7 +670,8 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
         phase["model"] = round(time.time() - t1, 2)
         t1 = time.time()
         for name, cfg in active.items():
-            errs = [submit(_error_task, plans[name], s, cfg, model_sd[name], *after[name], pure=False)
+            gate_ = gate(submit, after[name])
+            errs = [submit(_error_task, plans[name], s, cfg, model_sd[name], *gate_, pure=False)
                     for s in plans[name].shards]
             history[name].append(submit(_history_task, r, *errs, pure=False).result())
         phase["error"] = round(time.time() - t1, 2)
@@ -713,7 +779,7 @@ for _name in ("_model0_task", "_init_task", "_pose_task", "_refresh_task", "_joi
               "_joints_task", "_normals_task",
               "_solve_task", "_apply_task", "_error_task", "_history_task", "_finish_task", "_vae_dims_task",
               "_vae_count_task", "_vae_rows_task", "_vae_columns_task", "_vae_start_task", "_vae_coefficients_task",
-              "_vae_train_task", "_vae_error_task", "_vae_choose_task"):
+              "_vae_train_task", "_vae_error_task", "_vae_choose_task", "_gate_task"):
     _f = globals()[_name]
 
     @functools.wraps(_f)
