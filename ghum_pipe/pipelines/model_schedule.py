@@ -617,6 +617,7 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
     from ghum_pipe.model.store import pack_registrations
 
     work = Path(work).resolve()
+    out = Path(out).resolve()  # tasks write the state and the models: absolute, whatever a worker's cwd
     timings = timings if timings is not None else {}
     t0 = time.time()
     ids = [d.name for d in scan_dirs(work)]
