@@ -138,9 +138,9 @@ def _gate_task(*after) -> int:
 
 
 def gate(submit, after: list) -> list:
-    """One future that ends after every future in ``after`` (as a list to splat): a phase of
-    per-batch tasks that must follow a whole phase then depends on one task, not on all B of
-    them (B^2 edges in the scheduler's graph per phase)."""
+    """One future that ends after every future in ``after`` (as a list to splat). Each phase
+    of tasks that must follow a whole phase gates its input with it, so that it depends on one
+    task, not on all B of them (B^2 edges in the scheduler's graph per phase)."""
     return [submit(_gate_task, *after, pure=False)] if len(after) > 1 else list(after)
 
 
@@ -557,7 +557,7 @@ def submit_finish(submit, scatter, plan: Plan, subjects, held_out, cfg: TrainCon
     (:func:`submit_vae_fit`, independent of each other) and the save (:func:`_finish_task`);
     returns the summary's future."""
     after = gate(submit, after)
-    refreshed = gate(submit, [submit(_refresh_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards])
+    refreshed = [submit(_refresh_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards]
     shape = submit_vae_fit(submit, scatter, plan, cfg, "shape", model_sd, refreshed)
     expression = submit_vae_fit(submit, scatter, plan, cfg, "expression", model_sd, refreshed)
     return submit(_finish_task, plan, subjects, held_out, cfg, model_sd, model_dir, work, started, history, shape,
@@ -583,12 +583,14 @@ def submit_model_step(submit, plan: Plan, cfg: TrainConfig, model_sd, round_: in
     futures the next step must wait for."""
     for i in range(cfg.inner):
         after = gate(submit, after)
-        after = gate(submit, [submit(_refresh_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards])
+        after = [submit(_refresh_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards]
         if cfg.learn_joints and round_ == 0 and i == 0:
             # C: one task per subject batch, then the refit (a reduction over the batches)
+            after = gate(submit, after)
             parts = [submit(_joint_batch_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards]
             model_sd = submit(_joint_refit_task, cfg, model_sd, *parts, pure=False)
-            after = gate(submit, [submit(_joints_task, plan, s, cfg, model_sd, pure=False) for s in plan.shards])
+            after = [submit(_joints_task, plan, s, cfg, model_sd, pure=False) for s in plan.shards]
+        after = gate(submit, after)
         k = plan.batches_per_sum
         groups = [slice(lo, lo + k) for lo in range(0, len(plan.shards), k)]
         solutions = []
