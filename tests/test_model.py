@@ -51,7 +51,7 @@ def test_vae_reconstructs_training_shapes(template):
 
 
 def test_vae_minibatch_adam_trains_like_full_batch(measured):
-    """``train_vae`` beyond ``batch_rows`` rows: Adam on minibatches of half the rows trains a
+    """``train_vae`` beyond ``adam_rows`` rows: Adam on minibatches of half the rows trains a
     VAE about as well as full batch. 1,000 rows on a curved 2-d manifold (a linear map of z plus
     its quadratic terms, 100 vertices) that a 2-d linear space cannot hold: both fits remove at
     least 80 % of the PCA start's error (measured: full batch 14.7 -> 1.39 mm, minibatches of

@@ -207,7 +207,7 @@ def posed_error_mm(model: GHUM, data: RegistrationSet, state: TrainState, batch:
 
 
 def fit_vae(vae, x: torch.Tensor, steps: int, kl_weight: float, seed: int, prior: torch.Tensor | None = None,
-            prior_subjects: float = 0.0, batch: int = 32, adam_rows: int = 4096) -> float:
+            prior_subjects: float = 0.0, batch: int = 32, adam_rows: int = TrainConfig.vae_batch) -> float:
     """Train a VAE on x (N, D) metres (PCA-initialised, with the ``prior`` shape space (K, D)
     weighted as ``prior_subjects`` samples when given: ``VAE.init_pca``); returns its mean
     vertex error (mm) on x.
@@ -262,23 +262,24 @@ def vae_coefficients_and_error(vae, x: torch.Tensor, state64: dict | None = None
     return (c.float(), *vae_error_sums(vae, x, p))
 
 
-def train_vae(vae, coeffs: torch.Tensor, steps: int, kl_weight: float, seed: int, batch_rows: int = 4096) -> None:
+def train_vae(vae, coeffs: torch.Tensor, steps: int, kl_weight: float, seed: int,
+              adam_rows: int = TrainConfig.vae_batch) -> None:
     """``steps`` Adam steps (lr 3e-4: the PCA start is already good) on the coefficients (n, M)
     of the training set; the sampling noise is seeded by ``seed``. Each step takes all n rows
-    when n <= ``batch_rows`` (full batch), else ``batch_rows`` rows drawn without replacement
-    (a generator seeded by ``seed``), so that a step costs at most ``batch_rows`` rows however
+    when n <= ``adam_rows`` (full batch), else ``adam_rows`` rows drawn without replacement
+    (a generator seeded by ``seed``), so that a step costs at most ``adam_rows`` rows however
     many subjects or scans there are (``bench/vae_finish.py --adam``: error and time against
     full batch). The loss is a mean per row, so its scale does not depend on the batch."""
     torch.manual_seed(seed)
     n = coeffs.shape[0]
-    draw = torch.Generator().manual_seed(seed) if 0 < batch_rows < n else None
+    draw = torch.Generator().manual_seed(seed) if 0 < adam_rows < n else None
     opt = torch.optim.Adam(vae.parameters(), lr=3e-4)
     # Adam's second moments of near-zero gradients become denormal floats, which run ~100x
     # slower on x86 CPUs: flush them to zero while training (restored afterwards).
     flush = torch.set_flush_denormal(True)
     try:
         for _ in range(steps):
-            rows = coeffs if draw is None else coeffs[torch.randperm(n, generator=draw)[:batch_rows]]
+            rows = coeffs if draw is None else coeffs[torch.randperm(n, generator=draw)[:adam_rows]]
             opt.zero_grad()
             c_hat, c, mu, logvar = vae(rows, is_coefficients=True)
             loss = vae.reconstruction_m2(c_hat, c) * 1e4 + kl_weight * vae.kl(mu, logvar)
