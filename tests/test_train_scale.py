@@ -5,6 +5,7 @@ today's in-process ``train.model_step`` answer."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,11 +90,12 @@ def test_distributed_model_step_equals_inline(regs, tmp_path, measured):
     scans: inline in one process against the schedule's tasks on a 2-worker LocalCluster, subject
     batches of ~8 scans (C's step by batch in both, then its refit), vertex blocks of 700, 2
     batches per normal-equation sum; the VAEs by row batches of 32 inline, by subject batch and
-    vertex block on the cluster. Bound 1e-5 relative (the spec); the difference is float rounding
+    vertex block x group of batches on the cluster (the plan keeps 4 workers busy: the VAEs'
+    one block of columns in 3 groups of 1 batch, the prior's rows in the last). Bound 1e-5 relative (the spec); the difference is float rounding
     of sums taken in another order. Also the basis by the randomized path (a sketch of 18
     columns for the expression VAE's 72 rows) through the cluster's passes against the same
     sketch over the in-memory rows."""
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, get_task_stream
 
     from ghum_pipe.model.data import load_registrations
     from ghum_pipe.model.store import pack_registrations, read_shard_state
@@ -125,15 +127,21 @@ def test_distributed_model_step_equals_inline(regs, tmp_path, measured):
     subject_of = dict(zip(data.scan_ids, (data.subjects[i] for i in data.subject_index)))
     store, _ = pack_registrations(regs, subject_of)
     plan = ms.make_plan(store, data.scan_ids, subject_of, "low", tmp_path / "state", shard_scans=8, vblock=700,
-                        batches_per_sum=2)
+                        batches_per_sum=2, workers=4)  # VAE columns passes: 1 block of vertices x 3 groups of 1 batch
     assert len(plan.shards) == 3 and len(plan.blocks) == 5
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
         sd = client.submit(ms._model0_task, cfg, pure=False)
         after = [client.submit(ms._init_task, plan, s, cfg, sd, pure=False) for s in plan.shards]
         sd, after = ms.submit_model_step(client.submit, plan, cfg, sd, 0, after)
-        summary = ms.submit_finish(client.submit, client.scatter, plan, ("s",), (), cfg, sd, str(tmp_path / "model"),
-                                   str(regs), 0.0, [], after).result()
+        with get_task_stream(client) as ts:
+            summary = ms.submit_finish(client.submit, client.scatter, plan, ("s",), (), cfg, sd,
+                                       str(tmp_path / "model"), str(regs), 0.0, [], after).result()
+        kinds = [t["key"].split("-")[0] if isinstance(t["key"], str) else str(t["key"][0]).split("-")[0]
+                 for t in ts.data]
+        # the columns passes ran by group of batches (3 per pass and VAE), their parts summed
+        assert kinds.count("_vae_columns_task") % 3 == 0 and kinds.count("_vae_columns_task") >= 6
+        assert kinds.count("_sum_task") == kinds.count("_vae_columns_task") // 3
         narrow = ms.submit_vae_fit(client.submit, client.scatter, plan, cfg, "expression", sd, after,
                                    oversample=18 - 128).result()[0]
         sd = sd.result()
@@ -194,6 +202,9 @@ def test_training_memory_stops_before_it_starts(regs):
     configs = {"ghum": TrainConfig(model=ghum_config()), "ghuml": TrainConfig(model=ghuml_config())}
     need = worker_memory_needed(16, ("full", "low"), 32)  # 20 scans, 20 % of the subjects held out
     assert worker_memory_needed(1000, ("full",), 32) > need  # the joint step and the VAEs grow with N
+    # more workers than GHUML's 6 vertex blocks: its solve tasks add up to 4 groups' sums
+    low = worker_memory_needed(16, ("low",), 32, workers=6)
+    assert worker_memory_needed(16, ("low",), 32, workers=7) - low == 3 * 512 * (8100 + 1080 + 270 + 20) * 8
     opts = training_memory(regs, configs, ClusterOptions(workers=1), None, 32)
     assert need <= parse_bytes(opts.memory) <= 1.5 * need + 1
     with pytest.raises(ClusterError, match=r"needs ~.* per worker, --memory gives .*Pass --memory \d+GB") as e:
@@ -256,3 +267,185 @@ def test_plan_travels_by_reference(tmp_path):
     # the next training writes another plan at the same path: a process that read the first reads it again
     other = ms.write_plan(plan(60, "t"), tmp_path / "plan.json")
     assert pickle.loads(pickle.dumps(other)).shards[0].scan_ids[0].startswith("t")
+
+
+def _interrupt_at(state_dir, stage: str, rounds: int, armed: dict):
+    """A thread that sends this process SIGINT (Ctrl-C) once the checkpoint in ``state_dir`` is
+    at ``stage`` after ``rounds`` rounds; the handler raises KeyboardInterrupt only while ``armed``."""
+    import json
+    import os
+    import signal
+    import threading
+    import time
+
+    def watch():
+        path = state_dir / "checkpoint" / "checkpoint.json"
+        while armed["on"]:
+            try:
+                meta = json.loads(path.read_text())
+            except (OSError, ValueError):
+                meta = {}
+            if meta.get("stage") == stage and meta.get("rounds") == rounds:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.01)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def _train_interrupted(regs, out, configs, client, stage: str, rounds: int) -> None:
+    """Train until the checkpoint at (stage, rounds) appears, then Ctrl-C, as a user would."""
+    import signal
+
+    from ghum_pipe.pipelines.model_schedule import train_models
+
+    armed = {"on": True}
+
+    def handler(signum, frame):
+        if armed["on"]:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    watcher = _interrupt_at(out / ".train_state" / "ghuml", stage, rounds, armed)
+    try:
+        train_models(regs, out, configs, client, shard_scans=8)
+        interrupted = False
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        armed["on"] = False
+        watcher.join()
+        signal.signal(signal.SIGINT, previous)
+    assert interrupted and not (out / "ghuml" / "model.safetensors").exists(), "the run ended before the interrupt"
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_to_the_same_model(regs, tmp_path, caplog):
+    """Ctrl-C during a 2-round training, then the same call again: it goes on after the last
+    checkpoint and saves the uninterrupted run's model (the same floats: the same tasks on the
+    same state). Interrupted once after round 1 (in this process) and once after round 0's
+    joint step C (on a 1-worker LocalCluster: 1 torch thread, as the reference)."""
+    import logging
+
+    from distributed import Client, LocalCluster
+    from safetensors.torch import load_file
+
+    from ghum_pipe.pipelines.model_schedule import train_models
+
+    cfg = TrainConfig(model=ghuml_config(shape_latent=4, hidden=16), rounds=2, inner=2, pose_iters=2, joint_iters=30,
+                      vae_steps=50)
+    configs = {"ghuml": cfg}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_models(regs, tmp_path / "straight", configs, None, shard_scans=8)
+        _train_interrupted(regs, tmp_path / "inline", configs, None, "round", 1)
+        with caplog.at_level(logging.INFO, logger="ghum_pipe"):
+            train_models(regs, tmp_path / "inline", configs, None, shard_scans=8)
+        assert "ghuml: resuming after round 1" in caplog.text
+    finally:
+        torch.set_num_threads(threads)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        client.run(lambda: __import__("torch").set_num_threads(1))
+        _train_interrupted(regs, tmp_path / "dask", configs, client, "joints", 0)
+        with caplog.at_level(logging.INFO, logger="ghum_pipe"):
+            caplog.clear()
+            train_models(regs, tmp_path / "dask", configs, client, shard_scans=8)
+        assert "ghuml: resuming after round 0's joint step" in caplog.text
+    assert not (tmp_path / "dask" / ".train_state").exists()
+    ref = load_file(str(tmp_path / "straight" / "ghuml" / "model.safetensors"))
+    ref_rest = load_file(str(tmp_path / "straight" / "ghuml" / "training_shapes.safetensors"))["rest"]
+    for run in ("inline", "dask"):
+        got = load_file(str(tmp_path / run / "ghuml" / "model.safetensors"))
+        d = max(_rel(got[k], ref[k]) for k in ref if ref[k].is_floating_point())
+        d_rest = _rel(load_file(str(tmp_path / run / "ghuml" / "training_shapes.safetensors"))["rest"], ref_rest)
+        print(f"resumed {run}: max rel diff of the weights {d:.2e}, rest shapes {d_rest:.2e}")
+        assert set(got) == set(ref) and d <= 1e-6 and d_rest <= 1e-6
+
+
+def test_checkpoint_key_names_what_the_state_depends_on():
+    """A checkpoint is taken by a rerun with more rounds (and by any run's folder), not with other
+    settings, other batches or changed registrations."""
+    from ghum_pipe.pipelines.model_schedule import Plan, Shard
+    from ghum_pipe.pipelines.train_checkpoint import checkpoint_key
+
+    def plan(subjects=("x", "x"), path="run-1/batch_00000"):
+        return Plan("W/train_store.zarr", "low", 10, (Shard(0, ("a", "b"), subjects, path),), 5, 1, ((0, 5), (5, 10)))
+
+    cfg, hashes = TrainConfig(), ["h1", "h2"]
+    key = checkpoint_key(plan(), cfg, hashes)
+    assert checkpoint_key(plan(), TrainConfig(rounds=5), hashes) == key
+    assert checkpoint_key(plan(path="run-2/batch_00000"), cfg, hashes) == key
+    assert checkpoint_key(plan(), TrainConfig(pose_iters=3), hashes) != key
+    assert checkpoint_key(plan(), TrainConfig(model=ghuml_config()), hashes) != key
+    assert checkpoint_key(plan(subjects=("x", "y")), cfg, hashes) != key
+    assert checkpoint_key(plan(), cfg, ["h1", "h3"]) != key
+
+
+def test_plan_groups_keep_the_workers_busy(regs, tmp_path):
+    """Without ``batches_per_sum``, a plan cuts its subject batches into groups so that vertex
+    blocks x groups cover the workers (one normal-equation task per block and group), and the
+    partial sums are added in a tree of at most SUM_FAN_IN per task, to the same total."""
+    from ghum_pipe.model.store import pack_registrations
+    from ghum_pipe.pipelines import model_schedule as ms
+
+    store, _ = pack_registrations(regs)
+    ids = sorted(store.scans)
+    one = {s: s for s in ids}  # 20 scans, each its own subject: 10 batches of 2
+    plan = ms.make_plan(store, ids, one, "low", tmp_path / "a", shard_scans=2, vblock=700)
+    assert (len(plan.shards), len(plan.blocks), plan.batches_per_sum) == (10, 5, 10)  # 1 worker: 1 task per block
+    for workers in (5, 6, 20, 100):
+        plan = ms.make_plan(store, ids, one, "low", tmp_path / f"w{workers}", shard_scans=2, vblock=700,
+                            workers=workers)
+        groups = ms.batch_groups(len(plan.shards), plan.batches_per_sum)
+        assert sum(g.stop - g.start for g in groups) >= 10 and groups[-1].start < 10
+        assert len(plan.blocks) * len(groups) >= min(workers, len(plan.blocks) * len(plan.shards))
+    parts = [np.full(3, float(i)) for i in range(11)]
+    reduced = ms.reduce_sums(ms.inline_submit, parts)
+    assert len(reduced) <= ms.SUM_FAN_IN
+    assert np.array_equal(ms._sum_task(*[r.result() for r in reduced]), np.full(3, 55.0))
+    sums = [{"a": torch.ones(2) * i, "b": torch.ones(1)} for i in range(6)]
+    total = ms._sum_task(*[r.result() for r in ms.reduce_sums(ms.inline_submit, sums)])
+    assert torch.equal(total["a"], torch.full((2,), 15.0)) and torch.equal(total["b"], torch.full((1,), 6.0))
+
+
+def test_a_late_task_of_an_interrupted_run_commits_nothing(tmp_path):
+    """On a shared scheduler an interrupted run's tasks may still finish after the rerun began:
+    its checkpoint commit then changes nothing; the current run's commits and restores work."""
+    from ghum_pipe.pipelines import model_schedule as ms
+    from ghum_pipe.pipelines import train_checkpoint as tc
+
+    state = tmp_path / "ghuml"
+
+    def plan_in(run: str):
+        batch = state / run / "batch_00000"
+        batch.mkdir(parents=True)
+        (batch / "x").write_text(run)
+        plan = ms.Plan("W/train_store.zarr", "low", 1, (ms.Shard(0, ("a",), ("s",), str(batch)),), 1, 1, ((0, 1),))
+        return ms.write_plan(plan, state / run / "plan.json")
+
+    def commit(plan, value: float, rounds: int) -> dict:
+        meta = dict(key="k", rounds=rounds, stage="round", history=[])
+        return tc.submit_checkpoint(ms.inline_submit, plan, {"w": torch.full((2,), value)}, meta, [])[0].result()
+
+    a = plan_in("run-a")
+    tc.claim(a)
+    assert "superseded" not in commit(a, 1.0, 1)
+    b = plan_in("run-b")
+    tc.claim(b)  # the rerun takes over; a's late commit changes nothing
+    assert commit(a, 2.0, 2)["superseded"]
+    assert tc.read_checkpoint(state, "k")["rounds"] == 1
+    assert (state / "checkpoint" / "batch_00000" / "x").read_text() == "run-a"
+    assert tc.read_checkpoint(state, "other") is None
+    commit(b, 3.0, 3)
+    assert tc.read_checkpoint(state, "k")["rounds"] == 3
+    (Path(b.shards[0].path) / "x").write_text("changed after the checkpoint")
+    sd, after = tc.submit_restore(ms.inline_submit, b)
+    ms._wait(after)
+    assert torch.equal(sd.result()["w"], torch.full((2,), 3.0))
+    assert (Path(b.shards[0].path) / "x").read_text() == "run-b"
+    tc.clear_state(state, keep=("run-b", tc.CURRENT))
+    assert sorted(p.name for p in state.iterdir()) == ["current", "run-b"]

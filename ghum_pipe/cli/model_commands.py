@@ -73,13 +73,16 @@ def check_subjects(work: Path, subject_pattern: str | None, one_subject_per_scan
 @click.option("--batch-scans", type=click.IntRange(min=1), default=32, show_default=True,
               help="Scans per subject batch (whole subjects): the unit of the per-batch tasks (pose fits, rest "
                    "shapes, the joint step C) and of their memory; --inline cuts C's batches the same way.")
+@click.option("--restart", is_flag=True,
+              help="Start over, discarding what an interrupted training in OUT had done [default: a rerun resumes "
+                   "after its last checkpoint when made from the same registrations and settings].")
 @click.option("--inline", is_flag=True, help="Run in this process, without Dask (debugging).")
 @verbosity_options
 @cluster_click_options
 def train(work: Path, out: Path, lowres_only: bool, fullres_only: bool, rounds: int, epochs: int | None,
           pose_iters: int, ghum_latent: int, ghuml_latent: int, holdout: float, subject_pattern: str | None,
-          one_subject_per_scan: bool, seed: int, batch_scans: int, inline: bool, verbose: int, quiet: bool,
-          cluster) -> None:
+          one_subject_per_scan: bool, seed: int, batch_scans: int, restart: bool, inline: bool, verbose: int,
+          quiet: bool, cluster) -> None:
     """Train GHUM (full template) and GHUML (low-res template) from the registrations in WORK.
 
     Packs the registrations once into WORK/train_store.zarr (new scans are appended, changed ones
@@ -88,6 +91,10 @@ def train(work: Path, out: Path, lowres_only: bool, fullres_only: bool, rounds: 
     batch and vertex block; the two models train in parallel. Worker memory is set from the
     tasks' sizes; a run that cannot fit stops before it starts (docs/cluster.md). Writes
     OUT/ghum, OUT/ghuml (model.safetensors + config.json each) and OUT/training.json.
+
+    Interrupted (Ctrl-C, a batch system's time limit), the same command resumes after the last
+    checkpoint in OUT/.train_state (the start, round 0's joint step, every round), with the
+    result of an uninterrupted run; --restart starts over.
 
     \b
     Example:
@@ -110,7 +117,8 @@ def train(work: Path, out: Path, lowres_only: bool, fullres_only: bool, rounds: 
         configs["ghuml"] = TrainConfig(model=ghuml_config(shape_latent=ghuml_latent), **common)
     try:
         if inline:
-            summaries = train_models(work, out, configs, None, subject_pattern, shard_scans=batch_scans)
+            summaries = train_models(work, out, configs, None, subject_pattern, shard_scans=batch_scans,
+                                     resume=not restart)
         else:
             from ghum_pipe.pipelines.cluster import open_client
 
@@ -118,7 +126,8 @@ def train(work: Path, out: Path, lowres_only: bool, fullres_only: bool, rounds: 
 
             cluster = training_memory(work, configs, cluster, subject_pattern, batch_scans)
             with open_client(in_work_dir(cluster, work)) as client:
-                summaries = train_models(work, out, configs, client, subject_pattern, shard_scans=batch_scans)
+                summaries = train_models(work, out, configs, client, subject_pattern, shard_scans=batch_scans,
+                                         resume=not restart, workers=cluster.task_slots())
     except GhumPipeError as e:
         raise SetupError(str(e)) from None
     for name, s in summaries.items():

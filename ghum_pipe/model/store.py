@@ -54,7 +54,9 @@ def scan_hash(scan_dir: Path) -> str:
     return h.hexdigest()
 
 
-def _template_key() -> dict:
+def template_key() -> dict:
+    """What a store is valid for: the template's hash, vertex and joint counts, and the low-res
+    template's vertex count."""
     from ghum_pipe.template import load_template
     from ghum_pipe.template.lowres import load_lowres
 
@@ -136,7 +138,7 @@ def pack_registrations(work: str | Path, subject_of: dict[str, str] | None = Non
     t0 = time.time()
     work = Path(work)
     path = work / STORE_NAME
-    key = _template_key()
+    key = template_key()
     index = None
     if (path / "index.json").is_file():
         try:

@@ -113,6 +113,14 @@ class ClusterOptions:
     def local_workers(self) -> int:
         return self.workers or os.cpu_count() or 1
 
+    def task_slots(self) -> int | None:
+        """Tasks that can run at once, as far as known before the client starts: a local
+        cluster's processes x threads, the jobs asked for with --cluster, None for --scheduler
+        without --workers."""
+        if self.scheduler or self.cluster:
+            return self.workers
+        return self.local_workers() * self.threads_per_worker
+
 
 def load_cluster_config(path: str | Path, kind: str) -> dict[str, Any]:
     """Read the keyword arguments for a dask-jobqueue cluster from a YAML or JSON file.

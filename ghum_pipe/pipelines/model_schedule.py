@@ -4,7 +4,7 @@ The registrations are packed once into ``W/train_store.zarr`` (``model.store``);
 subjects are cut into *subject batches* of about ``shard_scans`` scans (whole subjects, so the
 per-subject centring of the skinning + PSD solve stays inside one batch). Each batch's state
 (poses, translations, rest shapes, expressions, rest joints) is a small zarr group in
-``OUT/.train_state/<model>/``; tasks read the chunks they need and write back their own batch,
+``OUT/.train_state/<model>/run-<id>/``; tasks read the chunks they need and write back their own batch,
 and the driver moves only futures, the model's state_dict and small summaries. The plan (which
 scans are in which batch) is written there too (``plan.json``) and travels to the tasks as its
 path, and a phase of per-batch tasks that follows a whole phase waits on one gate task, so that
@@ -15,17 +15,21 @@ what the driver and the scheduler hold per task does not grow with the number of
   once the joint step C (one task per batch: its subjects' joint centres and its scans' pose
   corrections, then one small task refitting C to all batches' subjects, then one per batch
   writing its rest joints), then per vertex block one normal-equation task per group of
-  ``batches_per_sum`` batches (memory: one batch x one block) and one solve task summing them
-  (the problem is separable per vertex and its sums add over whole subjects), then one task
-  writing the blocks' solutions into the model;
+  ``batches_per_sum`` batches (memory: one batch x one block; as many groups as keep the
+  workers busy) and one solve task summing them (the problem is separable per vertex and its
+  sums add over whole subjects; more than 4 partial sums are added in a tree first), then one
+  task writing the blocks' solutions into the model;
 - the posed error by batch (sums), the round's one number for the log.
 
 At the end (:func:`submit_finish`), a last refresh by batch, then each VAE's fit (``train.fit_vae``)
 by passes over the batches: its PCA basis by randomized subspace iteration (``blocked_pca``:
-rows passes one task per batch, columns passes one task per block of vertices reading every
-batch in order, the small QR/SVD steps in the driver), the coefficients by batch, Adam on the
+rows passes one task per batch, columns passes one task per block of vertices and group of
+batches, summed, the small QR/SVD steps in the driver), the coefficients by batch, Adam on the
 gathered coefficients (one task), the trained error by batch; then the save, which streams the
 training shapes batch by batch. No task holds more than one batch of rest shapes.
+
+After the start state, after round 0's C and after every round, each model's state is
+checkpointed (``train_checkpoint``): a rerun after an interruption goes on from there.
 
 GHUM's and GHUML's tasks are independent, so both models train in parallel on the cluster. The
 result equals ``train.model_step`` in one process up to float rounding
@@ -34,6 +38,7 @@ result equals ``train.model_step`` in one process up to float rounding
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -48,6 +53,8 @@ import torch
 from ghum_pipe.io.atomic import write_json
 from ghum_pipe.model.config import TrainConfig
 from ghum_pipe.model.data import RegistrationSet, split_subjects
+from ghum_pipe.pipelines.train_checkpoint import (CHECKPOINT, CURRENT, checkpoint_key, claim, clear_state,
+                                                  read_checkpoint, run_dir, submit_checkpoint, submit_restore)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,7 @@ class Plan:
     vblock: int
     batches_per_sum: int
     blocks: tuple[tuple[int, int], ...] = field(default=())
+    workers: int = 1  # task slots the plan keeps busy (groups of batches per vertex block)
     file: str = ""
     digest: str = ""
 
@@ -299,6 +307,38 @@ def _normals_task(plan: Plan, batches: slice, block: slice, cfg: TrainConfig, mo
     return sums
 
 
+def _sum_task(*parts):
+    """The sum of some partial sums (normal-equation dicts, or arrays)."""
+    from ghum_pipe.model.train import add_sums
+
+    if isinstance(parts[0], dict):
+        total = None
+        for p in parts:
+            total = add_sums(total, p)
+        return total
+    return functools.reduce(lambda a, b: a + b, parts)
+
+
+SUM_FAN_IN = 4  # partial sums one task adds: its memory is this many (a block's normal-equation sums: 39 MB)
+
+
+def reduce_sums(submit, parts: list, fan_in: int = SUM_FAN_IN) -> list:
+    """Sum tasks in a tree until at most ``fan_in`` partial sums are left (in order)."""
+    while len(parts) > fan_in:
+        parts = [submit(_sum_task, *parts[i:i + fan_in], pure=False) for i in range(0, len(parts), fan_in)]
+    return parts
+
+
+def batch_groups(n_batches: int, per_group: int) -> list[slice]:
+    """Consecutive groups of ``per_group`` subject batches."""
+    return [slice(lo, lo + per_group) for lo in range(0, n_batches, max(1, per_group))]
+
+
+def batches_per_group(n_batches: int, n_blocks: int, workers: int) -> int:
+    """Batches per group so that ``n_blocks`` x groups >= ``workers`` (1 group when blocks suffice)."""
+    return math.ceil(n_batches / max(1, math.ceil(workers / n_blocks)))
+
+
 def _solve_task(block: slice, cfg: TrainConfig, model_sd: dict, *sums) -> tuple:
     from ghum_pipe.model.train import add_sums, skinning_psd_block_solve
 
@@ -381,14 +421,15 @@ def _vae_rows_task(plan: Plan, shard: Shard | None, cfg: TrainConfig, which: str
 
 
 def _vae_columns_task(plan: Plan, prior: bool, cfg: TrainConfig, which: str, verts: slice, q: torch.Tensor,
-                      center: torch.Tensor | None) -> torch.Tensor:
-    """The columns pass on one vertex block: sum over the plan's batches (in order; then the
-    prior's rows if ``prior``) of R_b^T Q_b on the block's 3 x v columns, (3v, l); one batch in memory."""
+                      center: torch.Tensor | None, batches: slice = slice(None), row0: int = 0) -> torch.Tensor:
+    """The columns pass on one vertex block and the batches ``plan.shards[batches]`` (whose rows
+    start at ``row0`` of Q): the sum over them (in order; then the prior's rows if ``prior``) of
+    R_b^T Q_b on the block's 3 x v columns, (3v, l); one batch in memory."""
     from ghum_pipe.model.blocked_pca import batch_rows, transpose_times
 
-    out, lo = None, 0
+    out, lo = None, row0
     c = center[3 * verts.start:3 * verts.stop] if center is not None else None
-    for shard in tuple(plan.shards) + ((None,) if prior else ()):
+    for shard in tuple(plan.shards[batches]) + ((None,) if prior else ()):
         x, w = _vae_rows(plan, cfg, which, shard, verts)
         part = transpose_times(batch_rows(x, c, w), q[lo:lo + x.shape[0]])
         out = part if out is None else out + part
@@ -468,8 +509,8 @@ def submit_vae_fit(submit, scatter, plan: Plan, cfg: TrainConfig, which: str, mo
     """``train.fit_vae`` of the ``which`` VAE as tasks by subject batch: the basis by
     ``blocked_pca.randomized_basis``, this process running its small (n, l) and (D, l) steps
     and the cluster its passes (rows: one task per batch; columns: one task per block of
-    ``column_verts`` vertices, reading every batch in order: fewer, wider blocks read less
-    often); then the coefficients by batch, Adam on them (one task), the trained error by batch
+    ``column_verts`` vertices and group of batches, blocks x groups >= the plan's workers,
+    then their sum); then the coefficients by batch, Adam on them (one task), the trained error by batch
     and the choice. Blocks until the basis is known; returns the future of (the VAE's
     state_dict, mm). ``scatter`` puts an array where the tasks can read it; ``oversample``: the
     sketch's extra columns (default ``blocked_pca.OVERSAMPLE``; tests narrow the sketch)."""
@@ -478,18 +519,27 @@ def submit_vae_fit(submit, scatter, plan: Plan, cfg: TrainConfig, which: str, mo
 
     dim, max_basis, n_prior, weight = submit(_vae_dims_task, cfg, which, pure=False).result()
     after = gate(submit, after)
-    counts = [submit(_vae_count_task, plan, s, cfg, which, *after, pure=False) for s in plan.shards]
-    n = sum(int(c.result()) for c in counts)
-    parts = tuple(plan.shards) + ((None,) if weight > 0 else ())
-    n_rows = n + (n_prior if weight > 0 else 0)
+    counts = [int(c.result()) for c in [submit(_vae_count_task, plan, s, cfg, which, *after, pure=False)
+                                        for s in plan.shards]]
+    n = sum(counts)
     n_verts = dim // 3
     blocks = [slice(lo, min(n_verts, lo + column_verts)) for lo in range(0, n_verts, column_verts)]
+    # groups of batches per block, as for the normal equations: blocks x groups >= the plan's workers
+    groups = batch_groups(len(plan.shards), batches_per_group(len(plan.shards), len(blocks), plan.workers))
+    row0 = [sum(counts[:g.start]) for g in groups]
+    parts = tuple(plan.shards) + ((None,) if weight > 0 else ())
+    n_rows = n + (n_prior if weight > 0 else 0)
     center = None
 
     def columns_pass(q: torch.Tensor) -> torch.Tensor:
         q = scatter(q)
-        return torch.cat([f.result() for f in [submit(_vae_columns_task, plan, weight > 0, cfg, which, b, q, center,
-                                                      pure=False) for b in blocks]])
+        per_block = []
+        for b in blocks:  # per block, one task per group of batches (the prior's rows with the last), summed
+            pieces = [submit(_vae_columns_task, plan, weight > 0 and i == len(groups) - 1, cfg, which, b, q, center,
+                             g, r0, pure=False) for i, (g, r0) in enumerate(zip(groups, row0))]
+            per_block.append(pieces[0] if len(pieces) == 1 else submit(_sum_task, *reduce_sums(submit, pieces),
+                                                                            pure=False))
+        return torch.cat([f.result() for f in per_block])
 
     def rows_pass(z: torch.Tensor) -> torch.Tensor:
         z = scatter(z)
@@ -565,38 +615,46 @@ def submit_finish(submit, scatter, plan: Plan, subjects, held_out, cfg: TrainCon
 
 
 def make_plan(store, scan_ids, subject_of: dict[str, str], resolution: str, state_dir: Path, shard_scans: int = 32,
-              vblock: int = 512, batches_per_sum: int = 0) -> Plan:
+              vblock: int = 512, batches_per_sum: int = 0, workers: int = 1) -> Plan:
     """The subject batches (state groups under ``state_dir``) and vertex blocks of one model.
-    ``batches_per_sum`` subject batches per normal-equation task (0: all of them, one task per block).
+    ``batches_per_sum`` subject batches per normal-equation task; 0: as many as keep ``workers``
+    busy (blocks x groups of batches >= workers; one task per block when blocks >= workers).
     Written to ``state_dir/plan.json``, so that tasks take it by reference (:class:`Plan`)."""
     n_verts = int(store.index["key"]["n_verts" if resolution == "full" else "n_verts_low"])
     rows = {s: store.scans[s]["row"] for s in scan_ids}
     shards = tuple(Shard(k, ids, subj, str(Path(state_dir) / f"batch_{k:05d}"))
                    for k, (ids, subj) in enumerate(plan_shards(scan_ids, subject_of, rows, shard_scans)))
     blocks = tuple((lo, min(n_verts, lo + vblock)) for lo in range(0, n_verts, vblock))
-    return write_plan(Plan(str(store.path), resolution, n_verts, shards, vblock, batches_per_sum or len(shards), blocks),
+    batches_per_sum = batches_per_sum or batches_per_group(len(shards), len(blocks), workers)
+    return write_plan(Plan(str(store.path), resolution, n_verts, shards, vblock, batches_per_sum, blocks, workers),
                       Path(state_dir) / "plan.json")
 
 
-def submit_model_step(submit, plan: Plan, cfg: TrainConfig, model_sd, round_: int, after: list):
+def submit_model_step(submit, plan: Plan, cfg: TrainConfig, model_sd, round_: int, after: list,
+                      checkpoint=None, after_joints: bool = False):
     """Submit step (b) of one round; returns the future of the new model state_dict and the
-    futures the next step must wait for."""
+    futures the next step must wait for. ``checkpoint(model_sd, after)``, if given, is called
+    after round 0's joint step C (it returns what must finish before the batches change again);
+    ``after_joints``: round 0 resumed from that checkpoint (its first refresh and C are done)."""
     for i in range(cfg.inner):
-        after = gate(submit, after)
-        after = [submit(_refresh_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards]
-        if cfg.learn_joints and round_ == 0 and i == 0:
+        joints = cfg.learn_joints and round_ == 0 and i == 0
+        if not (joints and after_joints):
+            after = gate(submit, after)
+            after = [submit(_refresh_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards]
+        if joints and not after_joints:
             # C: one task per subject batch, then the refit (a reduction over the batches)
             after = gate(submit, after)
             parts = [submit(_joint_batch_task, plan, s, cfg, model_sd, *after, pure=False) for s in plan.shards]
             model_sd = submit(_joint_refit_task, cfg, model_sd, *parts, pure=False)
             after = [submit(_joints_task, plan, s, cfg, model_sd, pure=False) for s in plan.shards]
+            if checkpoint is not None:
+                after = checkpoint(model_sd, gate(submit, after))
         after = gate(submit, after)
-        k = plan.batches_per_sum
-        groups = [slice(lo, lo + k) for lo in range(0, len(plan.shards), k)]
+        groups = batch_groups(len(plan.shards), plan.batches_per_sum)
         solutions = []
         for block in plan.block_slices():
             sums = [submit(_normals_task, plan, g, block, cfg, model_sd, *after, pure=False) for g in groups]
-            solutions.append(submit(_solve_task, block, cfg, model_sd, *sums, pure=False))
+            solutions.append(submit(_solve_task, block, cfg, model_sd, *reduce_sums(submit, sums), pure=False))
         model_sd = submit(_apply_task, cfg, model_sd, *solutions, pure=False)
         after = [model_sd]
     return model_sd, after
@@ -604,12 +662,19 @@ def submit_model_step(submit, plan: Plan, cfg: TrainConfig, model_sd, round_: in
 
 def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=None,
                  subject_pattern: str | None = None, shard_scans: int = 32, vblock: int = 512,
-                 batches_per_sum: int = 0, timings: dict | None = None) -> dict:
+                 batches_per_sum: int = 0, timings: dict | None = None, resume: bool = True,
+                 workers: int | None = None) -> dict:
     """Train each named config (e.g. ``{"ghum": ..., "ghuml": ...}``) into ``out/<name>``.
+
+    With ``resume``, a model whose training in ``out`` was interrupted goes on after its last
+    checkpoint when that was made from the same registrations and settings
+    (``train_checkpoint``), else (or without ``resume``) it starts over.
 
     Uses ``client`` (a ``distributed.Client``) when given, else runs every task in this process.
     The same subject split (``holdout`` of the first config) is used for all models and recorded.
-    ``shard_scans``: scans per subject batch; ``vblock``: vertices per block; ``timings``, if
+    ``shard_scans``: scans per subject batch; ``vblock``: vertices per block; ``workers``: the
+    task slots to keep busy, at least the client's threads now (a batch cluster's jobs may not
+    have started yet, so the CLI passes what it asked for); ``timings``, if
     given, receives the wall seconds of each phase (store, init, per round: pose, model, error).
     """
     import shutil
@@ -639,28 +704,48 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
     train_ids = [s for s in ids if subject_of[s] in keep]
     log.info("training on %d scans of %d subjects (%d subjects held out)", len(train_ids), len(subjects), len(held))
     started = time.time()
-    submit = client.submit if client is not None else (lambda f, *a, **k: _Done(f(*a)))
+    submit = client.submit if client is not None else inline_submit
+    workers = max(workers or 1, sum(client.nthreads().values()) if client is not None else 1)
     state_root = Path(out) / STATE_DIR
-    plans, model_sd, after = {}, {}, {}
+    hashes = [store.scans[s]["hash"] for s in train_ids]
+    plans, keys, model_sd, after, history, done, resumed_at = {}, {}, {}, {}, {}, {}, {}
     t0 = time.time()
     for name, cfg in configs.items():
-        if (state_root / name).exists():
-            shutil.rmtree(state_root / name)
-        plans[name] = make_plan(store, train_ids, subject_of, cfg.model.resolution, state_root / name, shard_scans,
-                                vblock, batches_per_sum)
-        model_sd[name] = submit(_model0_task, cfg, pure=False)
-        after[name] = [submit(_init_task, plans[name], s, cfg, model_sd[name], pure=False)
-                       for s in plans[name].shards]
+        state_dir = state_root / name
+        plans[name] = make_plan(store, train_ids, subject_of, cfg.model.resolution, run_dir(state_dir), shard_scans,
+                                vblock, batches_per_sum, workers)
+        claim(plans[name])
+        keys[name] = key = checkpoint_key(plans[name], cfg, hashes)
+        meta = read_checkpoint(state_dir, key) if resume else None
+        keep = (Path(plans[name].file).parent.name, CURRENT) + ((CHECKPOINT,) if meta else ())
+        clear_state(state_dir, keep)  # earlier runs' batches (and a checkpoint not taken)
+        if meta is None:
+            model_sd[name] = submit(_model0_task, cfg, pure=False)
+            after[name] = [submit(_init_task, plans[name], s, cfg, model_sd[name], pure=False)
+                           for s in plans[name].shards]
+            history[name], done[name], resumed_at[name] = [], 0, None
+            after[name] = submit_checkpoint(submit, plans[name], model_sd[name], dict(key=key, rounds=0, stage="init",
+                                            history=[]), gate(submit, after[name]))
+        else:
+            model_sd[name], after[name] = submit_restore(submit, plans[name])
+            history[name], done[name] = meta["history"], meta["rounds"]
+            resumed_at[name] = meta["stage"] if meta["stage"] == "joints" else None
+            log.info("%s: resuming after %s (checkpoint of %s in %s)", name,
+                     "round 0's joint step" if meta["stage"] == "joints" else
+                     f"round {meta['rounds']}" if meta["rounds"] else "the start state", meta["time"], state_dir)
     _wait([a for v in after.values() for a in v])
     timings["init"] = round(time.time() - t0, 2)
-    history = {name: [] for name in configs}
     rounds = max(cfg.rounds for cfg in configs.values())
     timings["rounds"] = []
     for r in range(rounds):
+        active = {n: c for n, c in configs.items() if done[n] <= r < c.rounds}
+        if not active:
+            continue
         t0 = time.time()
         phase = {}
-        active = {n: c for n, c in configs.items() if r < c.rounds}
         for name, cfg in active.items():
+            if r == done[name] and resumed_at[name] == "joints":
+                continue  # round 0 resumed after C: its poses are C's
             gate_ = gate(submit, after[name])
             after[name] = [submit(_pose_task, plans[name], s, cfg, model_sd[name], *gate_, pure=False)
                            for s in plans[name].shards]
@@ -668,7 +753,11 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
         phase["pose"] = round(time.time() - t0, 2)
         t1 = time.time()
         for name, cfg in active.items():
-            model_sd[name], after[name] = submit_model_step(submit, plans[name], cfg, model_sd[name], r, after[name])
+            joints_meta = dict(key=keys[name], rounds=r, stage="joints", history=list(history[name]))
+            model_sd[name], after[name] = submit_model_step(
+                submit, plans[name], cfg, model_sd[name], r, after[name],
+                lambda sd, aft, plan=plans[name], meta=joints_meta: submit_checkpoint(submit, plan, sd, meta, aft),
+                after_joints=(r == done[name] and resumed_at[name] == "joints"))
         _wait([a for n in active for a in after[n]])
         phase["model"] = round(time.time() - t1, 2)
         t1 = time.time()
@@ -677,6 +766,9 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
             errs = [submit(_error_task, plans[name], s, cfg, model_sd[name], *gate_, pure=False)
                     for s in plans[name].shards]
             history[name].append(submit(_history_task, r, *errs, pure=False).result())
+            meta = dict(key=keys[name], rounds=r + 1, stage="round",
+                        history=list(history[name]))
+            after[name] = submit_checkpoint(submit, plans[name], model_sd[name], meta, gate_)
         phase["error"] = round(time.time() - t1, 2)
         phase["seconds"] = round(time.time() - t0, 2)
         timings["rounds"].append(phase)
@@ -689,7 +781,10 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
                                       str(Path(out) / name), str(work), started, history[name], after[name])
     summaries = {name: f.result() for name, f in futures.items()}
     timings["finish"] = round(time.time() - t0, 2)
-    shutil.rmtree(state_root, ignore_errors=True)
+    for name in configs:  # another model's interrupted training (not run this time) keeps its state
+        shutil.rmtree(state_root / name, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        state_root.rmdir()
     write_json(Path(out) / "training.json", dict(models=summaries, seconds=round(time.time() - started, 1)))
     return summaries
 
@@ -709,11 +804,21 @@ MEMORY_PER_BATCH_SCAN = {"low": 4e6, "full": 18e6}
 MEMORY_PER_SCAN = {"low": 0.02e6, "full": 0.02e6}
 
 
-def worker_memory_needed(n_train: int, resolutions, batch_scans: int) -> int:
+# A block's normal-equation sums (vblock 512; 10 PSD pairs x 9 features = 90, 4 influences), float64:
+# with more workers than vertex blocks a solve task takes up to SUM_FAN_IN groups' sums, not one.
+SUMS_BYTES = 512 * (90 * 90 + 3 * 90 * 4 + 3 * 90 + 4 * 4 + 4) * 8
+
+
+def worker_memory_needed(n_train: int, resolutions, batch_scans: int, workers: int = 1) -> int:
     """Estimated peak bytes of one worker training ``n_train`` scans at ``resolutions``
-    (``full``/``low``) in subject batches of ``batch_scans`` scans."""
+    (``full``/``low``) in subject batches of ``batch_scans`` scans, on ``workers`` task slots
+    (more than a resolution's vertex blocks: its solve tasks sum several groups)."""
+    from ghum_pipe.model.store import template_key
+
+    key = template_key()
+    blocks = {"full": math.ceil(key["n_verts"] / 512), "low": math.ceil(key["n_verts_low"] / 512)}
     return int(max(MEMORY_BASE[r] + MEMORY_PER_BATCH_SCAN[r] * batch_scans + MEMORY_PER_SCAN[r] * n_train
-                   for r in resolutions))
+                   + (SUM_FAN_IN - 1) * SUMS_BYTES * (workers > blocks[r]) for r in resolutions))
 
 
 def training_memory(work: Path, configs: dict[str, TrainConfig], options, subject_pattern: str | None,
@@ -732,7 +837,8 @@ def training_memory(work: Path, configs: dict[str, TrainConfig], options, subjec
     n = len(scan_dirs(work))
     first = next(iter(configs.values()))
     n_train = int(round(n * (1 - first.holdout)))
-    need = worker_memory_needed(n_train, {c.model.resolution for c in configs.values()}, batch_scans)
+    need = worker_memory_needed(n_train, {c.model.resolution for c in configs.values()}, batch_scans,
+                                options.task_slots() or 1)
     log.info("training ~%d scans: ~%s per worker", n_train, format_bytes(need))
     if options.memory:
         have = parse_bytes(options.memory)
@@ -778,18 +884,6 @@ def _resolve(x):
     return x
 
 
-# without a client the tasks receive _Done objects: unwrap them
-for _name in ("_model0_task", "_init_task", "_pose_task", "_refresh_task", "_joint_batch_task", "_joint_refit_task",
-              "_joints_task", "_normals_task",
-              "_solve_task", "_apply_task", "_error_task", "_history_task", "_finish_task", "_vae_dims_task",
-              "_vae_count_task", "_vae_rows_task", "_vae_columns_task", "_vae_start_task", "_vae_coefficients_task",
-              "_vae_train_task", "_vae_error_task", "_vae_choose_task", "_gate_task"):
-    _f = globals()[_name]
-
-    @functools.wraps(_f)
-    def _unwrapping(*args, _f=_f, **kwargs):
-        args = [_resolve(a) for a in args]
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        return _f(*args, **kwargs)
-
-    globals()[_name] = _unwrapping
+def inline_submit(f, *args, **kwargs):
+    """``Client.submit`` without a client: run ``f`` now, on its arguments' results."""
+    return _Done(f(*(_resolve(a) for a in args)))
