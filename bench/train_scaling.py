@@ -9,7 +9,8 @@ driver's RSS is its own) on a LocalCluster on 127.0.0.1 with 1 thread per worker
 - wall time of init, of each round and its phases (pose, model step, posed error), of the finish
   (VAE fits + save);
 - peak RSS of the driver (the process, with the in-process scheduler) and of each worker
-  process (psutil, sampled every 0.2 s over the process tree);
+  process (psutil, sampled every 0.2 s over the process tree); the driver's also by phase
+  (before training, store + init + rounds, the finish);
 - CPU seconds (user + system) of each worker process and of the driver over the run: on a shared
   machine wall times stretch with the load, CPU seconds do not;
 - per task kind: count and mean compute seconds (Dask's task stream; wall time on the worker).
@@ -83,6 +84,7 @@ class Sampler(threading.Thread):
 
         self.me = psutil.Process()
         self.peak = {}
+        self.driver = []  # (time, RSS) of this process, every sample
         self.stop = False
 
     def run(self):
@@ -97,6 +99,8 @@ class Sampler(threading.Thread):
                 except Exception:  # noqa: BLE001
                     continue
                 self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
+                if p.pid == self.me.pid:
+                    self.driver.append((time.time(), rss))
             time.sleep(0.2)
 
 
@@ -135,7 +139,9 @@ def one_run(work: Path, out: Path, n_workers: int, models: list[str], rounds: in
         worker_pids = set(client.run(os.getpid).values())
         cpu0 = client.run(_cpu_seconds)
         with get_task_stream(client) as ts:
+            t_start = time.time()
             summaries = train_models(work, out, configs, client, shard_scans=shard_scans, timings=timings)
+            t_finish = time.time() - timings["finish"]
         cpu = {w: c - cpu0.get(w, 0.0) for w, c in client.run(_cpu_seconds).items()}
         tasks: dict = {}
         for t in ts.data:
@@ -148,7 +154,11 @@ def one_run(work: Path, out: Path, n_workers: int, models: list[str], rounds: in
     sampler.stop = True
     sampler.join()
     me = os.getpid()
-    return dict(wall=wall, timings=timings, tasks=tasks, worker_cpu_s=sorted(cpu.values(), reverse=True),
+    # the driver's peak before training, while packing/init/rounds, and over the finish
+    spans = dict(start=(0, t_start), rounds=(t_start, t_finish), finish=(t_finish, float("inf")))
+    driver_phases = {k: max((r for t, r in sampler.driver if lo <= t < hi), default=0) / 1e9
+                     for k, (lo, hi) in spans.items()}
+    return dict(driver_phases_gb=driver_phases, wall=wall, timings=timings, tasks=tasks, worker_cpu_s=sorted(cpu.values(), reverse=True),
                 driver_cpu_s=_cpu_seconds(), n_train=max(v["n_scans"] for v in summaries.values()),
                 fit_mm=[v["history"][-1]["fit_mm"] for v in summaries.values()], driver_gb=sampler.peak.get(me, 0) / 1e9,
                 worker_gb=sorted((sampler.peak.get(p, 0) / 1e9 for p in worker_pids), reverse=True))
@@ -168,8 +178,7 @@ def cost_model(meas: dict, n_scans: int, workers: int, n_blocks: int, shard_scan
     task, measured per scan: it grows with N, but by ~1e-4 s per subject) and one joints task per
     batch. The VAE fits (``submit_vae_fit``): their per-batch passes (rows, coefficients, error,
     counts) as phases of as many passes as measured; their columns passes (one task per vertex
-    block reading every batch: cost per task grows with N) counted as if serial (an upper bound:
-    GHUM's shape VAE has 4 blocks); Adam on the coefficients (one task per VAE, serial: its steps
+    block and group of batches, as many as workers) as their measured cost scaled by N / W; Adam on the coefficients (one task per VAE, serial: its steps
     take all rows up to ``TrainConfig.vae_batch`` and that many beyond, so its cost grows with N
     up to that many rows, then stays; taken as the measured cost x rows / measured rows, an upper
     bound: part of a step's cost does not grow with its rows) and the save (one task, grows with
@@ -215,8 +224,10 @@ def vae_finish(cost, tasks: dict, m: int, n_scans: int, n_batches: int, workers:
         count = tasks.get(name, (0, 0.0))[0]
         if count:  # passes x batches (+ the prior's rows): per pass, a phase of batch tasks
             total += count / m_batches * math.ceil(n_batches / workers) * cost(name) / count
-    for name in ("_vae_columns_task", "_finish_task"):  # grow with N, serial
-        total += cost(name) * n_scans / max(m, 1)
+    # the columns passes: one task per vertex block and group of batches (blocks x groups >= workers,
+    # as the normal equations), so a pass's work spreads over the workers; the save grows with N, serial
+    total += cost("_vae_columns_task") * n_scans / max(m, 1) / workers + cost("_sum_task")
+    total += cost("_finish_task") * n_scans / max(m, 1)
     adam_rows = n_scans if vae_batch is None else min(n_scans, max(vae_batch, m))  # rows <= scans
     total += cost("_vae_train_task") * adam_rows / max(m, 1)
     for name in ("_vae_dims_task", "_vae_start_task", "_vae_choose_task"):  # small, fixed
@@ -296,6 +307,10 @@ def main():
               f"{tm['finish']:.0f} | {r['wall']:.0f} | {' / '.join(f'{c:.0f}' for c in r.get('worker_cpu_s', []))} | "
               f"{r.get('driver_cpu_s', float('nan')):.0f} | {r['driver_gb']:.2f} | "
               f"{' / '.join(f'{g:.2f}' for g in r['worker_gb'])} | {' / '.join(f'{x:.2f}' for x in r['fit_mm'])} |")
+    print("\nDriver peak RSS by phase (GB): before training (cluster start) / store, init and rounds / finish")
+    for (n, w), r in results.items():
+        if "driver_phases_gb" in r:
+            print(f"N={n} w={w}: " + " / ".join(f"{g:.2f}" for g in r["driver_phases_gb"].values()))
     print("\nPeer (the issue, previous schedule, GHUM + GHUML, 6 scans/subject, 2 workers, 1 round):")
     print("| scans | wall s | driver GB | largest worker GB |\n|---|---|---|---|")
     for row in OLD:
@@ -316,8 +331,9 @@ def main():
     V = key["n_verts_low"] if res == "low" else key["n_verts"]
     vblock = 512
     n_blocks = math.ceil(V / vblock)
-    D, I = 90, 4  # noqa: E741 - 10 PSD pairs x 9 features per vertex, 4 influences
-    sums_gb = vblock * (D * D + 3 * D * I + 3 * D + I * I + I) * 8 / 1e9
+    from ghum_pipe.pipelines.model_schedule import SUMS_BYTES
+
+    sums_gb = SUMS_BYTES / 1e9  # a block's normal-equation sums (512 vertices)
     # On a shared machine a task's wall time counts the time other processes held its core; the
     # workers' CPU seconds over the sum of their tasks' wall seconds is that share (an upper
     # bound: a worker's CPU also counts its own overhead between tasks).
@@ -331,7 +347,7 @@ def main():
           f"cost x{meas['joint_scale']:.1f} for the default {TrainConfig().joint_iters} iterations; task times x{cpu_share:.2f}, "
           f"the workers' CPU seconds / their tasks' wall seconds)\n")
     print("seconds per phase; C: the joint step by subject batch + its refit; VAE finish: both VAE fits' passes "
-          "(by batch; the columns passes, Adam and the save counted serial) and the save\n")
+          "(rows by batch, columns by vertex block x group of batches; Adam and the save counted serial) and the save\n")
     print("| scans | workers | pose | refresh | normals+solve | error | C (by batch) | VAE finish "
           "| scheduler | total h | of it VAE finish h |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

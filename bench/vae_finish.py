@@ -134,7 +134,7 @@ def batched_finish(plan, cfg, model, out: Path) -> dict:
     from ghum_pipe.pipelines import model_schedule as ms
 
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    submit = lambda f, *a, **k: ms._Done(f(*a))  # noqa: E731  no client: every task here, in order
+    submit = ms.inline_submit  # no client: every task here, in order
     shape = ms.submit_vae_fit(submit, ms._Done, plan, cfg, "shape", sd, [])
     expression = ms.submit_vae_fit(submit, ms._Done, plan, cfg, "expression", sd, [])
     s = ms._finish_task(plan, ("s",), (), cfg, sd, str(out), "", time.time(), [], shape.result(), expression.result())
