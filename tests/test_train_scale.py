@@ -449,3 +449,37 @@ def test_a_late_task_of_an_interrupted_run_commits_nothing(tmp_path):
     assert (Path(b.shards[0].path) / "x").read_text() == "run-b"
     tc.clear_state(state, keep=("run-b", tc.CURRENT))
     assert sorted(p.name for p in state.iterdir()) == ["current", "run-b"]
+
+
+def test_a_second_train_on_the_same_folders_stops_with_one_line(regs, tmp_path):
+    """While one training writes OUT (or reads W's registrations), another `ghum-pipe train` on
+    the same OUT (or W) stops at once with one line and exit 2, and writes nothing; a holder that
+    dies (kill -9) leaves no lock behind that blocks the next run."""
+    import signal
+    import subprocess
+    import sys
+
+    from ghum_pipe.io.lock import DirLock
+
+    out = tmp_path / "models"
+    hold = ("import sys, time; from ghum_pipe.io.lock import DirLock\n"
+            "with DirLock(sys.argv[1], RuntimeError):\n    print('held', flush=True); time.sleep(600)")
+    for lock, words in ((out / ".lock", "writing this model folder"),
+                        (regs / ".train_store.lock", "reading this work dir's registrations")):
+        holder = subprocess.Popen([sys.executable, "-c", hold, str(lock)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            res = subprocess.run([sys.executable, "-m", "ghum_pipe.cli", "train", "--work", str(regs), "--out",
+                                  str(out), "--lowres-only", "--inline", "--rounds", "1"],
+                                 capture_output=True, text=True, timeout=300)
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+        lines = [x for x in res.stderr.splitlines() if x.strip()]
+        assert res.returncode == 2, res.stderr
+        assert len(lines) == 1 and words in lines[0] and "Traceback" not in res.stderr, res.stderr
+        assert not (out / "ghuml").exists() and not (out / ".train_state").exists()
+        assert lock.exists()  # the dead holder's file: the OS released its lock
+        with DirLock(lock, RuntimeError):  # taken at once, without waiting
+            pass
+        assert not lock.exists()

@@ -26,7 +26,6 @@ markers whose key matches.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -40,6 +39,7 @@ from typing import Iterable
 
 from ghum_pipe.errors import GhumPipeError
 from ghum_pipe.io.atomic import json_default, atomic_path
+from ghum_pipe.io.lock import DirLock
 
 FORMAT = 1
 MANIFEST_NAME = "manifest.json"
@@ -231,44 +231,14 @@ def _safe_hash(path: Path) -> str:
         return f"unreadable:{path}"
 
 
-class ManifestLock:
-    """One run per work dir: an exclusive ``flock`` on ``W/.lock`` (released by the OS if the
-    process dies, so a killed run never blocks the next one). The file is removed when the run
-    ends; a run that locked a file another run just removed retries on the new one. (Not the
-    filelock package, which the caches use: it leaves the lock file behind in the user's W.)"""
+class ManifestLock(DirLock):
+    """One run per work dir: ``W/.lock`` (:class:`~ghum_pipe.io.lock.DirLock`: released by the OS
+    if the process dies, removed when the run ends)."""
 
     def __init__(self, work: str | Path):
-        self.path = Path(work) / ".lock"
-        self._fd: int | None = None
-
-    def __enter__(self) -> "ManifestLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self._fd)
-                self._fd = None
-                raise WorkDirError("another ghum-pipe run is using this work dir", self.path.parent,
-                                   "Wait for it to finish or use another --work") from None
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(self._fd)  # locked a file the previous run removed on exit: lock the new one
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            self.path.unlink(missing_ok=True)  # while still locked: no one can hold this file next
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        super().__init__(Path(work) / ".lock", lambda: WorkDirError(
+            "another ghum-pipe run is using this work dir", Path(work),
+            "Wait for it to finish or use another --work"))
 
 
 class ThrottledSaver:

@@ -677,15 +677,33 @@ def train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client=
     have started yet, so the CLI passes what it asked for); ``timings``, if
     given, receives the wall seconds of each phase (store, init, per round: pose, model, error).
     """
+    from ghum_pipe.errors import ModelError
+    from ghum_pipe.io.lock import DirLock
+
+    work = Path(work).resolve()
+    out = Path(out).resolve()  # tasks write the state and the models: absolute, whatever a worker's cwd
+    # one training per model folder, and none packing or rewriting the registration store another reads
+    with DirLock(out / ".lock", lambda: ModelError(
+            "another 'ghum-pipe train' is writing this model folder", out,
+            "Wait for it to finish (a rerun then resumes or reuses its work), or pass another --out")), \
+         DirLock(work / ".train_store.lock", lambda: ModelError(
+            "another 'ghum-pipe train' is reading this work dir's registrations", work,
+            "Wait for it to finish; to train GHUM and GHUML at once, run one train without "
+            "--lowres-only/--fullres-only")):
+        return _train_models(work, out, configs, client, subject_pattern, shard_scans, vblock, batches_per_sum,
+                             timings if timings is not None else {}, resume, workers)
+
+
+def _train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client, subject_pattern: str | None,
+                  shard_scans: int, vblock: int, batches_per_sum: int, timings: dict, resume: bool,
+                  workers: int | None) -> dict:
+    """:func:`train_models` with ``out`` and ``work``'s registrations locked."""
     import shutil
 
     from ghum_pipe.io.subjects import work_subjects
     from ghum_pipe.model.data import scan_dirs
     from ghum_pipe.model.store import pack_registrations
 
-    work = Path(work).resolve()
-    out = Path(out).resolve()  # tasks write the state and the models: absolute, whatever a worker's cwd
-    timings = timings if timings is not None else {}
     t0 = time.time()
     ids = [d.name for d in scan_dirs(work)]
     if not ids:
