@@ -327,6 +327,7 @@ def test_interrupted_training_resumes_to_the_same_model(regs, tmp_path, caplog):
     checkpoint and saves the uninterrupted run's model (the same floats: the same tasks on the
     same state). Interrupted once after round 1 (in this process) and once after round 0's
     joint step C (on a 1-worker LocalCluster: 1 torch thread, as the reference)."""
+    import json
     import logging
 
     from distributed import Client, LocalCluster
@@ -345,6 +346,12 @@ def test_interrupted_training_resumes_to_the_same_model(regs, tmp_path, caplog):
         with caplog.at_level(logging.INFO, logger="ghum_pipe"):
             train_models(regs, tmp_path / "inline", configs, None, shard_scans=8)
         assert "ghuml: resuming after round 1" in caplog.text
+        # the training's seconds count the interrupted run's, up to its checkpoint
+        doc = json.loads((tmp_path / "inline" / "training.json").read_text())
+        before = doc["resumed"]["ghuml"]
+        assert before["stage"] == "round" and before["rounds"] == 1 and before["seconds_before"] > 0
+        assert abs(doc["seconds"] - doc["seconds_this_run"] - before["seconds_before"]) <= 0.2
+        assert json.loads((tmp_path / "straight" / "training.json").read_text())["resumed"] == {}
     finally:
         torch.set_num_threads(threads)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",

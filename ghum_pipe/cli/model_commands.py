@@ -94,7 +94,8 @@ def train(work: Path, out: Path, lowres_only: bool, fullres_only: bool, rounds: 
 
     Interrupted (Ctrl-C, a batch system's time limit), the same command resumes after the last
     checkpoint in OUT/.train_state (the start, round 0's joint step, every round), with the
-    result of an uninterrupted run; --restart starts over.
+    result of an uninterrupted run; --restart starts over. One training at a time per OUT and
+    per WORK (a second one stops with one line).
 
     \b
     Example:

@@ -727,6 +727,7 @@ def _train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client
     state_root = Path(out) / STATE_DIR
     hashes = [store.scans[s]["hash"] for s in train_ids]
     plans, keys, model_sd, after, history, done, resumed_at = {}, {}, {}, {}, {}, {}, {}
+    begun, resumed = {}, {}  # when each model's training began, counting the interrupted runs it resumes
     t0 = time.time()
     for name, cfg in configs.items():
         state_dir = state_root / name
@@ -741,13 +742,15 @@ def _train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client
             model_sd[name] = submit(_model0_task, cfg, pure=False)
             after[name] = [submit(_init_task, plans[name], s, cfg, model_sd[name], pure=False)
                            for s in plans[name].shards]
-            history[name], done[name], resumed_at[name] = [], 0, None
-            after[name] = submit_checkpoint(submit, plans[name], model_sd[name], dict(key=key, rounds=0, stage="init",
-                                            history=[]), gate(submit, after[name]))
+            history[name], done[name], resumed_at[name], begun[name] = [], 0, None, started
+            after[name] = submit_checkpoint(submit, plans[name], model_sd[name], dict(
+                key=key, rounds=0, stage="init", history=[], begun=started), gate(submit, after[name]))
         else:
             model_sd[name], after[name] = submit_restore(submit, plans[name])
             history[name], done[name] = meta["history"], meta["rounds"]
             resumed_at[name] = meta["stage"] if meta["stage"] == "joints" else None
+            begun[name] = started - meta.get("seconds", 0.0)
+            resumed[name] = dict(stage=meta["stage"], rounds=meta["rounds"], seconds_before=meta.get("seconds"))
             log.info("%s: resuming after %s (checkpoint of %s in %s)", name,
                      "round 0's joint step" if meta["stage"] == "joints" else
                      f"round {meta['rounds']}" if meta["rounds"] else "the start state", meta["time"], state_dir)
@@ -771,7 +774,8 @@ def _train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client
         phase["pose"] = round(time.time() - t0, 2)
         t1 = time.time()
         for name, cfg in active.items():
-            joints_meta = dict(key=keys[name], rounds=r, stage="joints", history=list(history[name]))
+            joints_meta = dict(key=keys[name], rounds=r, stage="joints", history=list(history[name]),
+                               begun=begun[name])
             model_sd[name], after[name] = submit_model_step(
                 submit, plans[name], cfg, model_sd[name], r, after[name],
                 lambda sd, aft, plan=plans[name], meta=joints_meta: submit_checkpoint(submit, plan, sd, meta, aft),
@@ -784,8 +788,8 @@ def _train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client
             errs = [submit(_error_task, plans[name], s, cfg, model_sd[name], *gate_, pure=False)
                     for s in plans[name].shards]
             history[name].append(submit(_history_task, r, *errs, pure=False).result())
-            meta = dict(key=keys[name], rounds=r + 1, stage="round",
-                        history=list(history[name]))
+            meta = dict(key=keys[name], rounds=r + 1, stage="round", history=list(history[name]),
+                        begun=begun[name])
             after[name] = submit_checkpoint(submit, plans[name], model_sd[name], meta, gate_)
         phase["error"] = round(time.time() - t1, 2)
         phase["seconds"] = round(time.time() - t0, 2)
@@ -796,14 +800,16 @@ def _train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client
     scatter = client.scatter if client is not None else _Done
     for name, cfg in configs.items():
         futures[name] = submit_finish(submit, scatter, plans[name], subjects, tuple(held), cfg, model_sd[name],
-                                      str(Path(out) / name), str(work), started, history[name], after[name])
+                                      str(Path(out) / name), str(work), begun[name], history[name], after[name])
     summaries = {name: f.result() for name, f in futures.items()}
     timings["finish"] = round(time.time() - t0, 2)
     for name in configs:  # another model's interrupted training (not run this time) keeps its state
         shutil.rmtree(state_root / name, ignore_errors=True)
     with contextlib.suppress(OSError):
         state_root.rmdir()
-    write_json(Path(out) / "training.json", dict(models=summaries, seconds=round(time.time() - started, 1)))
+    write_json(Path(out) / "training.json", dict(
+        models=summaries, seconds=round(time.time() - min(begun.values()), 1),
+        seconds_this_run=round(time.time() - started, 1), resumed=resumed))
     return summaries
 
 

@@ -125,6 +125,8 @@ def _commit_task(plan, model_sd: dict, meta: dict, *copies) -> dict:
         return dict(meta, superseded=True)
     save_file({k: v.contiguous() for k, v in model_sd.items()}, str(tmp / WEIGHTS))
     meta = dict(meta, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    if "begun" in meta:  # the training's seconds so far, the interrupted runs' included
+        meta["seconds"] = round(time.time() - meta["begun"], 1)
     (tmp / META).write_text(json.dumps(meta))
     shutil.rmtree(old, ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
