@@ -115,7 +115,7 @@ HAND = ("wrist", "finger", "metacarpal")
 def residual_parts(groups: BodyGroups) -> np.ndarray:
     """(V,) str: the groups of ``body_groups`` with the hands apart from the arms ("hand.L"),
     the parts whose residuals are compared one by one."""
-    part = groups.vertex_group.copy()
+    part = groups.vertex_group.astype("<U8")  # room for "hand.L" (the groups' own dtype is "<U5")
     hand = starts_with(groups.vertex_joint, HAND)
     part[hand] = np.char.add("hand.", np.where(np.char.endswith(groups.vertex_joint[hand], ".L"), "L", "R"))
     return part
