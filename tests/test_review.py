@@ -63,6 +63,26 @@ def test_clean_registration_is_ok(t, tl):
     assert s["bone_asymmetry_pct"] < 1.0  # the template's own left/right difference (measured 0.07 %)
 
 
+def test_a_hand_held_on_the_scan_by_its_offsets_is_flagged(t, tl):
+    """A fist fitted with open fingers reaches the scan through the free-form offsets alone: the
+    left hand's surface 12 mm off the skinned model (the suite's fists: 11-14 mm, good hands
+    <= 9 mm) makes ``look``, naming that hand; the other hand and the body are untouched."""
+    from ghum_pipe.review.signals import body_groups, residual_parts
+
+    parts = residual_parts(body_groups(t))
+    assert (parts == "hand.L").sum() == (parts == "hand.R").sum() > 1000  # both hands, each its own part
+    pose = np.zeros((t.n_joints, 3))
+    verts = posed(t, pose)
+    offsets = np.zeros_like(verts)
+    hand = parts == "hand.L"
+    offsets[hand] = 0.012 * body_groups(t).rest_normals[hand]
+    lm = {"names": list(tl.names), "points": tl.points(verts)}
+    r = review_registration(verts, surface_samples(t, verts), lm, t, tl, pose=pose, offsets_m=offsets)
+    assert abs(r.signals["offset_hand_p95_mm"] - 12.0) < 1e-6
+    assert r.verdict == "look" and any("(hand.L) 12.0 mm" in x for x in r.reasons), r.reasons
+    assert review_of(t, tl, verts, pose=pose).signals["offset_hand_p95_mm"] == 0.0
+
+
 def test_left_right_swap_is_flagged(t, tl):
     """The registration is right, the arm and hand landmarks say left for right: every one of
     them lies on the other arm (part_mismatch), and they are arm spans away (landmark RMS)."""

@@ -248,17 +248,28 @@ def bone_signals(verts_m: np.ndarray, coco_regressor, coco_names) -> tuple[dict,
     return {"bone_asymmetry_pct": worst}, {"bone_asymmetry_pct": name}
 
 
-def offset_signals(offsets_m: np.ndarray, groups: BodyGroups) -> dict:
+def offset_signals(offsets_m: np.ndarray, groups: BodyGroups) -> tuple[dict, dict]:
     """How far the free-form surface left the skinned model: p95 / p99 of the rest-pose
-    offsets' length over surface vertices, and the p75 of their normal component over the
-    torso (mm). Skin lies on the shape model's torso within a few mm; loose clothing is a
-    shell centimetres off it that the shape coefficients cannot make."""
+    offsets' length over surface vertices, the p75 of their normal component over the torso,
+    and the worst hand's p95 (mm); and the detail {worst hand}. Skin lies on the shape model's
+    torso within a few mm; loose clothing is a shell centimetres off it that the shape
+    coefficients cannot make. A hand whose finger pose was not found (a fist fitted with open
+    fingers) is pulled onto the scan by the offsets alone: ~1 cm over the hand's surface where
+    a well-posed hand needs a few mm (docs/review.md)."""
     offsets_m = np.asarray(offsets_m)
-    n = np.linalg.norm(offsets_m[groups.surface], axis=1) * 1e3
+    length = np.linalg.norm(offsets_m, axis=1) * 1e3
+    n = length[groups.surface]
     torso = groups.surface & (groups.vertex_group == "torso")
     normal = np.abs(np.einsum("ij,ij->i", offsets_m[torso], groups.rest_normals[torso])) * 1e3
-    return {"offset_p95_mm": float(np.percentile(n, 95)), "offset_p99_mm": float(np.percentile(n, 99)),
-            "offset_torso_p75_mm": float(np.percentile(normal, 75))}
+    out = {"offset_p95_mm": float(np.percentile(n, 95)), "offset_p99_mm": float(np.percentile(n, 99)),
+           "offset_torso_p75_mm": float(np.percentile(normal, 75))}
+    parts = residual_parts(groups)
+    hands = [(float(np.percentile(length[m], 95)), side) for side in ("hand.L", "hand.R")
+             if (m := (parts == side) & groups.surface).any()]
+    detail = {}
+    if hands:
+        out["offset_hand_p95_mm"], detail["offset_hand_p95_mm"] = max(hands)
+    return out, detail
 
 
 def penetration_depth_m(verts_m: np.ndarray, faces: np.ndarray, part_faces: np.ndarray, test_verts: np.ndarray,

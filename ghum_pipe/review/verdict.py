@@ -38,7 +38,9 @@ class Rule:
 
 # Calibrated on bench/review.py (docs/review.md): each ``look`` bound sits above the worst value
 # of the good registrations (true p95 <= 10 mm) of that run by the margin stated there; ``fail``
-# bounds are values only clearly broken registrations reached.
+# bounds are values only clearly broken registrations reached. Re-run on 2026-12-01 with that
+# day's register stage: bone asymmetry and the worst body landmark loosened (pose-dependent
+# bones; real MediaPipe tails), the worst hand's offsets added (fists).
 DEFAULT_RULES = (
     Rule("s2r_p95_mm", 6.0, 25.0, "scan->registration p95", "mm"),
     Rule("s2r_far_pct", 0.5, 10.0, "scan points > 20 mm from the registration", "%"),
@@ -49,15 +51,16 @@ DEFAULT_RULES = (
     Rule("r2s_part_p95_mm", 40.0, 120.0, "worst part's registration->scan p95", "mm"),
     Rule("observed_pct", 90.0, 60.0, "surface with scan data within 10 mm", "%", below=True),
     Rule("lm_pose_rms_mm", 13.0, 40.0, "body landmark RMS", "mm"),
-    Rule("lm_pose_max_mm", 35.0, 100.0, "worst body landmark", "mm"),
+    Rule("lm_pose_max_mm", 50.0, 100.0, "worst body landmark", "mm"),
     Rule("lm_hand_rms_mm", 10.0, 40.0, "hand landmark RMS", "mm"),
     Rule("lm_hand_worst_rms_mm", 10.5, 40.0, "worst hand's landmark RMS", "mm"),
     Rule("lm_face_rms_mm", 8.0, 30.0, "face landmark RMS", "mm"),
     Rule("part_mismatch_pct", 5.0, 30.0, "limb landmarks on the wrong limb", "%"),
     Rule("joint_limit_excess_deg", 5.0, 30.0, "joint beyond its range by", "deg"),
-    Rule("bone_asymmetry_pct", 7.5, 20.0, "left/right bone length difference", "%"),
+    Rule("bone_asymmetry_pct", 15.0, 25.0, "left/right bone length difference", "%"),
     Rule("offset_p95_mm", 25.0, 50.0, "free-form offsets p95", "mm"),
     Rule("offset_torso_p75_mm", 5.0, 15.0, "torso surface off the body model (p75)", "mm"),
+    Rule("offset_hand_p95_mm", 10.5, 30.0, "worst hand's surface off the body model (p95)", "mm"),
     Rule("arm_in_torso_mm", 10.0, 30.0, "forearm/hand inside the torso", "mm"),
     Rule("leg_in_leg_mm", 10.0, 30.0, "leg inside the other leg", "mm"),
 )
@@ -167,6 +170,8 @@ def review_registration(
         signals.update(s)
         details.update(d)
         if offsets_m is not None:
-            signals.update(sig.offset_signals(offsets_m, groups))
+            s, d = sig.offset_signals(offsets_m, groups)
+            signals.update(s)
+            details.update(d)
         signals.update(sig.intersection_signals(verts_m, template.faces, groups))
     return apply_rules(signals, details, config.rules)
