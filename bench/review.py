@@ -18,6 +18,10 @@ review (the register stage's refusals and metrics.json's scan->registration p95)
 present = done), so re-running after changing thresholds only re-reviews (~1 s a scan);
 ``--rereg`` redoes them. ``--signals`` also prints every signal against the truth error, for
 calibrating the thresholds (docs/review.md).
+
+``--work W [--rereview]`` scores real pipeline output instead: the verdicts ``ghum-pipe run``
+wrote into W (real MediaPipe landmarks, meshed scans) against the truth ``ghum-pipe synth`` wrote
+beside its scans; ``--rereview`` reviews each registration again with today's rules first.
 """
 
 from __future__ import annotations
@@ -90,6 +94,49 @@ def score_case(t, row: dict, out: Path) -> dict:
     return row
 
 
+def score_work(t, work: Path, rereview: bool = False) -> list[dict]:
+    """The verdicts that ``ghum-pipe run`` wrote into WORK (real MediaPipe landmarks, the whole
+    pipeline), scored against the truth ``ghum-pipe synth`` wrote beside the scans
+    (``<scans>/../truth/<id>.npz``). Body scans only: a close-up's truth is the whole body.
+    ``rereview``: review each registration again with today's rules (rewrites its metrics.json)."""
+    from ghum_pipe.review import review_scan
+
+    import trimesh
+
+    from ghum_pipe.io.scan import load_scan
+    from ghum_pipe.pipelines.manifest import Manifest
+    from ghum_pipe.register.evaluate import surface_error_mm
+
+    manifest = Manifest.load_existing(work)
+    rows = []
+    for sid in manifest.ids():
+        path = Path(manifest.scans[sid]["path"])
+        truth_path = path.parent.parent / "truth" / f"{path.stem}.npz"
+        if "-head" in sid or "-hand" in sid or not truth_path.exists():
+            continue
+        kind = "posed" if json.loads(truth_path.with_suffix(".json").read_text()).get("posed") else "apose"
+        row = dict(case=sid, kind=f"real_{kind}", t_gen=0.0, t_reg=0.0)
+        d = work / "scans" / sid
+        failed = [r.get("error") for r in (manifest.stage(sid, s) for s in ("landmark", "register"))
+                  if r and r.get("status") == "failed"]
+        if failed or not (d / "metrics.json").exists():
+            row.update(verdict="failed", reasons=[f"refused: {failed[0] if failed else 'not registered'}"],
+                       register_error=failed[0] if failed else "not registered")
+            rows.append(row)
+            continue
+        scan = load_scan(path)
+        reg = scan.frame.to_internal(trimesh.load(d / "registration.ply", process=False).vertices)
+        truth = scan.frame.to_internal(np.load(truth_path)["verts"])
+        row["err"], row["p95"] = surface_error_mm(t, reg, truth)
+        if rereview:
+            review_scan(d, path, template=t, scan=scan)
+        review = json.loads((d / "metrics.json").read_text()).get("review", {})
+        row.update(verdict=review.get("verdict", "ok"), reasons=list(review.get("reasons", [])),
+                   signals=dict(review.get("signals", {})))
+        rows.append(row)
+    return rows
+
+
 def print_table(rows: list[dict], show_signals: bool) -> None:
     from ghum_pipe.review import DEFAULT_RULES
 
@@ -149,11 +196,20 @@ def main():
     ap.add_argument("--kinds", default="", help="comma-separated kinds to run (default: all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--rereg", action="store_true", help="re-register cached cases")
+    ap.add_argument("--rereview", action="store_true", help="with --work: review again with today's rules")
     ap.add_argument("--no-register", action="store_true", help="only review cases already registered")
     ap.add_argument("--shard", default="0/1", help="i/n: this process takes every n-th case from the i-th")
     ap.add_argument("--register-only", action="store_true", help="fill the cache, do not review")
     ap.add_argument("--signals", action="store_true", help="print every signal per case (calibration)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="instead of the suite: score the verdicts 'ghum-pipe run' wrote into this work dir "
+                         "(real MediaPipe landmarks) against the truth 'ghum-pipe synth' wrote beside its scans")
     args = ap.parse_args()
+    if args.work is not None:
+        from ghum_pipe.template import load_template
+
+        print_table(score_work(load_template(), args.work, args.rereview), args.signals)
+        return
 
     import torch
 
