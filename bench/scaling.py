@@ -11,6 +11,11 @@ processes on a shared machine take cores away from the run.
     .venv/bin/python bench/scaling.py                  # 6 scans, landmark, 1 vs 2 workers
     .venv/bin/python bench/scaling.py --count 8 --stage register --scans demo/synth/scans
     .venv/bin/python bench/scaling.py --stage ingest --count 200 --scans DIR   # scheduling overhead
+    .venv/bin/python bench/scaling.py --stage register --compare-malloc   # workers' allocator
+
+``--compare-malloc`` runs 2 workers twice instead: with Dask's allocator settings on the workers
+(the peer, ``GHUM_PIPE_WORKER_MALLOC=dask``) and with ghum-pipe's (``pipelines/worker_malloc.py``),
+and prints the ratio of their CPU seconds per scan.
 """
 
 from __future__ import annotations
@@ -44,8 +49,11 @@ def synth_scans(out: Path, count: int, seed: int) -> Path:
     return scans
 
 
-def measure(base: Path, scans: dict, stage: str, workers: int) -> dict:
-    work = base.parent / f"work_{stage}_{workers}w"
+def measure(base: Path, scans: dict, stage: str, workers: int, malloc: str = "ghum") -> dict:
+    from ghum_pipe.pipelines.worker_malloc import ENV
+
+    os.environ[ENV] = malloc  # read when the cluster opens (cluster.open_client)
+    work = base.parent / f"work_{stage}_{workers}w_{malloc}"
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(base, work)
     load0 = os.getloadavg()[0]
@@ -59,7 +67,7 @@ def measure(base: Path, scans: dict, stage: str, workers: int) -> dict:
     peak: dict[str, float] = {}
     for r in recs:
         peak[r["worker"]] = max(peak.get(r["worker"], 0.0), r.get("peak_rss_mb") or 0.0)
-    return dict(workers=workers, wall_s=wall, done=result.counts[stage]["done"], failed=result.counts[stage]["failed"],
+    return dict(workers=workers, malloc=malloc, wall_s=wall, done=result.counts[stage]["done"], failed=result.counts[stage]["failed"],
                 busy_s=sum(r["seconds"] for r in recs), cpu_s=sum(r.get("cpu_s") or 0.0 for r in recs), per_scan_s=[r["seconds"] for r in recs],
                 peak_rss_mb=sorted(peak.values()), load=(load0, load1))
 
@@ -72,6 +80,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=6)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--stage", choices=["ingest", "landmark", "register"], default="landmark")
+    ap.add_argument("--compare-malloc", action="store_true",
+                    help="2 workers with Dask's allocator settings vs ghum-pipe's, instead of 1 vs 2 workers")
     ap.add_argument("--out", type=Path, default=Path("/tmp/ghum-pipe-bench-scaling"))
     args = ap.parse_args()
 
@@ -86,6 +96,20 @@ def main() -> None:
         pre = run_batch(base, scans, (upstream,), cluster=ClusterOptions(workers=2), retries=0, progress=False)
         print(f"{len(scans)} scans; upstream '{upstream}': {pre.summary()}", flush=True)
 
+    if args.compare_malloc:
+        rows = [measure(base, scans, args.stage, 2, m) for m in ("dask", "ghum")]
+        print(f"\nstage '{args.stage}', {len(scans)} scans, 2 workers; the workers' allocator: Dask's (peer) vs "
+              f"ghum-pipe's (pipelines/worker_malloc.py)")
+        print(f"{'settings':>8} {'done':>5} {'wall s':>7} {'task s/scan':>11} {'cpu s/scan':>10} {'peak RSS MB/worker':>20} "
+              f"{'load':>10}")
+        for r in rows:
+            print(f"{r['malloc']:>8} {r['done']:>5} {r['wall_s']:>7.1f} {r['busy_s'] / max(r['done'], 1):>11.1f} "
+                  f"{r['cpu_s'] / max(r['done'], 1):>10.1f} {'/'.join(f'{p:.0f}' for p in r['peak_rss_mb']):>20} "
+                  f"{r['load'][0]:>4.1f}/{r['load'][1]:<4.1f}")
+        d, g = rows
+        print(f"\nCPU seconds per scan, Dask's / ghum-pipe's: x{(d['cpu_s'] / max(d['done'], 1)) / (g['cpu_s'] / max(g['done'], 1)):.2f}; "
+              f"wall x{d['wall_s'] / g['wall_s']:.2f}")
+        return
     rows = [measure(base, scans, args.stage, w) for w in (1, 2)]
     one = rows[0]
     print(f"\nstage '{args.stage}', {len(scans)} scans, {os.cpu_count()} cores "

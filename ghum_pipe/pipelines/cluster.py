@@ -208,6 +208,7 @@ def open_client(options: ClusterOptions | None = None) -> Iterator["distributed.
                 hint="Start one with 'dask scheduler' and pass its tcp://HOST:PORT",
             ) from None
         with client:
+            _tune_workers(client)
             yield client
         return
     if options.cluster:
@@ -242,6 +243,7 @@ def open_client(options: ClusterOptions | None = None) -> Iterator["distributed.
     interrupted = False
     try:
         with cluster, distributed.Client(cluster) as client:
+            _tune_workers(client)
             if options.dashboard:
                 log.warning("dask dashboard: %s", client.dashboard_link)
             try:
@@ -259,6 +261,16 @@ def open_client(options: ClusterOptions | None = None) -> Iterator["distributed.
     finally:
         if not options.cluster:
             _remove_scratch(scratch, made_scratch)
+
+
+def _tune_workers(client) -> None:
+    """Every worker of ``client``'s cluster, now and later, keeps freed memory for its next
+    tensor and trims it after each task (``worker_malloc``: 25-55 % of the workers' CPU time was
+    page faults under Dask's allocator settings). ``GHUM_PIPE_WORKER_MALLOC=dask`` in the
+    environment leaves Dask's settings (the benchmarks' peer)."""
+    from ghum_pipe.pipelines.worker_malloc import register_worker_malloc
+
+    register_worker_malloc(client)
 
 
 @contextlib.contextmanager
