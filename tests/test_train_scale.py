@@ -269,9 +269,10 @@ def test_plan_travels_by_reference(tmp_path):
     assert pickle.loads(pickle.dumps(other)).shards[0].scan_ids[0].startswith("t")
 
 
-def _interrupt_at(state_dir, stage: str, rounds: int, armed: dict):
+def _interrupt_at(state_dir, stage: str, rounds: int, armed: dict, work=None):
     """A thread that sends this process SIGINT (Ctrl-C) once the checkpoint in ``state_dir`` is
-    at ``stage`` after ``rounds`` rounds; the handler raises KeyboardInterrupt only while ``armed``."""
+    at ``stage`` after ``rounds`` rounds; the handler raises KeyboardInterrupt only while ``armed``.
+    With ``work``, ``armed["status"]`` gets what ``ghum-pipe status`` says of the training then."""
     import json
     import os
     import signal
@@ -286,6 +287,10 @@ def _interrupt_at(state_dir, stage: str, rounds: int, armed: dict):
             except (OSError, ValueError):
                 meta = {}
             if meta.get("stage") == stage and meta.get("rounds") == rounds:
+                if work is not None:
+                    from ghum_pipe.pipelines.train_status import training_status
+
+                    armed["status"] = training_status(work)
                 os.kill(os.getpid(), signal.SIGINT)
                 return
             time.sleep(0.01)
@@ -295,8 +300,9 @@ def _interrupt_at(state_dir, stage: str, rounds: int, armed: dict):
     return t
 
 
-def _train_interrupted(regs, out, configs, client, stage: str, rounds: int) -> None:
-    """Train until the checkpoint at (stage, rounds) appears, then Ctrl-C, as a user would."""
+def _train_interrupted(regs, out, configs, client, stage: str, rounds: int) -> dict:
+    """Train until the checkpoint at (stage, rounds) appears, then Ctrl-C, as a user would;
+    returns what ``training_status`` said of ``out`` just before the Ctrl-C."""
     import signal
 
     from ghum_pipe.pipelines.model_schedule import train_models
@@ -308,7 +314,7 @@ def _train_interrupted(regs, out, configs, client, stage: str, rounds: int) -> N
             raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, handler)
-    watcher = _interrupt_at(out / ".train_state" / "ghuml", stage, rounds, armed)
+    watcher = _interrupt_at(out / ".train_state" / "ghuml", stage, rounds, armed, regs)
     try:
         train_models(regs, out, configs, client, shard_scans=8)
         interrupted = False
@@ -319,6 +325,13 @@ def _train_interrupted(regs, out, configs, client, stage: str, rounds: int) -> N
         watcher.join()
         signal.signal(signal.SIGINT, previous)
     assert interrupted and not (out / "ghuml" / "model.safetensors").exists(), "the run ended before the interrupt"
+    return _status_of(armed["status"], out)
+
+
+def _status_of(rows: list, out) -> dict:
+    """The row of ``training_status`` for the model folder ``out``."""
+    [row] = [r for r in rows if r["out"] == str(out.resolve())]
+    return row
 
 
 @pytest.mark.slow
@@ -329,11 +342,13 @@ def test_interrupted_training_resumes_to_the_same_model(regs, tmp_path, caplog):
     joint step C (on a 1-worker LocalCluster: 1 torch thread, as the reference)."""
     import json
     import logging
+    import os
 
     from distributed import Client, LocalCluster
     from safetensors.torch import load_file
 
     from ghum_pipe.pipelines.model_schedule import train_models
+    from ghum_pipe.pipelines.train_status import describe, training_status
 
     cfg = TrainConfig(model=ghuml_config(shape_latent=4, hidden=16), rounds=2, inner=2, pose_iters=2, joint_iters=30,
                       vae_steps=50)
@@ -342,12 +357,23 @@ def test_interrupted_training_resumes_to_the_same_model(regs, tmp_path, caplog):
     torch.set_num_threads(1)
     try:
         train_models(regs, tmp_path / "straight", configs, None, shard_scans=8)
-        _train_interrupted(regs, tmp_path / "inline", configs, None, "round", 1)
+        running = _train_interrupted(regs, tmp_path / "inline", configs, None, "round", 1)
+        # 'ghum-pipe status' while it ran, after the Ctrl-C, after the rerun
+        assert running["state"] == "running" and running["pid"] == os.getpid()
+        assert running["models"]["ghuml"] | dict(checkpoint=None) == dict(rounds=1, of=2, stage="round", checkpoint=None,
+                                                                         fit_mm=None)
+        stopped = _status_of(training_status(regs), tmp_path / "inline")
+        assert stopped["state"] == "interrupted" and stopped["models"]["ghuml"]["rounds"] == 1
+        assert "the same 'ghum-pipe train' command resumes it" in describe(stopped)
         with caplog.at_level(logging.INFO, logger="ghum_pipe"):
             train_models(regs, tmp_path / "inline", configs, None, shard_scans=8)
         assert "ghuml: resuming after round 1" in caplog.text
+        done = _status_of(training_status(regs), tmp_path / "inline")
+        assert done["state"] == "done" and done["models"]["ghuml"]["stage"] == "done" and done["pid"] is None
         # the training's seconds count the interrupted run's, up to its checkpoint
         doc = json.loads((tmp_path / "inline" / "training.json").read_text())
+        assert done["models"]["ghuml"]["fit_mm"] == doc["models"]["ghuml"]["history"][-1]["fit_mm"]
+        assert done["seconds"] == doc["seconds"]
         before = doc["resumed"]["ghuml"]
         assert before["stage"] == "round" and before["rounds"] == 1 and before["seconds_before"] > 0
         assert abs(doc["seconds"] - doc["seconds_this_run"] - before["seconds_before"]) <= 0.2

@@ -212,10 +212,11 @@ def run(scans, device, lowres, no_report, renderer, work, cluster, **kw):
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON (per scan and stage, and totals).")
 @verbosity_options
 def status(work, show_all, as_json, verbose, quiet):
-    """Per scan and stage: done / failed with the reason / pending, its subject, and totals.
+    """Per scan and stage: done / failed with the reason / pending, its subject, and totals;
+    then a line per training from W (running, done or interrupted; each model's last checkpoint).
 
     Exit code 0 when every scan is done in every stage it was run with, 1 when anything failed
-    or is pending (scripts can wait on it), 2 when W is not a work dir.
+    or is pending (scripts can wait on it; trainings do not count), 2 when W is not a work dir.
 
     \b
     Example:

@@ -53,12 +53,13 @@ import torch
 from ghum_pipe.io.atomic import write_json
 from ghum_pipe.model.config import TrainConfig
 from ghum_pipe.model.data import RegistrationSet, split_subjects
-from ghum_pipe.pipelines.train_checkpoint import (CHECKPOINT, CURRENT, checkpoint_key, claim, clear_state,
-                                                  read_checkpoint, run_dir, submit_checkpoint, submit_restore)
+from ghum_pipe.pipelines.train_checkpoint import (CHECKPOINT, CURRENT, STATE_DIR, checkpoint_key, claim,
+                                                  clear_state, read_checkpoint, run_dir, submit_checkpoint,
+                                                  submit_restore)
+from ghum_pipe.pipelines.train_status import record_training
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = ".train_state"
 
 
 @dataclass(frozen=True)
@@ -711,6 +712,7 @@ def _train_models(work: Path, out: Path, configs: dict[str, TrainConfig], client
 
         raise ModelError("no scans/<id>/registration.ply found", path=work,
                          hint="Run 'ghum-pipe run' (or 'ghum-pipe synth --registrations') into this work dir first")
+    record_training(work, out, {name: cfg.rounds for name, cfg in configs.items()})  # for 'ghum-pipe status'
     named = work_subjects(work, ids, subject_pattern)
     subject_of = {s: named[s] or s for s in ids}
     store, stats = pack_registrations(work, subject_of)

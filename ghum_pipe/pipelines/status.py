@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ghum_pipe.pipelines.manifest import Manifest
 from ghum_pipe.pipelines.stages import ORDER
+from ghum_pipe.pipelines.train_status import describe, training_status
 
 STATUS_STYLE = {"done": "green", "failed": "red", "blocked": "yellow", "pending": "dim"}
 
@@ -44,8 +45,9 @@ def n_subjects(manifest: Manifest) -> int:
 
 def status_document(manifest: Manifest) -> dict:
     """``ghum-pipe status --json``: ``{"work", "ok", "totals": {stage: {status: n}}, "scans": {id:
-    {"path", "subject", "stages": {stage: {"status", "seconds", "error"}}}}}``; ``ok`` is True when
-    every scan is done in every stage the work dir has run."""
+    {"path", "subject", "stages": {stage: {"status", "seconds", "error"}}}}, "trainings": [...]}``;
+    ``ok`` is True when every scan is done in every stage the work dir has run (trainings do not
+    count); ``trainings``: :func:`~ghum_pipe.pipelines.train_status.training_status`."""
     stages = [s for s in ORDER if any(manifest.stage(i, s) for i in manifest.ids())] or list(ORDER)
     scans = {}
     for scan_id in manifest.ids():
@@ -59,13 +61,14 @@ def status_document(manifest: Manifest) -> dict:
     totals = {s: dict(c) for s, c in status_counts(manifest, stages).items()}
     ok = all(v["status"] == "done" for rec in scans.values() for v in rec["stages"].values())
     return {"work": str(manifest.work), "ok": ok, "n_scans": len(scans), "n_subjects": n_subjects(manifest),
-            "totals": totals, "scans": scans}
+            "totals": totals, "scans": scans, "trainings": training_status(manifest.work)}
 
 
 def print_status(manifest: Manifest, console: Console | None = None, show_all: bool = False,
                  max_rows: int = 60) -> dict[str, Counter]:
     """Print the table (every scan when ``show_all`` or at most ``max_rows`` scans, else only the
-    scans that are not done everywhere) and the totals; return the counts."""
+    scans that are not done everywhere), the totals and a line per training from W; return the
+    counts."""
     console = console or Console()
     stages = [s for s in ORDER if any(manifest.stage(i, s) for i in manifest.ids())] or list(ORDER)
     ids = manifest.ids()
@@ -90,4 +93,6 @@ def print_status(manifest: Manifest, console: Console | None = None, show_all: b
     table.add_row("[b]total[/b]", "", *[", ".join(f"{counts[s][k]} {k}" for k in STATUS_STYLE if counts[s][k])
                                     for s in stages])
     console.print(table)
+    for row in training_status(manifest.work):  # the trainings from this W: how far each got
+        console.print(f"training {describe(row)}", highlight=False, soft_wrap=True)
     return counts

@@ -29,6 +29,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+STATE_DIR = ".train_state"  # in OUT: one folder per model
 CHECKPOINT, TMP, OLD = "checkpoint", "checkpoint.tmp", "checkpoint.old"  # TMP-<run>: a run's own
 CURRENT = "current"  # the name of the run folder that may write checkpoints
 META, WEIGHTS = "checkpoint.json", "model.safetensors"
