@@ -15,6 +15,10 @@ driver's RSS is its own) on a LocalCluster on 127.0.0.1 with 1 thread per worker
   machine wall times stretch with the load, CPU seconds do not;
 - per task kind: count and mean compute seconds (Dask's task stream; wall time on the worker).
 
+The workers get ghum-pipe's allocator settings, as every command's cluster
+(``pipelines/worker_malloc.py``); ``--malloc-peer N`` also runs N with Dask's own (the peer) and
+prints the ratio of the workers' CPU seconds.
+
 Then a cost model (a simulation, not a measurement) for 10,000 and 60,000 scans on 10/100/1000
 single-core workers, from the measured per-task costs scaled by their work (scans x vertices)
 and the task counts; see ``cost_model``. Task times are scaled by the workers' CPU seconds over
@@ -121,6 +125,7 @@ def one_run(work: Path, out: Path, n_workers: int, models: list[str], rounds: in
 
     from ghum_pipe.model.config import TrainConfig, ghum_config, ghuml_config
     from ghum_pipe.pipelines.model_schedule import train_models
+    from ghum_pipe.pipelines.worker_malloc import register_worker_malloc
 
     torch.set_num_threads(1)
     sampler = Sampler()
@@ -136,6 +141,7 @@ def one_run(work: Path, out: Path, n_workers: int, models: list[str], rounds: in
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, memory_limit=None) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("torch").set_num_threads(1))
+        register_worker_malloc(client)  # as every command's cluster (GHUM_PIPE_WORKER_MALLOC=dask: Dask's)
         worker_pids = set(client.run(os.getpid).values())
         cpu0 = client.run(_cpu_seconds)
         with get_task_stream(client) as ts:
@@ -235,6 +241,25 @@ def vae_finish(cost, tasks: dict, m: int, n_scans: int, n_batches: int, workers:
     return total
 
 
+def shutil_rm(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _child(args, n: int, w: int, env: dict | None = None) -> dict:
+    """One measurement in a fresh process (``--child``); its RESULT line."""
+    cmd = [sys.executable, __file__, "--base", str(args.base), "--models", *args.models, "--joint-iters",
+           str(args.joint_iters), "--rounds", str(args.rounds), "--pose-iters", str(args.pose_iters),
+           "--shard-scans", str(args.shard_scans), "--child", str(n), str(w)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    if not line:
+        print(p.stdout[-3000:], p.stderr[-3000:])
+        raise SystemExit(f"run N={n} failed")
+    return json.loads(line[0][7:])
+
+
 def main():
     from ghum_pipe.model.config import TrainConfig
 
@@ -252,6 +277,9 @@ def main():
                          "earlier once converged, TrainConfig.joint_rtol). Lower only to fit a slow machine: the "
                          "cost model then scales C's measured cost by the default / this (an upper bound: "
                          "with the synthetic joint shifts C runs to its cap, docs/cluster.md).")
+    ap.add_argument("--malloc-peer", type=int, default=None, metavar="N",
+                    help="Also run N with Dask's allocator settings on the workers (GHUM_PIPE_WORKER_MALLOC=dask; "
+                         "pipelines/worker_malloc.py) and print the ratio to ours.")
     ap.add_argument("--report", action="store_true", help="Print the tables of BASE/results.json, run nothing.")
     ap.add_argument("--child", nargs=2, metavar=("N", "WORKERS"), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -260,7 +288,8 @@ def main():
         work = args.base / f"work_{n}"
         r = one_run(work, args.base / f"out_{n}_{w}", w, args.models, args.rounds, args.pose_iters, args.shard_scans,
                     args.joint_iters)
-        (args.base / f"result_{n}_{w}.json").write_text(json.dumps(r))
+        tag = "_dask" if os.environ.get("GHUM_PIPE_WORKER_MALLOC") == "dask" else ""
+        (args.base / f"result_{n}_{w}{tag}.json").write_text(json.dumps(r))
         print("RESULT " + json.dumps(r), flush=True)
         return
     runs = [(n, args.workers) for n in args.sizes]
@@ -281,16 +310,25 @@ def main():
         else:
             work_dir(args.base, regs, n)
         print(f"N={n} workers={w} ...", flush=True)
-        cmd = [sys.executable, __file__, "--base", str(args.base), "--models", *args.models, "--joint-iters",
-               str(args.joint_iters), "--rounds",
-               str(args.rounds), "--pose-iters", str(args.pose_iters), "--shard-scans", str(args.shard_scans),
-               "--child", str(n), str(w)]
-        p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-        line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-        if not line:
-            print(p.stdout[-3000:], p.stderr[-3000:])
-            raise SystemExit(f"run N={n} failed")
-        results[(n, w)] = json.loads(line[0][7:])
+        results[(n, w)] = _child(args, n, w)
+    if args.malloc_peer and not args.report:
+        n = args.malloc_peer
+        if not (args.base / f"work_{n}").exists():
+            work_dir(args.base, regs, n)
+        shutil_rm(args.base / f"work_{n}" / "train_store.zarr")
+        print(f"N={n} workers={args.workers}, Dask's allocator settings ...", flush=True)
+        peer = _child(args, n, args.workers, {"GHUM_PIPE_WORKER_MALLOC": "dask"})
+        ours = results.get((n, args.workers))
+        print(f"\n## Worker allocator (pipelines/worker_malloc.py) at N={n}, {args.workers} workers\n")
+        print("| settings | round s | total s | worker CPU s | worker peaks GB | fit mm |\n|---|---|---|---|---|---|")
+        for name, r in (("Dask's (peer)", peer), ("ghum-pipe's", ours)):
+            if r:
+                print(f"| {name} | {r['timings']['rounds'][0]['seconds']:.0f} | {r['wall']:.0f} | "
+                      f"{sum(r['worker_cpu_s']):.0f} | {' / '.join(f'{g:.2f}' for g in r['worker_gb'])} | "
+                      f"{' / '.join(f'{x:.3f}' for x in r['fit_mm'])} |")
+        if ours:
+            print(f"\nworkers' CPU seconds: Dask's / ours x{sum(peer['worker_cpu_s']) / sum(ours['worker_cpu_s']):.2f}; "
+                  f"total wall x{peer['wall'] / ours['wall']:.2f}")
     models = "+".join(args.models)
     print(f"\n## {models}, {args.rounds} round(s), pose_iters {args.pose_iters}, C's step by subject batch "
           f"(at most {args.joint_iters} L-BFGS iterations per pass, joint_rtol {TrainConfig().joint_rtol:g}), "

@@ -12,13 +12,14 @@ seconds, Dask's settings / these (docs/cluster.md, "The workers' memory allocato
     register, per body scan (2 workers, batch runner)   18.7 / 13.8
     train, GHUML, 250 scans, 1 round (2 workers)         87 (33 system) / 61 (9 system)
 
-(``bench/scaling.py --compare-malloc``, ``bench/train_scaling.py --worker-malloc``).
+(``bench/scaling.py --compare-malloc``, ``bench/train_scaling.py --malloc-peer N``).
+
 :class:`WorkerMalloc`, a worker plugin that ``cluster.open_client`` registers on every cluster it
 opens (``GHUM_PIPE_WORKER_MALLOC=dask`` leaves Dask's settings), sets the mmap threshold to
-glibc's maximum (32 MiB) and the trim threshold to 64 MiB in each worker process, so a freed tensor's memory serves the next one,
-and calls ``malloc_trim(0)`` after each task, so that what a task freed does not stay with the
-worker for the next one (the peak RSS stays a task's). On a system without glibc (macOS, musl)
-it does nothing.
+glibc's maximum (32 MiB) and the trim threshold to 64 MiB in each worker process, so that a
+freed tensor's memory serves the next one, and calls ``malloc_trim(0)`` after each task, so that
+what a task freed does not stay with the worker for the next one (the peak RSS stays near a
+task's own). On a system without glibc (macOS, musl) it does nothing.
 """
 
 from __future__ import annotations
