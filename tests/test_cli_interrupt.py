@@ -80,3 +80,20 @@ def test_interrupt_while_workers_start_is_one_line(tmp_path, template, sig):
     assert "Traceback" not in err and "distributed." not in err and "ERROR" not in err, err
     assert len([l for l in err.splitlines() if "interrupted" in l]) == 1, err
     assert not (work / ".lock").exists() and not (work / ".dask-scratch").exists()
+
+
+def test_the_temp_file_sweep_skips_the_workers_scratch(tmp_path):
+    """After a Ctrl-C the runner sweeps W for temp files while the local workers may still be
+    removing their scratch (a folder vanished under the walk: FileNotFoundError, exit 1, seen in
+    CI). The sweep walks past W/.dask-scratch and removes a killed writer's temp file elsewhere."""
+    from ghum_pipe.cli.options import DASK_SCRATCH
+    from ghum_pipe.pipelines.manifest import SCRATCH, sweep_temp_files
+
+    assert DASK_SCRATCH == SCRATCH
+    (tmp_path / SCRATCH / "123" / "worker-x").mkdir(parents=True)
+    kept = tmp_path / SCRATCH / "123" / "worker-x" / ".spill.abc.tmp"
+    kept.write_text("")
+    left = tmp_path / "scans" / "a" / ".metrics.x1y2.tmp.json"
+    left.parent.mkdir(parents=True)
+    left.write_text("{}")
+    assert sweep_temp_files(tmp_path) == [left] and not left.exists() and kept.exists()

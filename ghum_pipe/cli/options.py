@@ -14,7 +14,9 @@ from pathlib import Path
 import click
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-DASK_SCRATCH = ".dask-scratch"  # W/.dask-scratch: local Dask workers' spill space, removed at exit
+# W/.dask-scratch: local Dask workers' spill space, removed at exit; = pipelines.manifest.SCRATCH
+# (not imported from there: listing the commands imports no numpy)
+DASK_SCRATCH = ".dask-scratch"
 
 
 class SetupError(click.ClickException):

@@ -243,10 +243,10 @@ def open_client(options: ClusterOptions | None = None) -> Iterator["distributed.
     interrupted = False
     try:
         with cluster, distributed.Client(cluster) as client:
-            _tune_workers(client)
             if options.dashboard:
                 log.warning("dask dashboard: %s", client.dashboard_link)
             try:
+                _tune_workers(client)  # inside: a Ctrl-C during it unwinds as one during the run
                 yield client
             except KeyboardInterrupt:
                 interrupted = True

@@ -268,12 +268,20 @@ class ThrottledSaver:
         self._dirty = False
 
 
+SCRATCH = ".dask-scratch"  # W/.dask-scratch: local Dask workers' spill space, removed at exit
+
+
 def sweep_temp_files(work: str | Path) -> list[Path]:
     """Remove temp files that a killed worker left behind (``ghum_pipe.io.atomic`` names them
     ``.<stem>.<random>.tmp<suffix>``). Only safe while holding the work dir's lock."""
     removed = []
-    for path in Path(work).rglob(".*.tmp*"):
-        if path.is_file() and ".tmp" in path.name:
-            path.unlink(missing_ok=True)
-            removed.append(path)
+    # os.walk skips a folder that vanishes under it: after a Ctrl-C the local workers may still be
+    # removing their scratch (not walked either) while this runs
+    for root, dirs, files in os.walk(work):
+        dirs[:] = [d for d in dirs if d != SCRATCH]
+        for name in files:
+            if name.startswith(".") and ".tmp" in name:
+                path = Path(root) / name
+                path.unlink(missing_ok=True)
+                removed.append(path)
     return removed
