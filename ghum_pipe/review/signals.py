@@ -51,13 +51,15 @@ class BodyGroups:
 
     vertex_group (V,) str: "torso" | "head" | "arm.L" | "arm.R" | "leg.L" | "leg.R";
     vertex_joint (V,) str: the dominant joint's name; surface (V,) bool;
-    rest_normals (V, 3): unit normals of the rest template (the frame of the offsets).
+    rest_normals (V, 3): unit normals of the rest template (the frame of the offsets);
+    parts (V,) str: the groups with the hands apart (:func:`residual_parts`).
     """
 
     vertex_group: np.ndarray
     vertex_joint: np.ndarray
     surface: np.ndarray
     rest_normals: np.ndarray
+    parts: np.ndarray
 
 
 _GROUPS: dict[str, BodyGroups] = {}
@@ -77,8 +79,9 @@ def body_groups(template) -> BodyGroups:
         m = starts_with(joint, prefixes)
         side = np.where(np.char.endswith(joint, ".L"), "L", "R")
         group[m] = np.char.add(f"{limb}.", side[m])
-    out = BodyGroups(group.astype(str), joint, np.asarray(template.masks["surface"], bool),
-                     vertex_normals(template.rest_verts, template.faces))
+    group = group.astype(str)
+    out = BodyGroups(group, joint, np.asarray(template.masks["surface"], bool),
+                     vertex_normals(template.rest_verts, template.faces), _split_hands(group, joint))
     _GROUPS[template.hash] = out
     return out
 
@@ -114,10 +117,14 @@ HAND = ("wrist", "finger", "metacarpal")
 
 def residual_parts(groups: BodyGroups) -> np.ndarray:
     """(V,) str: the groups of ``body_groups`` with the hands apart from the arms ("hand.L"),
-    the parts whose residuals are compared one by one."""
-    part = groups.vertex_group.astype("<U8")  # room for "hand.L" (the groups' own dtype is "<U5")
-    hand = starts_with(groups.vertex_joint, HAND)
-    part[hand] = np.char.add("hand.", np.where(np.char.endswith(groups.vertex_joint[hand], ".L"), "L", "R"))
+    the parts whose residuals are compared one by one (built once, with the groups)."""
+    return groups.parts
+
+
+def _split_hands(vertex_group: np.ndarray, vertex_joint: np.ndarray) -> np.ndarray:
+    part = vertex_group.astype("<U8")  # room for "hand.L" (the groups' own dtype is "<U5")
+    hand = starts_with(vertex_joint, HAND)
+    part[hand] = np.char.add("hand.", np.where(np.char.endswith(vertex_joint[hand], ".L"), "L", "R"))
     return part
 
 
