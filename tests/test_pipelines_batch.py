@@ -184,8 +184,11 @@ def test_external_scheduler_survives_a_dead_worker(tmp_path, big_body):
     scans = tmp_path / "scans"
     scans.mkdir()
     n = 16
+    # subdivided once more (~220k vertices): with ghum-pipe's worker allocator the big body's
+    # ingest got fast enough (~0.1 s) that the whole batch could end before w0 was killed
+    verts, faces = trimesh.remesh.subdivide(*big_body)
     for i in range(n):
-        write_body(scans / f"s{i:02d}.ply", big_body[0] * (0.95 + 0.01 * i), big_body[1])
+        write_body(scans / f"s{i:02d}.ply", verts * (0.95 + 0.01 * i), faces)
     sched_file = tmp_path / "scheduler.json"
     procs = []
 
